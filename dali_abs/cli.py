@@ -1,0 +1,166 @@
+"""The ``dali-abs`` command. Each stage module registers its own subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dali_abs.cli_args import add_dataset_arguments, add_json_argument, dataset_from_args, print_json
+from dali_abs.errors import DaliAbsError
+
+
+def _make_dataset(args: argparse.Namespace) -> int:
+    from dali_abs.synthetic import SyntheticConfig, make_dataset
+
+    cfg = SyntheticConfig(classes=args.classes, size=args.size, train=args.train, val=args.val,
+                          test=args.test, rho=args.rho, seed=args.seed)
+    out = make_dataset(args.out, cfg, progress=not args.json)
+    if args.json:
+        print_json({"out": str(out), **vars(cfg)})
+    else:
+        print(f"wrote {cfg.train + cfg.val + cfg.test} images to {out} (metadata.csv, masks/, backgrounds/)")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from dali_abs.dataset import check_images
+    from dali_abs.files import atomic_write_text
+
+    ds = dataset_from_args(args)
+    report = check_images(ds, min_size=args.min_size, progress=not args.json)
+    report_path = Path(args.report)
+    atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
+    report["report"] = str(report_path)
+    if args.json:
+        print_json(report)
+    else:
+        print(f"{report['checked']} images checked, {report['ok']} ok, {len(report['problems'])} with problems; "
+              f"splits {report['splits']}; report written to {report_path}")
+        for p in report["problems"][:20]:
+            print(f"  {p['path']}: {p['reason']}")
+        if len(report["problems"]) > 20:
+            print(f"  ... {len(report['problems']) - 20} more in the report")
+        if report["ignored"]:
+            print(f"  {len(report['ignored'])} non-image files ignored (listed in the report)")
+    return 1 if report["problems"] else 0
+
+
+def _labels_import(args: argparse.Namespace) -> int:
+    from dali_abs.dataset import load_dataset
+    from dali_abs.labels import import_reference
+
+    ds = load_dataset(args.data) if args.data else None
+    labels = import_reference(args.masks_csv, args.out, ds)
+    msg = {"out": str(args.out), "images": len(labels), "grid": 16}
+    print_json(msg) if args.json else print(f"wrote {len(labels)} labels (16 x 16) to {args.out}")
+    return 0
+
+
+def _labels_from_masks(args: argparse.Namespace) -> int:
+    from dali_abs.labels import labels_from_masks, write_labels
+
+    ds = dataset_from_args(args)
+    labels = labels_from_masks(ds, args.masks, grid=args.grid, threshold=args.threshold, count=args.count,
+                               majority_only=args.majority_only, seed=args.seed, progress=not args.json)
+    write_labels(args.out, labels)
+    fg = float(sum(g.mean() for g in labels.values()) / len(labels))
+    if args.json:
+        print_json({"out": str(args.out), "images": len(labels), "grid": args.grid, "foreground_fraction": fg})
+    else:
+        print(f"wrote {len(labels)} labels ({args.grid} x {args.grid}, {fg:.1%} foreground patches) to {args.out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from dali_abs.demo import run_demo
+
+    return run_demo(Path(args.out), fresh=args.fresh)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dali-abs", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from dali_abs.synthetic import SyntheticConfig
+
+    d = SyntheticConfig()
+    p = sub.add_parser("make-dataset", help="generate the built-in Waterbirds-like benchmark",
+                       description="Generate the built-in spurious-background benchmark into OUT.")
+    p.add_argument("out", metavar="OUT", help="output folder (new or empty)")
+    p.add_argument("--classes", type=int, default=d.classes, help=f"K classes and K places (default {d.classes})")
+    p.add_argument("--size", type=int, default=d.size, help=f"image side in px (default {d.size})")
+    p.add_argument("--train", type=int, default=d.train, help=f"train images (default {d.train})")
+    p.add_argument("--val", type=int, default=d.val, help=f"val images, balanced over groups (default {d.val})")
+    p.add_argument("--test", type=int, default=d.test, help=f"test images, balanced over groups (default {d.test})")
+    p.add_argument("--rho", type=float, default=d.rho,
+                   help=f"P(class k on place k) in train (default {d.rho}: no image breaks the correlation)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    add_json_argument(p)
+    p.set_defaults(func=_make_dataset)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True, metavar="SUB")
+    p = data.add_parser("check", help="decode every image and write a report of unreadable ones",
+                        description="Decode every image of DATA; write a JSON report (never into DATA). "
+                                    "Exit status 1 when any image has a problem.")
+    add_dataset_arguments(p)
+    p.add_argument("--report", default="data-check-report.json", help="report path (default ./data-check-report.json)")
+    p.add_argument("--min-size", type=int, default=16, help="smallest acceptable side in px (default 16)")
+    add_json_argument(p)
+    p.set_defaults(func=_data_check)
+
+    labels = sub.add_parser("labels", help="patch-label files").add_subparsers(dest="labels_command", required=True,
+                                                                              metavar="SUB")
+    p = labels.add_parser("import-reference", help="convert the reference implementation's masks.csv",
+                          description="Convert masks.csv (columns info,mask; 16 x 16, 1 = foreground) "
+                                      "to the dali-abs labels format.")
+    p.add_argument("masks_csv", metavar="MASKS_CSV")
+    p.add_argument("--out", required=True, help="labels file to write")
+    p.add_argument("--data", help="dataset folder; when given, every id must be one of its images")
+    add_json_argument(p)
+    p.set_defaults(func=_labels_import)
+
+    p = labels.add_parser("from-masks", help="derive patch labels from pixel masks",
+                          description="Patch coverage of pixel masks (255 = foreground) by average pooling, "
+                                      "thresholded, for train-split images.")
+    add_dataset_arguments(p)
+    p.add_argument("--masks", required=True, help="folder of <img_id>.png (or <img_filename>.png) masks")
+    p.add_argument("--out", required=True, help="labels file to write")
+    p.add_argument("--grid", type=int, default=16, help="patches per side R (default 16)")
+    p.add_argument("--threshold", type=float, default=0.25, help="coverage above which a patch is foreground (default 0.25)")
+    p.add_argument("--count", type=int, default=None, help="label this many images, drawn at random (default: all)")
+    p.add_argument("--majority-only", action="store_true",
+                   help="draw only from majority groups (each class on its most frequent place), as the paper does")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    add_json_argument(p)
+    p.set_defaults(func=_labels_from_masks)
+
+    from dali_abs.inpainter.cli import register as register_inpainter
+    from dali_abs.segmenter.cli import register as register_segmenter
+
+    register_segmenter(sub)
+    register_inpainter(sub)
+
+    p = sub.add_parser("demo", help="run the whole chain on the built-in data (what `make demo` runs)")
+    p.add_argument("out", nargs="?", default="demo-out", metavar="OUT", help="output folder (default ./demo-out)")
+    p.add_argument("--fresh", action="store_true", help="delete OUT first instead of reusing finished steps")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DaliAbsError as e:
+        print(f"dali-abs: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dali-abs: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

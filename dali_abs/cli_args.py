@@ -1,0 +1,35 @@
+"""Argument groups and output helpers shared by every ``dali-abs`` subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dali_abs.dataset import Columns, Dataset, load_dataset
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """DATA positional plus metadata.csv column remapping."""
+    parser.add_argument("data", metavar="DATA", help="dataset folder: metadata.csv (Waterbirds layout) or ImageFolder")
+    g = parser.add_argument_group("metadata.csv columns (remap if your file uses other names)")
+    d = Columns()
+    g.add_argument("--col-id", default=d.id, help=f"image id column (default {d.id})")
+    g.add_argument("--col-filename", default=d.filename, help=f"image path column, relative to DATA (default {d.filename})")
+    g.add_argument("--col-label", default=d.label, help=f"integer class column (default {d.label})")
+    g.add_argument("--col-split", default=d.split, help=f"split column, 0/1/2 = train/val/test (default {d.split})")
+    g.add_argument("--col-place", default=d.place, help=f"integer place (background) column, optional (default {d.place})")
+
+
+def dataset_from_args(args: argparse.Namespace) -> Dataset:
+    cols = Columns(args.col_id, args.col_filename, args.col_label, args.col_split, args.col_place)
+    return load_dataset(args.data, cols)
+
+
+def add_json_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+def print_json(obj) -> None:
+    json.dump(obj, sys.stdout, sort_keys=False)
+    sys.stdout.write("\n")

@@ -1,0 +1,18 @@
+"""Exceptions users see.
+
+Every error raised on bad user input is a :class:`DaliAbsError`: its message names the
+file (and row) at fault, the value found, and the fix. The CLI prints the message without a
+traceback and exits with status 2.
+"""
+
+
+class DaliAbsError(Exception):
+    """Base class of errors caused by user input (files, options, models)."""
+
+
+class DatasetError(DaliAbsError, ValueError):
+    """A dataset manifest or image that cannot be used as given."""
+
+
+class LabelsError(DaliAbsError, ValueError):
+    """A patch-label file that does not follow the format."""

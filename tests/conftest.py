@@ -1,0 +1,59 @@
+"""Shared fixtures: small real datasets written to temp folders once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Keep torch and onnxruntime from oversubscribing the 2 CI cores when pytest runs in parallel.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def _has_gpu() -> bool:
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver, no device, or no CuPy: all mean "no GPU" here
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (CuPy found no device)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from dali_abs.synthetic import SyntheticConfig
+
+    # 64 px images with an 8 x 8 grid (8-px patches): small enough for fast training tests.
+    return SyntheticConfig(classes=2, size=64, train=160, val=32, test=64, rho=1.0, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, tiny_config) -> Path:
+    """A built-in benchmark dataset (read-only by convention: tests must not write into it)."""
+    from dali_abs.synthetic import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("data") / "tiny", tiny_config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_labels(tmp_path_factory, tiny_dataset) -> Path:
+    """8 x 8 patch labels for 64 majority-group training images of ``tiny_dataset``."""
+    from dali_abs.dataset import load_dataset
+    from dali_abs.labels import labels_from_masks, write_labels
+
+    ds = load_dataset(tiny_dataset)
+    labels = labels_from_masks(ds, tiny_dataset / "masks", grid=8, threshold=0.25, count=64,
+                               majority_only=True, seed=0, progress=False)
+    out = tmp_path_factory.mktemp("labels") / "labels.csv"
+    write_labels(out, labels)
+    return out
