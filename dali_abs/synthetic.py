@@ -168,7 +168,7 @@ def shape_mask(rng: np.random.Generator, cls: int, size: int) -> np.ndarray:
     """Bool HW mask (True = foreground) of class ``cls``'s shape, randomly scaled, rotated, placed."""
     from PIL import Image, ImageDraw
 
-    radius = size * rng.uniform(0.2, 0.3)
+    radius = size * rng.uniform(0.22, 0.32)
     angle = rng.uniform(0, 2 * np.pi)
     margin = radius + 2
     cx, cy = rng.uniform(margin, size - margin, size=2)
@@ -187,7 +187,7 @@ def foreground(rng: np.random.Generator, size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     ang = rng.uniform(0, np.pi)
     stripes = 0.5 + 0.5 * np.sign(np.sin(2 * np.pi * rng.uniform(6, 12) * (np.cos(ang) * xx + np.sin(ang) * yy)))
-    shade = 0.8 + 0.25 * _smooth_noise(rng, size, 5) - 0.2 * stripes * rng.uniform(0.0, 1.0)
+    shade = 0.8 + 0.25 * _smooth_noise(rng, size, 5) - 0.12 * stripes * rng.uniform(0.0, 1.0)
     return np.clip(col[None, None, :] * shade[:, :, None], 0.0, 1.0).astype(np.float32)
 
 

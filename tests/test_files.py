@@ -1,0 +1,49 @@
+"""Image reading converts every mode to uint8 RGB; masks use 255 = foreground; writes are atomic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dali_abs.errors import DatasetError
+from dali_abs.files import atomic_write_text, atomic_writer, read_mask, read_rgb
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16"])
+def test_read_rgb_converts_modes(tmp_path, mode):
+    path = tmp_path / f"x.{'tif' if mode == 'CMYK' else 'png'}"
+    if mode == "I;16":
+        Image.fromarray(np.full((5, 7), 40000, np.uint16)).save(path)
+    else:
+        Image.new(mode, (7, 5)).save(path)
+    img = read_rgb(path)
+    assert img.shape == (5, 7, 3) and img.dtype == np.uint8
+    if mode == "I;16":
+        assert img[0, 0, 0] == round(40000 / 65535 * 255)
+
+
+def test_read_rgb_names_the_broken_file(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match=r"broken.jpg: cannot decode image"):
+        read_rgb(bad)
+    with pytest.raises(DatasetError, match=r"gone.jpg: image file not found"):
+        read_rgb(tmp_path / "gone.jpg")
+
+
+def test_read_mask_polarity(tmp_path):
+    arr = np.array([[0, 127, 128, 255]], np.uint8)
+    Image.fromarray(arr).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").tolist() == [[False, False, True, True]]
+
+
+def test_atomic_writer_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "f.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_writer(target) as f:
+            f.write("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]  # no temp file left behind
