@@ -1,0 +1,323 @@
+"""Training the patch segmenter from a few hundred patch labels (recipe after the reference).
+
+- Labelled images are split 80/20 (seeded) into train and validation.
+- Loss: per-patch binary cross-entropy with label smoothing (targets ``y*(1-e) + e/2``,
+  e = 0.1), target 1 = foreground.
+- Augmentation (training images only), drawn per sample as a parameter dict by
+  :func:`generate_params` and applied by the deterministic :func:`apply_params`
+  (kornia style: the same dict replays the same transform): horizontal (and optionally
+  vertical) flips, shifts by whole patches (the label grid shifts with the image; the
+  uncovered border is black and labelled background), colour jitter (brightness, contrast,
+  saturation, hue) and random grayscale.
+- AdamW with a one-cycle learning rate (10% warm-up, cosine decay); early stopping on the validation **balanced** patch
+  accuracy (mean of foreground and background recall), ties broken by the lower
+  validation loss; the best weights are checkpointed beside the output
+  (``<out>.ckpt.pt``) and exported to ONNX at the end.
+- Deterministic on the CPU for a seed (same machine, same thread count).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from dali_abs.dataset import Dataset
+from dali_abs.files import atomic_write_bytes
+from dali_abs.models import segmenter as net
+from dali_abs.segmenter.evaluate import confusion, scores
+from dali_abs.segmenter.inference import SegmenterError, read_batch
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation strengths. Shifts are in whole patches; jitter factors are drawn in [1-a, 1+a]."""
+
+    hflip: float = 0.5
+    vflip: float = 0.0
+    max_shift: int = 2
+    brightness: float = 0.3
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.05  # fraction of a full turn
+    grayscale: float = 0.2
+
+
+def generate_params(n: int, gen: torch.Generator, cfg: AugmentConfig) -> dict[str, torch.Tensor]:
+    """Per-sample transform parameters for a batch of ``n`` (replayable with :func:`apply_params`)."""
+
+    def u(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+    return {
+        "hflip": torch.rand(n, generator=gen) < cfg.hflip,
+        "vflip": torch.rand(n, generator=gen) < cfg.vflip,
+        "shift": torch.randint(-cfg.max_shift, cfg.max_shift + 1, (n, 2), generator=gen),
+        "brightness": u(1 - cfg.brightness, 1 + cfg.brightness),
+        "contrast": u(1 - cfg.contrast, 1 + cfg.contrast),
+        "saturation": u(1 - cfg.saturation, 1 + cfg.saturation),
+        "hue": u(-cfg.hue, cfg.hue),
+        "grayscale": torch.rand(n, generator=gen) < cfg.grayscale,
+    }
+
+
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) plane.
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB = torch.linalg.inv(_YIQ)
+
+
+def _shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Move a CHW tensor by (dy, dx) pixels; the uncovered border is 0."""
+    if dy == 0 and dx == 0:
+        return t
+    out = torch.zeros_like(t)
+    h, w = t.shape[-2:]
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[..., yd, xd] = t[..., ys, xs]
+    return out
+
+
+def apply_params(x: torch.Tensor, y: torch.Tensor, params: Mapping[str, torch.Tensor],
+                 patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply ``params`` to images ``x`` (float [N,3,S,S], RGB 0..1) and label grids ``y``
+    (float [N,1,R,R], 1 = foreground). Geometric ops move both; colour ops touch only ``x``."""
+    x, y = x.clone(), y.clone()
+    hf, vf = params["hflip"], params["vflip"]
+    x[hf], y[hf] = x[hf].flip(-1), y[hf].flip(-1)
+    x[vf], y[vf] = x[vf].flip(-2), y[vf].flip(-2)
+    for i, (dy, dx) in enumerate(params["shift"].tolist()):
+        if dy or dx:
+            x[i] = _shift(x[i], dy * patch, dx * patch)
+            y[i] = _shift(y[i], dy, dx)
+    n = x.shape[0]
+    x = x * params["brightness"].view(n, 1, 1, 1)
+    gray = (x * _LUMA).sum(1, keepdim=True)
+    m = gray.mean(dim=(2, 3), keepdim=True)
+    x = (x - m) * params["contrast"].view(n, 1, 1, 1) + m
+    gray = (x * _LUMA).sum(1, keepdim=True)
+    x = gray + (x - gray) * params["saturation"].view(n, 1, 1, 1)
+    theta = params["hue"] * 2 * math.pi
+    c, s = torch.cos(theta), torch.sin(theta)
+    rot = torch.zeros(n, 3, 3)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
+    mat = _RGB.unsqueeze(0) @ rot @ _YIQ.unsqueeze(0)  # [n,3,3]
+    x = torch.einsum("nij,njhw->nihw", mat, x)
+    g = params["grayscale"]
+    if g.any():
+        x[g] = (x[g] * _LUMA).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+    return x.clamp_(0.0, 1.0), y
+
+
+def default_input_size(grid: int) -> int:
+    """224 px for the reference's 16 x 16 grid (14-px patches), else 16 px per patch."""
+    return 224 if grid == 16 else 16 * grid
+
+
+def _check_labels(dataset: Dataset, labels: Mapping[str, np.ndarray], source: str) -> int:
+    if not labels:
+        raise SegmenterError(f"{source}: no labelled image")
+    shapes = {np.asarray(g).shape for g in labels.values()}
+    if len(shapes) != 1:
+        raise SegmenterError(f"{source}: label grids of several shapes {sorted(shapes)}; one grid size per run")
+    shape = shapes.pop()
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise SegmenterError(f"{source}: a label grid must be square (R, R), got shape {shape}")
+    known = dataset.by_id()
+    missing = [k for k in labels if k not in known]
+    if missing:
+        raise SegmenterError(f"{source}: {len(missing)} labelled image(s) are not in the dataset at "
+                             f"{dataset.root}, e.g. {missing[0]!r}; label images of this dataset")
+    return shape[0]
+
+
+def _save_checkpoint(path: Path, model: torch.nn.Module, info: dict) -> None:
+    buf = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), **info}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def checkpoint_path(out_onnx: str | os.PathLike) -> Path:
+    return Path(str(out_onnx) + ".ckpt.pt")
+
+
+def train_segmenter(dataset: Dataset, labels: Mapping[str, np.ndarray] | str | os.PathLike,
+                    out_onnx: str | os.PathLike, *, input_size: int | None = None, epochs: int = 60,
+                    seed: int = 0, grid: int | None = None, batch_size: int = 32, lr: float = 3e-3,
+                    weight_decay: float = 1e-4, patience: int = 20, val_fraction: float = 0.2,
+                    label_smoothing: float = 0.1, width: int = 24, augment: AugmentConfig = AugmentConfig(),
+                    backbone: str | None = None, backbone_weights: str | os.PathLike | None = None,
+                    threads: int | None = None, progress: bool = True) -> dict:
+    """Train on ``labels`` (``{image_id: bool (R,R)}``, 1 = foreground, or a labels.csv path),
+    write the best model to ``out_onnx`` (and its weights to ``<out_onnx>.ckpt.pt``).
+
+    Returns the run's metrics: validation patch accuracy, balanced accuracy and IoU of the
+    best epoch, epochs run, image counts, seconds.
+    """
+    from tqdm import tqdm
+
+    from dali_abs.labels import read_labels
+
+    t0 = time.perf_counter()
+    source = str(labels) if isinstance(labels, (str, os.PathLike)) else "labels"
+    if isinstance(labels, (str, os.PathLike)):
+        labels = read_labels(labels, dataset)
+    r = _check_labels(dataset, labels, source)
+    if grid is not None and grid != r:
+        raise SegmenterError(f"{source}: the labels use a {r} x {r} grid but a {grid} x {grid} grid was asked "
+                             f"for; relabel with --grid {grid} or drop the grid option")
+    size = default_input_size(r) if input_size is None else int(input_size)
+    try:
+        patch = net.patch_size(size, r)
+    except ValueError as e:
+        raise SegmenterError(f"{source}: {e}") from None
+    for name, v, lo in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("patience", patience, 1)):
+        if v < lo:
+            raise SegmenterError(f"{name} must be at least {lo}, got {v}")
+    if not 0.0 < val_fraction < 1.0:
+        raise SegmenterError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise SegmenterError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if augment.max_shift >= r:
+        raise SegmenterError(f"max_shift {augment.max_shift} patches must be smaller than the grid {r}")
+    ids = list(labels)
+    if len(ids) < 2:
+        raise SegmenterError(f"{source}: need at least 2 labelled images (train and validation), got {len(ids)}")
+    prev_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _train(dataset, labels, out_onnx, ids, r, size, patch, t0, epochs=epochs, seed=seed,
+                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                      val_fraction=val_fraction, label_smoothing=label_smoothing, width=width, augment=augment,
+                      backbone=backbone, backbone_weights=backbone_weights, progress=progress)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _train(dataset, labels, out_onnx, ids, r, size, patch, t0, *, epochs, seed, batch_size, lr, weight_decay,
+           patience, val_fraction, label_smoothing, width, augment, backbone, backbone_weights, progress) -> dict:
+    from tqdm import tqdm
+
+    # 80/20 split of the labelled images, seeded.
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    n_val = min(len(ids) - 1, max(1, int(round(val_fraction * len(ids)))))
+    val_ids = [ids[i] for i in sorted(order[:n_val])]
+    train_ids = [ids[i] for i in sorted(order[n_val:])]
+    by_id = dataset.by_id()
+
+    def load(which: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        u8 = read_batch([by_id[k].path for k in which], size, patch)
+        x = torch.from_numpy(u8).permute(0, 3, 1, 2).contiguous()
+        y = torch.from_numpy(np.stack([np.asarray(labels[k], bool) for k in which])).float().unsqueeze(1)
+        return x, y
+
+    xtr, ytr = load(train_ids)
+    xva, yva = load(val_ids)
+    xva_f = xva.float() / 255.0
+
+    torch.manual_seed(seed)
+    try:
+        model = net.build_model(r, size, width=width, backbone=backbone, backbone_weights=backbone_weights)
+    except ValueError as e:
+        raise SegmenterError(str(e)) from None
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train_ids) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.1, anneal_strategy="cos")
+    gen = torch.Generator().manual_seed(seed)
+    eps = label_smoothing
+    ckpt = checkpoint_path(out_onnx)
+    arch = backbone or f"PatchCNN(width={width})"
+    info = {"grid": r, "input_size": size, "width": width, "backbone": backbone, "seed": seed, "arch": arch}
+
+    best = (-1.0, math.inf)
+    best_state, best_epoch, best_val = None, -1, {}
+    history = []
+    bar = tqdm(range(epochs), desc="segmenter", unit="epoch", disable=not progress)
+    stale = 0
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(len(train_ids), generator=gen)
+        total, seen = 0.0, 0
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i:i + batch_size]
+            if len(idx) < 2 and len(perm) > 1:  # BatchNorm needs 2+ samples; the last one is dropped
+                continue
+            params = generate_params(len(idx), gen, augment)
+            xb, yb = apply_params(xtr[idx].float() / 255.0, ytr[idx], params, patch)
+            logits = model(xb)
+            loss = F.binary_cross_entropy_with_logits(logits, yb * (1 - eps) + eps / 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        model.eval()
+        with torch.no_grad():
+            vlog = torch.cat([model(xva_f[i:i + 64]) for i in range(0, len(xva_f), 64)])
+            vloss = float(F.binary_cross_entropy_with_logits(vlog, yva * (1 - eps) + eps / 2))
+        s = scores(confusion(vlog.numpy() >= 0.0, yva.numpy() >= 0.5))
+        bal = s["balanced_accuracy"] if s["balanced_accuracy"] is not None else 0.0
+        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": vloss,
+                        "val_balanced_accuracy": bal, "val_patch_iou": s["iou"]})
+        if (bal, -vloss) > (best[0], -best[1]):
+            best, best_epoch, stale = (bal, vloss), epoch + 1, 0
+            best_val = {"val_patch_accuracy": s["accuracy"], "val_balanced_accuracy": bal,
+                        "val_patch_iou": s["iou"], "val_loss": vloss}
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            _save_checkpoint(ckpt, model, {**info, "epoch": best_epoch, **best_val})
+        else:
+            stale += 1
+        bar.set_postfix(loss=f"{total / max(seen, 1):.4f}", val_bal_acc=f"{bal:.3f}", best=f"{best[0]:.3f}")
+        if stale >= patience:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    net.export_onnx(model, out_onnx, r, size, {"arch": arch, "train_images": len(train_ids),
+                                               "val_images": len(val_ids), "seed": seed,
+                                               "best_epoch": best_epoch})
+    return {"out": str(out_onnx), "checkpoint": str(ckpt), "grid": r, "input_size": size, "arch": arch,
+            "train_images": len(train_ids), "val_images": len(val_ids), "epochs_run": len(history),
+            "best_epoch": best_epoch, **best_val, "final_train_loss": history[-1]["train_loss"],
+            "seconds": round(time.perf_counter() - t0, 2), "augment": asdict(augment)}
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model of a ``.ckpt.pt`` written by :func:`train_segmenter`; (model, info)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegmenterError(f"{path}: checkpoint not found")
+    fix = "pass the <out>.ckpt.pt file written by `dali-abs segmenter train`"
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise SegmenterError(f"{path}: not a segmenter checkpoint (torch.load cannot read it); {fix}") from None
+    if not isinstance(ck, dict) or not {"state_dict", "grid", "input_size"} <= set(ck):
+        raise SegmenterError(f"{path}: not a segmenter checkpoint (needs keys state_dict, grid, input_size); {fix}")
+    info = {k: v for k, v in ck.items() if k != "state_dict"}
+    grid, size = int(ck["grid"]), int(ck["input_size"])
+    try:
+        model = net.build_model(grid, size, width=int(ck.get("width", 24)), backbone=ck.get("backbone"))
+    except ValueError as e:
+        raise SegmenterError(f"{path}: {e}") from None
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except RuntimeError as e:
+        raise SegmenterError(f"{path}: weights do not fit the network ({e})") from None
+    model.eval()
+    return model, info

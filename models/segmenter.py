@@ -1,0 +1,287 @@
+"""The patch segmenter ("secondary network"): an image in, an R x R grid of foreground logits out.
+
+Conventions (the same in torch, in the ONNX file and in :mod:`dali_abs.segmenter.inference`):
+
+- **Input**: float32 NCHW ``[B, 3, S, S]``, RGB, values in **0..1**, S = ``input_size``.
+  The ImageNet normalisation (:data:`MEAN`, :data:`STD`) happens *inside* the network, so
+  callers never normalise.
+- **Output of** ``forward``: float32 ``[B, 1, R, R]`` *logits*, R = ``grid``; the exported
+  ONNX graph ends in a sigmoid and returns the **foreground probability** per patch
+  (**1 = foreground**, 0 = background). Patch (i, j) covers rows ``i*P..(i+1)*P`` and columns
+  ``j*P..(j+1)*P`` of the input, with P = S / R the patch size in pixels.
+
+Two networks:
+
+- :class:`PatchCNN` (default, pure torch): conv-BN-ReLU stages whose strides multiply to
+  exactly P (stride 2 per factor 2 of P, one stage of stride f for an odd remainder f, e.g.
+  14 = 2 x 7), then two 3x3 convs at the grid resolution for context and a 1x1 conv to one
+  logit per patch. Trains from scratch on a CPU in minutes.
+- :class:`BackbonePatchSegmenter`: a feature extractor the user already has (torchvision
+  or timm, weights read from a local file, never downloaded), features resized bilinearly
+  to R x R, then the same head. Built by :func:`build_backbone`.
+
+:func:`export_onnx` writes the graph with a dynamic batch axis and the metadata that
+:class:`dali_abs.segmenter.inference.Segmenter` checks on load.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+KIND = "segmenter"
+POLARITY = "1=foreground"
+INPUT_CONVENTION = "float32 NCHW RGB 0..1"
+OUTPUT_CONVENTION = "float32 [B,1,R,R] foreground probability (sigmoid inside the graph)"
+NORMALIZATION = f"inside the graph: (x - mean) / std, mean={list(MEAN)}, std={list(STD)}"
+INPUT_NAME = "image"
+OUTPUT_NAME = "foreground"
+OPSET = 17
+
+
+def patch_size(input_size: int, grid: int) -> int:
+    """Pixels per patch side; raises ValueError unless ``grid`` divides ``input_size``."""
+    if grid < 1 or input_size < 1:
+        raise ValueError(f"grid and input size must be positive, got grid={grid}, input_size={input_size}")
+    if input_size % grid:
+        raise ValueError(f"input size {input_size} px is not a multiple of the grid {grid}: "
+                         f"patches must be whole pixels (try input size {grid * max(1, round(input_size / grid))})")
+    return input_size // grid
+
+
+def stage_strides(patch: int) -> list[int]:
+    """Strides whose product is ``patch``: 2 for each factor 2, then the odd remainder (if > 1)."""
+    strides = []
+    while patch % 2 == 0:
+        strides.append(2)
+        patch //= 2
+    if patch > 1:
+        strides.append(patch)
+    return strides
+
+
+class _Normalize(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _cbr(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
+    pad = (k // 2) * dilation if stride == 1 else (k - stride + 1) // 2
+    return [nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=False),
+            nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class _Head(nn.Module):
+    """Two 3x3 context convs at the grid resolution (the second dilated) and a 1x1 to one logit."""
+
+    def __init__(self, cin: int, width: int):
+        super().__init__()
+        self.context = nn.Sequential(*_cbr(cin, width, 3), *_cbr(width, width, 3, dilation=2))
+        self.logit = nn.Conv2d(width, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit(self.context(x))
+
+
+class PatchCNN(nn.Module):
+    """Small from-scratch patch segmenter; ``forward`` returns logits ``[B,1,R,R]`` (1 = foreground).
+
+    ``width`` is the channel count of the first stage; it doubles per stage up to ``4 * width``.
+    """
+
+    def __init__(self, grid: int = 16, input_size: int = 224, width: int = 24):
+        super().__init__()
+        self.grid, self.input_size = int(grid), int(input_size)
+        self.patch = patch_size(self.input_size, self.grid)
+        self.norm = _Normalize()
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, s in enumerate(stage_strides(self.patch)):
+            cout = width * min(2 ** i, 4)
+            # A stride-s stage: a strided conv (3x3 for s = 2, s x s for an odd s), then a 3x3 conv.
+            k = 3 if s == 2 else s
+            layers += _cbr(cin, cout, k, stride=s) + _cbr(cout, cout, 3)
+            cin = cout
+        if not layers:  # 1-px patches: no downsampling, keep a feature stage anyway
+            layers += _cbr(cin, width, 3)
+            cin = width
+        self.features = nn.Sequential(*layers)
+        self.head = _Head(cin, max(cin, 32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.norm(x)))
+
+
+class BackbonePatchSegmenter(nn.Module):
+    """A user-supplied feature extractor (``features(x) -> [B,C,h,w]``) with the R x R head.
+
+    The features are resized bilinearly to R x R, so any backbone stride works.
+    """
+
+    def __init__(self, features: nn.Module, channels: int, grid: int, input_size: int, name: str = "backbone"):
+        super().__init__()
+        self.grid, self.input_size, self.name = int(grid), int(input_size), name
+        self.patch = patch_size(self.input_size, self.grid)
+        self.norm = _Normalize()
+        self.features = features
+        self.head = _Head(channels, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(self.norm(x))
+        if f.shape[-2:] != (self.grid, self.grid):
+            f = F.interpolate(f, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
+        return self.head(f)
+
+
+def build_backbone(spec: str, weights: str | os.PathLike | None, grid: int, input_size: int) -> BackbonePatchSegmenter:
+    """``spec`` is ``torchvision:<name>`` or ``timm:<name>``; ``weights`` a local state-dict file.
+
+    Nothing is downloaded: without ``weights`` the backbone starts from random weights.
+    Raises ValueError with the fix when the package or the file is missing.
+    """
+    lib, _, name = spec.partition(":")
+    if lib not in ("torchvision", "timm") or not name:
+        raise ValueError(f"backbone must be 'torchvision:<name>' or 'timm:<name>', got {spec!r}")
+    if weights is not None and not Path(weights).is_file():
+        raise ValueError(f"{weights}: backbone weights file not found")
+    try:
+        module = __import__(lib)
+    except ImportError:
+        raise ValueError(f"backbone {spec!r} needs the {lib} package, which is not installed; "
+                         f"pip install {lib}, or use the default network (no --backbone)") from None
+    if lib == "timm":
+        try:
+            net = module.create_model(name, pretrained=False, features_only=True, out_indices=(-1,))
+        except Exception as e:
+            raise ValueError(f"timm cannot build {name!r}: {e}") from None
+        if weights is not None:
+            _load_state(net, weights, spec)
+        features = _TimmLast(net)
+        channels = net.feature_info.channels()[-1]
+    else:
+        try:
+            net = module.models.get_model(name, weights=None)
+        except Exception as e:
+            raise ValueError(f"torchvision cannot build {name!r}: {e}") from None
+        if weights is not None:
+            _load_state(net, weights, spec)
+        if hasattr(net, "features"):  # EfficientNet, MobileNet, VGG, ConvNeXt, ...
+            features = net.features
+        else:  # ResNet-style: everything up to global pooling
+            kids = list(net.named_children())
+            cut = next((i for i, (n, _) in enumerate(kids) if n in ("avgpool", "fc", "classifier")), len(kids))
+            features = nn.Sequential(*[m for _, m in kids[:cut]])
+        with torch.no_grad():
+            features.eval()
+            channels = features(torch.zeros(1, 3, input_size, input_size)).shape[1]
+    return BackbonePatchSegmenter(features, int(channels), grid, input_size, name=spec)
+
+
+class _TimmLast(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[-1]
+
+
+def _load_state(net: nn.Module, weights: str | os.PathLike, spec: str) -> None:
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    matched = len(state) - len(unexpected)
+    if matched == 0:
+        raise ValueError(f"{weights}: no tensor of this file matches backbone {spec!r} "
+                         f"(first keys: {', '.join(list(state)[:3])})")
+
+
+def build_model(grid: int, input_size: int, width: int = 24, backbone: str | None = None,
+                backbone_weights: str | os.PathLike | None = None) -> nn.Module:
+    """The default :class:`PatchCNN`, or a backbone model when ``backbone`` is given."""
+    if backbone:
+        return build_backbone(backbone, backbone_weights, grid, input_size)
+    return PatchCNN(grid, input_size, width)
+
+
+class _WithSigmoid(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+def onnx_metadata(grid: int, input_size: int, extra: dict | None = None) -> dict[str, str]:
+    meta = {
+        "dali_abs.kind": KIND,
+        "dali_abs.grid": str(int(grid)),
+        "dali_abs.input_size": str(int(input_size)),
+        "dali_abs.patch_size": str(int(input_size) // int(grid)),
+        "dali_abs.polarity": POLARITY,
+        "dali_abs.input": INPUT_CONVENTION,
+        "dali_abs.output": OUTPUT_CONVENTION,
+        "dali_abs.normalization": NORMALIZATION,
+    }
+    for k, v in (extra or {}).items():
+        meta[f"dali_abs.{k}"] = str(v)
+    return meta
+
+
+def export_bytes(model: nn.Module, grid: int, input_size: int, extra_metadata: dict | None = None) -> bytes:
+    """The ONNX file (as bytes) of ``model`` + sigmoid: input ``image`` float32 [B,3,S,S] RGB 0..1,
+    output ``foreground`` float32 [B,1,R,R] foreground probability; dynamic batch axis; metadata set."""
+    import onnx
+
+    was_training = model.training
+    model.eval()
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+            torch.onnx.export(_WithSigmoid(model), (torch.rand(2, 3, input_size, input_size),), buf,
+                              dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    finally:
+        model.train(was_training)
+    proto = onnx.load_from_string(buf.getvalue())
+    # Resizes leave symbolic H, W on the output: state the static [batch, 1, R, R] shape.
+    dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, ("batch", 1, grid, grid)):
+        if isinstance(v, str):
+            d.dim_param = v
+        else:
+            d.dim_value = int(v)
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, onnx_metadata(grid, input_size, extra_metadata))
+    proto.doc_string = ("dali-abs patch segmenter: " + INPUT_CONVENTION + " -> " + OUTPUT_CONVENTION
+                        + "; polarity " + POLARITY)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, grid: int, input_size: int,
+                extra_metadata: dict | None = None) -> Path:
+    """Write :func:`export_bytes` to ``path`` atomically; returns the path."""
+    from dali_abs.files import atomic_write_bytes
+
+    path = Path(path)
+    atomic_write_bytes(path, export_bytes(model, grid, input_size, extra_metadata))
+    return path
