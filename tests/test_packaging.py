@@ -1,0 +1,49 @@
+"""The package installs with its CUDA sources and ONNX-free imports on a CPU-only machine."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_kernel_sources_are_found_from_the_installed_package():
+    from dali_abs import kernels
+
+    assert "normalize.cu" in kernels.names()
+    assert "__global__" in kernels.source("normalize.cu")
+    with pytest.raises(FileNotFoundError, match="no CUDA source 'nope.cu'"):
+        kernels.source("nope.cu")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.parametrize("name", __import__("dali_abs.kernels", fromlist=["names"]).names())
+def test_kernels_compile_with_nvcc(tmp_path, name):
+    """Compile-check every kernel for sm_90 (H100/H200) without a GPU."""
+    r = subprocess.run(["nvcc", "-ptx", "-arch=sm_90", "-o", str(tmp_path / "k.ptx"), str(ROOT / "kernels" / name)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert ".entry" in (tmp_path / "k.ptx").read_text()
+
+
+def test_wheel_ships_kernels_and_models(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                        "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = tmp_path.glob("dali_abs-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "dali_abs/kernels/normalize.cu" in names
+    assert "dali_abs/models/classifier.py" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
+
+
+def test_import_does_not_load_gpu_libraries():
+    code = "import sys, dali_abs, dali_abs.cli; print(sorted(m for m in ('cupy','onnxruntime','nvidia.dali') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
