@@ -1,6 +1,6 @@
 """Is the built-in benchmark spurious? ERM on rho=1.0 vs the same CNN on group-balanced data.
 
-    python benchmarks/dataset_check.py [--size 64] [--epochs 12] [--seeds 0 1 2]
+    python benchmarks/dataset_check.py [--size 64] [--epochs 30] [--seeds 0 1 2]
 
 Generates the default dataset twice (rho = 1.0, and rho = 1/K: every group equally often in
 train), trains models.classifier.SmallCNN from scratch on each train split, and prints the
@@ -39,7 +39,7 @@ def run(data: Path, size: int, epochs: int, seed: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64, help="classifier input side in px (default 64)")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--classes", type=int, default=2)
     args = ap.parse_args(argv)
