@@ -219,13 +219,27 @@ def build_model(grid: int, input_size: int, width: int = 24, backbone: str | Non
     return PatchCNN(grid, input_size, width)
 
 
-class _WithSigmoid(nn.Module):
-    def __init__(self, net: nn.Module):
+def probability(logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Foreground probability from patch logits, undoing label smoothing.
+
+    Trained with smoothed targets (eps/2, 1 - eps/2), a confident patch sits at eps/2, not 0;
+    the affine map back to 0..1 lets the loose (0.1) and tight (0.5) thresholds mean what they
+    say. It is monotonic and fixes 0.5, so accuracy at 0.5 is unchanged.
+    """
+    p = torch.sigmoid(logits)
+    if label_smoothing:
+        p = ((p - label_smoothing / 2) / (1 - label_smoothing)).clamp(0.0, 1.0)
+    return p
+
+
+class _Probability(nn.Module):
+    def __init__(self, net: nn.Module, label_smoothing: float):
         super().__init__()
         self.net = net
+        self.label_smoothing = float(label_smoothing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x))
+        return probability(self.net(x), self.label_smoothing)
 
 
 def onnx_metadata(grid: int, input_size: int, extra: dict | None = None) -> dict[str, str]:
@@ -244,9 +258,11 @@ def onnx_metadata(grid: int, input_size: int, extra: dict | None = None) -> dict
     return meta
 
 
-def export_bytes(model: nn.Module, grid: int, input_size: int, extra_metadata: dict | None = None) -> bytes:
-    """The ONNX file (as bytes) of ``model`` + sigmoid: input ``image`` float32 [B,3,S,S] RGB 0..1,
-    output ``foreground`` float32 [B,1,R,R] foreground probability; dynamic batch axis; metadata set."""
+def export_bytes(model: nn.Module, grid: int, input_size: int, extra_metadata: dict | None = None,
+                 label_smoothing: float = 0.0) -> bytes:
+    """The ONNX file (as bytes) of ``model`` + :func:`probability`: input ``image`` float32
+    [B,3,S,S] RGB 0..1, output ``foreground`` float32 [B,1,R,R] foreground probability; dynamic
+    batch axis; metadata set (including the label smoothing undone in the graph)."""
     import onnx
 
     was_training = model.training
@@ -255,7 +271,7 @@ def export_bytes(model: nn.Module, grid: int, input_size: int, extra_metadata: d
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
-            torch.onnx.export(_WithSigmoid(model), (torch.rand(2, 3, input_size, input_size),), buf,
+            torch.onnx.export(_Probability(model, label_smoothing), (torch.rand(2, 3, input_size, input_size),), buf,
                               dynamo=False, opset_version=OPSET, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
@@ -270,7 +286,8 @@ def export_bytes(model: nn.Module, grid: int, input_size: int, extra_metadata: d
         else:
             d.dim_value = int(v)
     del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, onnx_metadata(grid, input_size, extra_metadata))
+    onnx.helper.set_model_props(proto, onnx_metadata(grid, input_size,
+                                                     {"label_smoothing": label_smoothing, **(extra_metadata or {})}))
     proto.doc_string = ("dali-abs patch segmenter: " + INPUT_CONVENTION + " -> " + OUTPUT_CONVENTION
                         + "; polarity " + POLARITY)
     onnx.checker.check_model(proto)
@@ -278,10 +295,10 @@ def export_bytes(model: nn.Module, grid: int, input_size: int, extra_metadata: d
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, grid: int, input_size: int,
-                extra_metadata: dict | None = None) -> Path:
+                extra_metadata: dict | None = None, label_smoothing: float = 0.0) -> Path:
     """Write :func:`export_bytes` to ``path`` atomically; returns the path."""
     from dali_abs.files import atomic_write_bytes
 
     path = Path(path)
-    atomic_write_bytes(path, export_bytes(model, grid, input_size, extra_metadata))
+    atomic_write_bytes(path, export_bytes(model, grid, input_size, extra_metadata, label_smoothing))
     return path

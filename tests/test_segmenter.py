@@ -57,7 +57,7 @@ def test_backbone_head_exports_with_parity(tmp_path):
     path = net.export_onnx(model, tmp_path / "bb.onnx", GRID, SIZE, {"arch": "stand-in"})
     x = np.random.default_rng(3).random((3, 3, SIZE, SIZE), dtype=np.float32)
     with torch.no_grad():
-        ref = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+        ref = net.probability(model(torch.from_numpy(x))).numpy()
     seg = Segmenter(path)
     assert seg.metadata["dali_abs.arch"] == "stand-in"
     np.testing.assert_allclose(seg.predict(x), ref, atol=1e-4, rtol=0)
@@ -132,7 +132,8 @@ def test_torch_and_onnxruntime_agree(trained):
     seg = Segmenter(out, device="cpu")
     x = np.random.default_rng(0).random((5, 3, SIZE, SIZE), dtype=np.float32)
     with torch.no_grad():
-        ref = torch.sigmoid(model(torch.from_numpy(x))).numpy()
+        ref = net.probability(model(torch.from_numpy(x)), info["label_smoothing"]).numpy()
+    assert info["label_smoothing"] == 0.1 and seg.metadata["dali_abs.label_smoothing"] == "0.1"
     got = seg.predict(x)
     assert got.shape == (5, 1, GRID, GRID) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)

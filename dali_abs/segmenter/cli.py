@@ -66,7 +66,8 @@ def _export(args: argparse.Namespace) -> int:
 
     model, info = load_checkpoint(args.checkpoint)
     export_onnx(model, args.out, info["grid"], info["input_size"], {"arch": info.get("arch", ""),
-                                                                    "seed": info.get("seed", "")})
+                                                                    "seed": info.get("seed", "")},
+                label_smoothing=float(info.get("label_smoothing", 0.0)))
     msg = {"out": str(args.out), "checkpoint": str(args.checkpoint), "grid": info["grid"],
            "input_size": info["input_size"], "epoch": info.get("epoch")}
     print_json(msg) if args.json else print(f"wrote {args.out} from {args.checkpoint} (epoch {info.get('epoch')})")

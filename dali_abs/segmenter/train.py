@@ -236,13 +236,20 @@ def _train(dataset, labels, out_onnx, ids, r, size, patch, t0, *, epochs, seed, 
         raise SegmenterError(str(e)) from None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train_ids) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.1, anneal_strategy="cos")
+    total_steps = epochs * steps_per_epoch
+    # OneCycleLR divides by its warm-up length (pct_start * total - 1): keep that above one step,
+    # and use a constant rate for runs too short to have a cycle at all.
+    if total_steps >= 4:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total_steps,
+                                                    pct_start=max(0.1, 2.5 / total_steps), anneal_strategy="cos")
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     gen = torch.Generator().manual_seed(seed)
     eps = label_smoothing
     ckpt = checkpoint_path(out_onnx)
     arch = backbone or f"PatchCNN(width={width})"
-    info = {"grid": r, "input_size": size, "width": width, "backbone": backbone, "seed": seed, "arch": arch}
+    info = {"grid": r, "input_size": size, "width": width, "backbone": backbone, "seed": seed, "arch": arch,
+            "label_smoothing": label_smoothing}
 
     best = (-1.0, math.inf)
     best_state, best_epoch, best_val = None, -1, {}
@@ -290,7 +297,7 @@ def _train(dataset, labels, out_onnx, ids, r, size, patch, t0, *, epochs, seed, 
     model.load_state_dict(best_state)
     net.export_onnx(model, out_onnx, r, size, {"arch": arch, "train_images": len(train_ids),
                                                "val_images": len(val_ids), "seed": seed,
-                                               "best_epoch": best_epoch})
+                                               "best_epoch": best_epoch}, label_smoothing=label_smoothing)
     return {"out": str(out_onnx), "checkpoint": str(ckpt), "grid": r, "input_size": size, "arch": arch,
             "train_images": len(train_ids), "val_images": len(val_ids), "epochs_run": len(history),
             "best_epoch": best_epoch, **best_val, "final_train_loss": history[-1]["train_loss"],
