@@ -136,11 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_json_argument(p)
     p.set_defaults(func=_labels_from_masks)
 
+    from dali_abs.cache.cli import register as register_cache
     from dali_abs.inpainter.cli import register as register_inpainter
     from dali_abs.segmenter.cli import register as register_segmenter
 
     register_segmenter(sub)
     register_inpainter(sub)
+    register_cache(sub)
 
     p = sub.add_parser("demo", help="run the whole chain on the built-in data (what `make demo` runs)")
     p.add_argument("out", nargs="?", default="demo-out", metavar="OUT", help="output folder (default ./demo-out)")

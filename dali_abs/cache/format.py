@@ -1,0 +1,339 @@
+"""The precompute cache on disk, and the reading API the loader uses (:func:`open_cache`).
+
+Layout of a cache folder (format version :data:`FORMAT_VERSION`)::
+
+    CACHE/plan.json                 settings of the run (dataset fingerprint, model hashes, grid, ...)
+    CACHE/chunks/c00000.fills.bin   fills of chunk 0: the JPEG files of the images with a non-empty fill,
+                                    concatenated (offsets and sizes in the chunk record)
+    CACHE/chunks/c00000.masks.npy   uint8 [n, R, R]: soft foreground probability, round(p * 255)
+    CACHE/chunks/c00000.json        the chunk record, written last (its presence = chunk finished)
+    CACHE/parts/shard-<i>-of-<n>.json  written by each shard when its chunks are done
+    CACHE/manifest.json             written by ``cache merge`` (or the last shard): the cache is complete
+
+Per image the cache stores:
+
+- the **soft patch mask**: foreground probability on the R x R grid as uint8 ``round(p * 255)``
+  (so loose and tight masks are chosen at load time by thresholding);
+- the **fill**: the inpainter's output inside the bounding box of the loose mask
+  (``p > fill_threshold``, default 0.1, i.e. background probability < 0.9 as in the paper),
+  cropped from the working-size (segmenter input size S) image and stored as JPEG (cells of
+  the box outside the loose mask hold a smooth placeholder: never use them). The box
+  is in **grid cells** ``(r0, c0, r1, c1)`` (half-open), so it maps onto the source image at
+  any resolution: rows ``r0 * H / R .. r1 * H / R``, columns ``c0 * W / R .. c1 * W / R``.
+
+The clean background of image j is image j with its loose-mask cells replaced by the fill
+(resized to the cells' size in the image): see :meth:`Cache.background`. A loader that
+decodes image j anyway (to pair it with another sample's foreground) needs no second
+full-image decode, only the small fill JPEG.
+
+Every file is written atomically (temp file + rename); the chunk record is written after
+its fills and mask files and names their SHA-256, so a killed run leaves either a finished
+chunk or one that the next run redoes. All writes are deterministic (PIL JPEG with fixed
+quality and no metadata), so a resumed run yields
+byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dali_abs.errors import DaliAbsError
+from dali_abs.files import atomic_write_bytes, atomic_write_text
+
+FORMAT = "dali-abs-cache"
+FORMAT_VERSION = 1
+PLAN = "plan.json"
+MANIFEST = "manifest.json"
+CHUNKS = "chunks"
+PARTS = "parts"
+DEFAULT_FILL_THRESHOLD = 0.1  # foreground probability above which a cell is filled (loose mask)
+DEFAULT_TIGHT_THRESHOLD = 0.5  # foreground probability above which a cell is cut out (tight mask)
+
+
+class CacheError(DaliAbsError, ValueError):
+    """A cache folder that is missing, incomplete, or does not match what was asked."""
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def chunk_name(k: int) -> str:
+    return f"c{k:05d}"
+
+
+def part_name(shard: int, shards: int) -> str:
+    return f"shard-{shard}-of-{shards}.json"
+
+
+def quantize(prob: np.ndarray) -> np.ndarray:
+    """Float foreground probability 0..1 -> uint8 round(p * 255)."""
+    return np.clip(np.rint(np.asarray(prob, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def threshold_mask(mask_u8: np.ndarray, threshold: float) -> np.ndarray:
+    """Bool cells where the stored probability (``mask_u8 / 255``) is above ``threshold``."""
+    return mask_u8.astype(np.float32) / np.float32(255.0) > np.float32(threshold)
+
+
+def bounding_box(cells: np.ndarray) -> tuple[int, int, int, int]:
+    """Half-open (r0, c0, r1, c1) of the True cells of a 2-D bool grid; (0, 0, 0, 0) when none."""
+    rows, cols = np.nonzero(cells.any(1))[0], np.nonzero(cells.any(0))[0]
+    if rows.size == 0:
+        return (0, 0, 0, 0)
+    return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    """Deterministic JPEG bytes (PIL, fixed quality, 4:2:0, no metadata)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), optimize=False, progressive=False)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def concat_bytes(blobs: Sequence[bytes]) -> tuple[bytes, list[tuple[int, int]]]:
+    """The blobs back to back, and each one's (offset, size)."""
+    spans, off = [], 0
+    for b in blobs:
+        spans.append((off, len(b)))
+        off += len(b)
+    return b"".join(blobs), spans
+
+
+def write_json(path: Path, obj, compact: bool = False) -> None:
+    text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=1)
+    atomic_write_text(path, text + "\n")
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CacheError(f"{path}: {what} not found") from None
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{path}: cannot read {what} ({e})") from None
+
+
+def write_chunk(root: Path, k: int, entries: list[dict], masks: np.ndarray, fills: list[bytes | None],
+                skipped: list[dict]) -> dict:
+    """Write chunk ``k`` (fills, masks, then the record) atomically; returns the record.
+
+    ``entries[i]`` (dict with at least ``index``) pairs with ``masks[i]`` and ``fills[i]``
+    (JPEG bytes, None when the loose mask is empty).
+    """
+    d = root / CHUNKS
+    name = chunk_name(k)
+    blob, spans = concat_bytes([f for f in fills if f is not None])
+    it = iter(spans)
+    for e, f in zip(entries, fills):
+        e["fill"] = list(next(it)) if f is not None else None  # [offset, size] in the fills file
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(masks, np.uint8).reshape(len(entries), *masks.shape[1:]))
+    mask_bytes = buf.getvalue()
+    atomic_write_bytes(d / f"{name}.fills.bin", blob)
+    atomic_write_bytes(d / f"{name}.masks.npy", mask_bytes)
+    record = {"format": FORMAT, "format_version": FORMAT_VERSION, "chunk": k,
+              "fills": f"{name}.fills.bin", "fills_sha256": sha256_bytes(blob), "fills_bytes": len(blob),
+              "masks": f"{name}.masks.npy", "masks_sha256": sha256_bytes(mask_bytes), "masks_bytes": len(mask_bytes),
+              "entries": entries, "skipped": skipped}
+    write_json(d / f"{name}.json", record, compact=True)
+    return record
+
+
+def read_chunk_record(root: Path, k: int) -> dict | None:
+    """The record of chunk ``k``, or None when the chunk is not finished."""
+    path = root / CHUNKS / f"{chunk_name(k)}.json"
+    if not path.is_file():
+        return None
+    rec = read_json(path, "chunk record")
+    if rec.get("format") != FORMAT or rec.get("chunk") != k:
+        raise CacheError(f"{path}: not a chunk record of this cache (format {rec.get('format')!r}, "
+                         f"chunk {rec.get('chunk')!r})")
+    return rec
+
+
+@dataclass
+class Cache:
+    """A finished cache, read for training.
+
+    Attributes: :attr:`root`, :attr:`manifest`, :attr:`grid` (R), :attr:`work_size` (S, the px
+    size the fill was computed at), :attr:`fill_threshold`, :attr:`ids` (cached image ids, dataset
+    order), :attr:`indices` (their dataset sample index), :attr:`relpaths` (path under the dataset
+    root), :attr:`labels`, :attr:`masks` (uint8 [N, R, R], ``round(p * 255)``), :attr:`boxes`
+    (int32 [N, 4] grid-cell boxes ``r0, c0, r1, c1``; all zero = nothing filled), :attr:`fill_spans`
+    (int64 [N, 3]: chunk number, byte offset in its fills file, byte size; size 0 = no fill).
+    """
+
+    root: Path
+    manifest: dict
+    ids: list[str]
+    indices: np.ndarray
+    relpaths: list[str]
+    labels: np.ndarray
+    masks: np.ndarray
+    boxes: np.ndarray
+    fill_spans: np.ndarray
+
+    @property
+    def grid(self) -> int:
+        return int(self.manifest["grid"])
+
+    @property
+    def work_size(self) -> int:
+        return int(self.manifest["work_size"])
+
+    @property
+    def fill_threshold(self) -> float:
+        return float(self.manifest["thresholds"]["fill"])
+
+    @property
+    def data_root(self) -> Path:
+        return Path(self.manifest["dataset"]["root"])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def position(self, image_id: str) -> int:
+        """Row of ``image_id`` in the cache arrays."""
+        if not hasattr(self, "_pos"):
+            self._pos = {s: i for i, s in enumerate(self.ids)}
+        try:
+            return self._pos[image_id]
+        except KeyError:
+            raise CacheError(f"{self.root}: image id {image_id!r} is not in the cache "
+                             "(skipped or not in the dataset; see `dali-abs cache info`)") from None
+
+    def _row(self, key: str | int) -> int:
+        return key if isinstance(key, (int, np.integer)) else self.position(key)
+
+    def mask(self, key: str | int) -> np.ndarray:
+        """Float32 [R, R] foreground probability (quantised to 1/255)."""
+        return self.masks[self._row(key)].astype(np.float32) / 255.0
+
+    def loose(self, key: str | int, threshold: float | None = None) -> np.ndarray:
+        """Bool [R, R] loose mask (default: the threshold the fill was computed with)."""
+        return threshold_mask(self.masks[self._row(key)], self.fill_threshold if threshold is None else threshold)
+
+    def tight(self, key: str | int, threshold: float = DEFAULT_TIGHT_THRESHOLD) -> np.ndarray:
+        """Bool [R, R] tight mask (cut-out alpha), foreground probability above ``threshold``."""
+        return threshold_mask(self.masks[self._row(key)], threshold)
+
+    def fill_files(self) -> list[Path]:
+        """The chunks' fills files in chunk order (``fill_spans[:, 0]`` indexes this list)."""
+        return [self.root / CHUNKS / f"{chunk_name(k)}.fills.bin" for k in range(int(self.manifest["chunks"]))]
+
+    def fill_bytes(self, key: str | int) -> bytes | None:
+        """The stored fill JPEG of an image, None when its loose mask is empty."""
+        k, off, size = (int(v) for v in self.fill_spans[self._row(key)])
+        if size == 0:
+            return None
+        if not hasattr(self, "_maps"):
+            self._maps = {}
+        if k not in self._maps:
+            self._maps[k] = np.memmap(self.root / CHUNKS / f"{chunk_name(k)}.fills.bin", np.uint8, "r")
+        return self._maps[k][off:off + size].tobytes()
+
+    def fill(self, key: str | int) -> np.ndarray | None:
+        """uint8 HWC RGB fill crop (work-size pixels of the box), None when nothing was filled."""
+        data = self.fill_bytes(key)
+        return None if data is None else decode_image(data)
+
+    def background(self, key: str | int, image: np.ndarray | None = None) -> np.ndarray:
+        """uint8 HWC RGB clean background at the source image's size.
+
+        ``image``: the decoded source image (uint8 HWC RGB); read from the dataset when None.
+        Cells of the loose mask are replaced by the fill, resized (bilinear) to the box's
+        size in the image; all other pixels are the source pixels.
+        """
+        from PIL import Image
+
+        row = self._row(key)
+        if image is None:
+            from dali_abs.files import read_rgb
+
+            image = read_rgb(self.data_root / self.relpaths[row])
+        out = np.array(image, np.uint8, copy=True)
+        r0, c0, r1, c1 = (int(v) for v in self.boxes[row])
+        if r1 <= r0:
+            return out
+        h, w = out.shape[:2]
+        R = self.grid
+        ys = [round(i * h / R) for i in range(R + 1)]
+        xs = [round(i * w / R) for i in range(R + 1)]
+        y0, y1, x0, x1 = ys[r0], ys[r1], xs[c0], xs[c1]
+        if y1 <= y0 or x1 <= x0:
+            return out
+        fill = np.asarray(Image.fromarray(self.fill(row)).resize((x1 - x0, y1 - y0), Image.BILINEAR))
+        cells = self.loose(row)[r0:r1, c0:c1]
+        sel = np.zeros((y1 - y0, x1 - x0), bool)
+        for i in range(r1 - r0):
+            for j in range(c1 - c0):
+                if cells[i, j]:
+                    sel[ys[r0 + i] - y0:ys[r0 + i + 1] - y0, xs[c0 + j] - x0:xs[c0 + j + 1] - x0] = True
+        region = out[y0:y1, x0:x1]
+        region[sel] = fill[sel]
+        return out
+
+
+def open_cache(path: str | os.PathLike) -> Cache:
+    """Open a finished cache (one with ``manifest.json``; run ``dali-abs cache merge`` after sharded runs)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise CacheError(f"{root}: cache folder not found")
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        hint = ("the run is unfinished or sharded: rerun `dali-abs precompute` with the same arguments, "
+                "or run `dali-abs cache merge` after every shard finished") if (root / PLAN).is_file() else \
+               "not a dali-abs cache folder"
+        raise CacheError(f"{root}: no {MANIFEST} ({hint})")
+    manifest = read_json(mpath, "cache manifest")
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise CacheError(f"{mpath}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
+                         f"this version reads {FORMAT!r} version {FORMAT_VERSION}. Rebuild the cache.")
+    ids, idx, rel, lab, masks, boxes, spans = [], [], [], [], [], [], []
+    for k in range(int(manifest["chunks"])):
+        rec = read_chunk_record(root, k)
+        if rec is None:
+            raise CacheError(f"{root}: chunk {k} is missing although the manifest lists it; run "
+                             "`dali-abs cache verify` and rerun the precompute")
+        m = np.load(root / CHUNKS / rec["masks"])
+        if len(m) != len(rec["entries"]):
+            raise CacheError(f"{root / CHUNKS / rec['masks']}: {len(m)} masks for {len(rec['entries'])} entries")
+        masks.append(m)
+        for e in rec["entries"]:
+            ids.append(e["id"])
+            idx.append(e["index"])
+            rel.append(e["path"])
+            lab.append(e["label"])
+            boxes.append(e["box"])
+            spans.append((k, *(e["fill"] or (0, 0))))
+    R = int(manifest["grid"])
+    return Cache(root, manifest, ids, np.asarray(idx, np.int64), rel, np.asarray(lab, np.int64),
+                 np.concatenate(masks) if masks else np.zeros((0, R, R), np.uint8),
+                 np.asarray(boxes, np.int32).reshape(-1, 4), np.asarray(spans, np.int64).reshape(-1, 3))

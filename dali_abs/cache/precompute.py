@@ -1,0 +1,493 @@
+"""``dali-abs precompute``: soft patch masks and fills for a whole dataset, resumable and sharded.
+
+Per chunk of ``chunk_size`` images (dataset order): a header pre-pass routes each file
+(DALI for plain RGB / grayscale JPEG, PNG and BMP; PIL for CMYK, 16-bit, RGBA, palette and
+anything DALI may choke on; skip with a reason for unreadable, too small or too large
+images); DALI decodes and resizes to the segmenter's input size S (``mixed`` decoding on a
+GPU); the segmenter gives the R x R foreground probability; the inpainter fills the loose
+mask cells at S x S; the fill crop is JPEG-encoded; the chunk is written atomically
+(:func:`dali_abs.cache.format.write_chunk`). A rerun skips finished chunks. Chunk k belongs
+to shard ``k % n``; ``merge`` (run by the last shard to finish, or ``dali-abs cache merge``)
+writes ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dali_abs.cache.format import (CHUNKS, DEFAULT_FILL_THRESHOLD, DEFAULT_TIGHT_THRESHOLD, FORMAT, FORMAT_VERSION,
+                                   MANIFEST, PARTS, PLAN, CacheError, bounding_box, chunk_name, encode_jpeg,
+                                   part_name, quantize, read_chunk_record, read_json, sha256_file, threshold_mask,
+                                   write_chunk, write_json)
+from dali_abs.dataset import Dataset, Sample
+
+STAGES = ("decode", "segmenter", "inpainter", "encode", "write")
+DALI_FORMATS = {"JPEG": ("RGB", "L"), "PNG": ("RGB", "L"), "BMP": ("RGB", "L")}
+
+
+@dataclass(frozen=True)
+class PrecomputeConfig:
+    chunk_size: int = 256  # images per chunk file (the unit of resumption and sharding)
+    batch_size: int = 32  # images per DALI / onnxruntime batch
+    fill_threshold: float = DEFAULT_FILL_THRESHOLD  # loose mask: foreground probability above this is filled
+    quality: int = 90  # JPEG quality of the stored fill
+    max_pixels: int = 100_000_000  # larger images are skipped (reported), not decoded
+    device: str = "auto"  # auto / cpu / cuda: onnxruntime provider and DALI decoder placement
+
+    def check(self) -> None:
+        if self.chunk_size < 1 or self.batch_size < 1:
+            raise CacheError(f"chunk_size and batch_size must be positive, got {self.chunk_size}, {self.batch_size}")
+        if not 0.0 <= self.fill_threshold < 1.0:
+            raise CacheError(f"fill threshold must be in [0, 1), got {self.fill_threshold}")
+        if not 1 <= self.quality <= 100:
+            raise CacheError(f"JPEG quality must be 1..100, got {self.quality}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise CacheError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def parse_shard(spec: str | None, env: dict | None = None) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n); without a spec, torchrun's RANK / WORLD_SIZE when set, else (0, 1)."""
+    env = os.environ if env is None else env
+    if spec is None:
+        if "WORLD_SIZE" in env and "RANK" in env:
+            spec = f"{env['RANK']}/{env['WORLD_SIZE']}"
+        else:
+            return 0, 1
+    try:
+        i, n = (int(v) for v in str(spec).split("/"))
+    except ValueError:
+        raise CacheError(f"--shard must be i/n (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise CacheError(f"--shard {spec}: need 0 <= i < n")
+    return i, n
+
+
+def pin_local_gpu(env: dict | None = None) -> str | None:
+    """Under torchrun (LOCAL_RANK set), make this process see only its own GPU; returns the choice.
+
+    Sets ``CUDA_VISIBLE_DEVICES`` before DALI or onnxruntime start CUDA, so both use device 0
+    of the process = GPU LOCAL_RANK of the node (or the LOCAL_RANK-th of an existing list).
+    """
+    env = os.environ if env is None else env
+    local = env.get("LOCAL_RANK")
+    if local is None:
+        return None
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if len(visible) == 1:
+        return visible[0]  # already pinned by the launcher
+    choice = visible[int(local) % len(visible)] if visible else str(int(local))
+    env["CUDA_VISIBLE_DEVICES"] = choice
+    return choice
+
+
+class Timer:
+    def __init__(self):
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+
+    def add(self, stage: str, t0: float) -> float:
+        t = time.perf_counter()
+        self.seconds[stage] += t - t0
+        return t
+
+
+def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
+    n = len(ds.samples)
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "dataset": {"root": str(ds.root), "layout": ds.layout, "fingerprint": ds.fingerprint(), "images": n,
+                    "ignored": list(ds.ignored)},
+        "models": {
+            "segmenter": {"path": str(seg.path), "sha256": sha256_file(seg.path), "grid": seg.grid,
+                          "input_size": seg.input_size},
+            "inpainter": {"path": str(inp.path), "sha256": sha256_file(inp.path), "fill": inp.fill_name},
+        },
+        "grid": seg.grid, "work_size": seg.input_size,
+        "thresholds": {"fill": cfg.fill_threshold, "tight_default": DEFAULT_TIGHT_THRESHOLD,
+                       "meaning": "foreground probability above the threshold; fill = loose mask "
+                                  "(background probability < 1 - fill), tight = cut-out alpha"},
+        "mask_encoding": "uint8 [R,R] round(255 * foreground probability), one .masks.npy per chunk",
+        "fill_encoding": {"format": "jpeg", "quality": cfg.quality, "resolution": "work_size",
+                          "region": "bounding box of the loose-mask cells, box in grid cells (r0, c0, r1, c1)"},
+        "chunk_size": cfg.chunk_size, "chunks": (n + cfg.chunk_size - 1) // cfg.chunk_size,
+        "max_pixels": cfg.max_pixels,
+    }
+
+
+_PLAN_KEYS = ("format_version", "grid", "work_size", "thresholds", "mask_encoding", "fill_encoding", "chunk_size",
+              "chunks", "max_pixels")
+
+
+def plan_differences(old: dict, new: dict) -> list[str]:
+    diffs = [k for k in _PLAN_KEYS if old.get(k) != new.get(k)]
+    if old.get("dataset", {}).get("fingerprint") != new["dataset"]["fingerprint"]:
+        diffs.append("dataset fingerprint (the dataset changed)")
+    for m in ("segmenter", "inpainter"):
+        if old.get("models", {}).get(m, {}).get("sha256") != new["models"][m]["sha256"]:
+            diffs.append(f"{m} model hash")
+    return diffs
+
+
+def _stat(path: Path) -> dict:
+    st = path.stat()
+    return {"file_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _jpeg_complete(path: Path) -> bool:
+    """A JPEG that ends with its end-of-image marker (trailing padding tolerated)."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        n = f.tell()
+        f.seek(max(0, n - 1024))
+        tail = f.read()
+    return b"\xff\xd9" in tail
+
+
+def prepass(s: Sample, patch: int, max_pixels: int) -> tuple[str, dict]:
+    """("dali" | "pil" | "skip", info) from the file header only (no full decode)."""
+    from PIL import Image
+
+    info = {"id": s.id, "path": s.relpath}
+    try:
+        info.update(_stat(s.path))
+    except OSError as e:
+        return "skip", {**info, "reason": f"cannot read file: {e}"}
+    try:
+        with Image.open(s.path) as im:
+            w, h = im.size
+            fmt, mode = im.format, im.mode
+    except Exception as e:  # PIL raises many types for non-images and broken headers
+        return "skip", {**info, "reason": f"not a readable image: {type(e).__name__}: {e}"}
+    info.update({"size": [w, h], "format": fmt, "mode": mode})
+    if min(w, h) < patch:
+        return "skip", {**info, "reason": f"too small: {w}x{h} px, smaller than one patch ({patch} px)"}
+    if w * h > max_pixels:
+        return "skip", {**info, "reason": f"too large: {w}x{h} = {w * h} px > max_pixels {max_pixels}"}
+    ok_modes = DALI_FORMATS.get(fmt, ())
+    if mode in ok_modes and (fmt != "JPEG" or _jpeg_complete(s.path)):
+        return "dali", info
+    return "pil", info
+
+
+def _dali_decode(paths: list[Path], size: int, batch_size: int, gpu: bool, out: np.ndarray, done: np.ndarray) -> None:
+    """Decode (RGB) and resize (bilinear, antialiased) ``paths`` with DALI into ``out[i]``, setting ``done[i]``.
+
+    Raises on the first batch DALI cannot decode; the batches finished before it stay in ``out``.
+    """
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def
+    def pipe_def():
+        data, labels = fn.readers.file(files=[str(p) for p in paths], labels=list(range(len(paths))), name="r")
+        img = fn.decoders.image(data, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        img = fn.resize(img, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
+        return img, labels
+
+    bs = min(batch_size, len(paths))
+    pipe = pipe_def(batch_size=bs, num_threads=max(1, min(4, os.cpu_count() or 1)),
+                    device_id=0 if gpu else None, prefetch_queue_depth=1)
+    try:
+        pipe.build()
+        for _ in range((len(paths) + bs - 1) // bs):
+            imgs, labels = pipe.run()
+            if gpu:
+                imgs = imgs.as_cpu()
+            for a, l in zip(imgs.as_array(), labels.as_array().reshape(-1)):
+                if not done[l]:  # the last batch wraps around to the first files
+                    out[l], done[l] = a, True
+    finally:
+        del pipe
+
+
+def decode_with_dali(paths: list[Path], size: int, batch_size: int, gpu: bool) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [n, size, size, 3] and a bool [n] of the images DALI decoded.
+
+    A batch DALI fails on (a corrupt file it was given) is left to the caller (``done`` False):
+    the rest is retried in a fresh pipeline, so one bad file costs at most a batch or two.
+    """
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    done = np.zeros(len(paths), bool)
+    given_up = np.zeros(len(paths), bool)
+    while True:
+        rest = np.nonzero(~done & ~given_up)[0]
+        if rest.size == 0:
+            return out, done
+        sub_out = np.empty((rest.size, size, size, 3), np.uint8)
+        sub_done = np.zeros(rest.size, bool)
+        try:
+            _dali_decode([paths[i] for i in rest], size, batch_size, gpu, sub_out, sub_done)
+        except Exception:  # DALI raises RuntimeError naming no file: give up on the first unfinished batch
+            pending = np.nonzero(~sub_done)[0]
+            given_up[rest[pending[:batch_size]]] = True
+        out[rest[sub_done]] = sub_out[sub_done]
+        done[rest[sub_done]] = True
+
+
+def _pil_decode(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    from dali_abs.files import read_rgb
+
+    img = read_rgb(path)
+    if img.shape[:2] != (size, size):
+        img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    return img
+
+
+def smooth_outside(crop: np.ndarray, cells: np.ndarray, patch: int) -> np.ndarray:
+    """``crop`` with the pixels of its non-filled cells replaced by a smooth placeholder.
+
+    Those cells keep the source image in the background, so the loader never reads them from
+    the fill; a bilinear upsampling of the per-cell mean colours costs the JPEG few bytes
+    and has no edges to ring into the filled cells.
+    """
+    from PIL import Image
+
+    if cells.all():
+        return np.ascontiguousarray(crop)
+    h, w = crop.shape[:2]
+    means = crop.reshape(h // patch, patch, w // patch, patch, 3).mean((1, 3), dtype=np.float32)
+    smooth = np.asarray(Image.fromarray(np.rint(means).astype(np.uint8)).resize((w, h), Image.BILINEAR))
+    keep = np.repeat(np.repeat(~cells, patch, 0), patch, 1)
+    out = crop.copy()
+    out[keep] = smooth[keep]
+    return out
+
+
+class Worker:
+    """Processes chunks with one segmenter and one inpainter session."""
+
+    def __init__(self, ds: Dataset, seg, inp, cfg: PrecomputeConfig, root: Path, gpu: bool):
+        self.ds, self.seg, self.inp, self.cfg, self.root, self.gpu = ds, seg, inp, cfg, root, gpu
+        self.timer = Timer()
+
+    def decode(self, samples: list[tuple[int, Sample]]) -> tuple[list[dict], np.ndarray, list[dict]]:
+        S, patch = self.seg.input_size, self.seg.patch
+        skipped, routes = [], []
+        for idx, s in samples:
+            route, info = prepass(s, patch, self.cfg.max_pixels)
+            info = {"index": idx, **info, "label": s.label, "split": s.split}
+            if route == "skip":
+                skipped.append(info)
+            else:
+                routes.append((route, info, s))
+        dali_items = [(i, r) for i, r in enumerate(routes) if r[0] == "dali"]
+        images = np.empty((len(routes), S, S, 3), np.uint8)
+        ok = np.ones(len(routes), bool)
+        pil_rows = [i for i, r in enumerate(routes) if r[0] == "pil"]
+        if dali_items:
+            arr, ok_dali = decode_with_dali([r[2].path for _, r in dali_items], S, self.cfg.batch_size, self.gpu)
+            for (i, r), a, good in zip(dali_items, arr, ok_dali):
+                if good:
+                    images[i] = a
+                else:  # DALI failed on its batch: PIL decodes it or names the error
+                    routes[i] = ("pil", r[1], r[2])
+                    pil_rows.append(i)
+        for i in pil_rows:
+            try:
+                images[i] = _pil_decode(routes[i][2].path, S)
+            except Exception as e:
+                ok[i] = False
+                skipped.append({**routes[i][1], "reason": f"cannot decode: {e}"})
+        for i, r in enumerate(routes):
+            r[1]["decoder"] = r[0]
+        entries = [routes[i][1] for i in range(len(routes)) if ok[i]]
+        skipped.sort(key=lambda d: d["index"])
+        return entries, images[ok], skipped
+
+    def process(self, k: int, samples: list[tuple[int, Sample]]) -> dict:
+        t = time.perf_counter()
+        entries, images, skipped = self.decode(samples)
+        x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+        t = self.timer.add("decode", t)
+        S, R, patch = self.seg.input_size, self.seg.grid, self.seg.patch
+        prob = self.seg.predict(x) if len(x) else np.zeros((0, 1, R, R), np.float32)
+        masks = quantize(prob[:, 0])
+        t = self.timer.add("segmenter", t)
+        loose = threshold_mask(masks, self.cfg.fill_threshold)
+        hole = np.repeat(np.repeat(loose, patch, 1), patch, 2)[:, None].astype(np.float32)
+        filled = self.inp.fill(x, hole) if len(x) else x
+        filled_u8 = np.clip(np.rint(filled * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        t = self.timer.add("inpainter", t)
+        fills = []
+        for e, cells, img in zip(entries, loose, filled_u8):
+            r0, c0, r1, c1 = bounding_box(cells)
+            e["box"] = [r0, c0, r1, c1]
+            if r1 > r0:
+                crop = smooth_outside(img[r0 * patch:r1 * patch, c0 * patch:c1 * patch], cells[r0:r1, c0:c1], patch)
+                fills.append(encode_jpeg(crop, self.cfg.quality))
+            else:
+                fills.append(None)
+        t = self.timer.add("encode", t)
+        rec = write_chunk(self.root, k, entries, masks, fills, skipped)
+        self.timer.add("write", t)
+        return rec
+
+
+def _load_models(segmenter, inpainter, device: str, batch_size: int):
+    from dali_abs.inpainter.inference import Inpainter
+    from dali_abs.segmenter.inference import Segmenter
+
+    seg = Segmenter(segmenter, device=device, batch_size=batch_size)
+    inp = Inpainter(inpainter, device=device, batch_size=batch_size)
+    return seg, inp
+
+
+def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: PrecomputeConfig = PrecomputeConfig(),
+               shard: tuple[int, int] = (0, 1), progress: bool = True, merge_when_done: bool = True) -> dict:
+    """Compute (or finish) this shard's chunks of the cache at ``out``; merge when every chunk is done.
+
+    The models are loaded and checked against their contracts before anything is written.
+    Returns a summary: images processed now / already done, skipped, seconds, images/s,
+    time per stage, and whether the cache is complete (``manifest`` path).
+    """
+    from tqdm import tqdm
+
+    from dali_abs.runtime import cuda_available
+
+    cfg.check()
+    t_start = time.perf_counter()
+    seg, inp = _load_models(segmenter, inpainter, cfg.device, cfg.batch_size)  # refuses a wrong model before any work
+    root = Path(out).expanduser().resolve()
+    try:
+        root.relative_to(ds.root)
+        inside = True
+    except ValueError:
+        inside = False
+    if inside or root == ds.root:
+        raise CacheError(f"--out {root} is inside the dataset folder {ds.root}; the dataset is never written to. "
+                         "Choose a folder outside it.")
+    plan = make_plan(ds, seg, inp, cfg)
+    old_path = root / PLAN
+    if old_path.is_file():
+        old = read_json(old_path, "cache plan")
+        diffs = plan_differences(old, plan)
+        if diffs:
+            raise CacheError(f"{root}: holds a cache made with other settings ({'; '.join(diffs)}). "
+                             "Use a new --out folder, or delete this one to rebuild.")
+    else:
+        write_json(old_path, plan)
+    (root / CHUNKS).mkdir(parents=True, exist_ok=True)
+    i, n = shard
+    mine = [k for k in range(plan["chunks"]) if k % n == i]
+    gpu = cfg.device == "cuda" or (cfg.device == "auto" and cuda_available())
+    worker = Worker(ds, seg, inp, cfg, root, gpu)
+    cs = cfg.chunk_size
+    todo, already = [], 0
+    for k in mine:  # temp files a killed run left for this shard's chunks (other shards' are theirs)
+        for tmp in (root / CHUNKS).glob(f".{chunk_name(k)}.*"):
+            tmp.unlink(missing_ok=True)
+    for k in mine:
+        rec = read_chunk_record(root, k)
+        if rec is not None and _chunk_files_ok(root, rec):
+            already += len(rec["entries"]) + len(rec["skipped"])
+        else:
+            todo.append(k)
+    n_todo = sum(len(ds.samples[k * cs:(k + 1) * cs]) for k in todo)
+    done = skipped = 0
+    t0 = time.perf_counter()
+    with tqdm(total=n_todo, desc=f"precompute {i}/{n}" if n > 1 else "precompute", unit="img",
+              disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+        for k in todo:
+            samples = list(enumerate(ds.samples[k * cs:(k + 1) * cs], start=k * cs))
+            rec = worker.process(k, samples)
+            done += len(samples)
+            skipped += len(rec["skipped"])
+            bar.update(len(samples))
+    seconds = time.perf_counter() - t0
+    write_json(root / PARTS / part_name(i, n), {"shard": i, "shards": n, "chunks": mine})
+    summary = {"out": str(root), "shard": f"{i}/{n}", "images_total": len(ds.samples), "processed": done,
+               "already_done": already, "skipped_now": skipped, "seconds": round(seconds, 3),
+               "images_per_s": round(done / seconds, 2) if done and seconds > 0 else None,
+               "stage_seconds": {k: round(v, 3) for k, v in worker.timer.seconds.items()},
+               "setup_seconds": round(t0 - t_start, 3), "complete": False, "manifest": None}
+    if merge_when_done and all(read_chunk_record(root, k) is not None for k in range(plan["chunks"])):
+        manifest = merge(root)
+        summary.update(complete=True, manifest=str(root / MANIFEST), counts=manifest["counts"])
+    return summary
+
+
+def _chunk_files_ok(root: Path, rec: dict) -> bool:
+    """Cheap check that a finished chunk's data files are those its record names."""
+    for key in ("fills", "masks"):
+        p = root / CHUNKS / rec[key]
+        if not p.is_file() or p.stat().st_size != rec[f"{key}_bytes"]:
+            return False
+    return True
+
+
+def merge(root: str | os.PathLike, sources: list[str | os.PathLike] = ()) -> dict:
+    """Join the chunks of every shard into ``manifest.json``; returns the manifest.
+
+    ``sources``: other cache folders (e.g. one per node without a shared file system) whose
+    chunk files are copied in first; their plan must equal this one's.
+    """
+    root = Path(root)
+    plan = read_json(root / PLAN, "cache plan (is this a cache folder?)")
+    for src in map(Path, sources):
+        other = read_json(src / PLAN, "cache plan")
+        diffs = plan_differences(plan, other)
+        if diffs:
+            raise CacheError(f"{src}: made with other settings than {root} ({'; '.join(diffs)}); cannot merge")
+        for f in sorted((src / CHUNKS).glob("c*.json")):
+            stem = f.name[:-len(".json")]
+            if (root / CHUNKS / f.name).is_file():
+                continue
+            (root / CHUNKS).mkdir(parents=True, exist_ok=True)
+            for suffix in (".fills.bin", ".masks.npy", ".json"):  # record last: it marks the chunk finished
+                tmp = root / CHUNKS / f".{stem}{suffix}.merge.tmp"
+                shutil.copyfile(src / CHUNKS / f"{stem}{suffix}", tmp)
+                os.replace(tmp, root / CHUNKS / f"{stem}{suffix}")
+    records, missing = [], []
+    for k in range(plan["chunks"]):
+        rec = read_chunk_record(root, k)
+        (missing.append(k) if rec is None else records.append(rec))
+    if missing:
+        parts = sorted(p.name for p in (root / PARTS).glob("shard-*.json")) if (root / PARTS).is_dir() else []
+        raise CacheError(f"{root}: {len(missing)} of {plan['chunks']} chunks are not finished (first: "
+                         f"{', '.join(map(str, missing[:5]))}); finished shard parts: {parts or 'none'}. "
+                         "Run (or rerun) the missing shards with the same arguments, then merge again.")
+    seen: dict[int, int] = {}
+    skipped, cached, filled, src_bytes, chunks = [], 0, 0, 0, []
+    fill_bytes = mask_bytes = rec_bytes = 0
+    for rec in records:
+        k = rec["chunk"]
+        for e in rec["entries"] + rec["skipped"]:
+            if e["index"] in seen:
+                raise CacheError(f"{root}: image {e['id']!r} appears in chunks {seen[e['index']]} and {k}")
+            seen[e["index"]] = k
+        cached += len(rec["entries"])
+        filled += sum(1 for e in rec["entries"] if e["fill"])
+        src_bytes += sum(e["file_bytes"] for e in rec["entries"])
+        skipped += [{"id": e["id"], "path": e["path"], "reason": e["reason"]} for e in rec["skipped"]]
+        rpath = root / CHUNKS / f"{chunk_name(k)}.json"
+        rb = rpath.stat().st_size
+        fill_bytes, mask_bytes = fill_bytes + rec["fills_bytes"], mask_bytes + rec["masks_bytes"]
+        rec_bytes += rb
+        chunks.append({"chunk": k, "images": len(rec["entries"]), "skipped": len(rec["skipped"]),
+                       "fills_sha256": rec["fills_sha256"], "masks_sha256": rec["masks_sha256"],
+                       "record_sha256": sha256_file(rpath)})
+    n = plan["dataset"]["images"]
+    if len(seen) != n:
+        raise CacheError(f"{root}: chunks hold {len(seen)} images, the plan {n}")
+    total = fill_bytes + mask_bytes + rec_bytes
+    manifest = {**plan,
+                "counts": {"images": n, "cached": cached, "skipped": len(skipped), "filled": filled},
+                "bytes": {"total": total, "fills": fill_bytes, "masks": mask_bytes, "records": rec_bytes,
+                          "per_image": round(total / cached, 1) if cached else None,
+                          "data_per_image": round((fill_bytes + mask_bytes) / cached, 1) if cached else None,
+                          "source_per_image": round(src_bytes / cached, 1) if cached else None,
+                          "ratio_to_source": round(total / src_bytes, 4) if src_bytes else None},
+                "skipped": skipped, "ignored": plan["dataset"].get("ignored", []), "chunk_files": chunks}
+    write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+def config_dict(cfg: PrecomputeConfig) -> dict:
+    return asdict(cfg)

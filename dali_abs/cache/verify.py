@@ -1,0 +1,161 @@
+"""``dali-abs cache verify`` and ``dali-abs cache info``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dali_abs.cache.format import (CHUNKS, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, CacheError, chunk_name,
+                                   decode_image, read_chunk_record, read_json, sha256_file)
+
+
+def _load_manifest(root: Path) -> dict:
+    if not root.is_dir():
+        raise CacheError(f"{root}: cache folder not found")
+    if not (root / MANIFEST).is_file():
+        what = "an unfinished or unmerged cache" if (root / PLAN).is_file() else "not a dali-abs cache folder"
+        raise CacheError(f"{root}: no {MANIFEST} ({what}); finish the precompute or run `dali-abs cache merge`")
+    return read_json(root / MANIFEST, "cache manifest")
+
+
+def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
+    """Check a cache; returns ``{"ok", "problems", "counts", "stale"}`` (problems: list of strings).
+
+    Checks: format version; every chunk's record, fills and mask files present with the SHA-256
+    the manifest and record name; mask arrays uint8 [n, R, R]; the fills tile their file
+    exactly, and each is a JPEG that decodes (``decode``) to its box's size; each
+    dataset image exactly once (cached or skipped). With ``dataset``: images changed (path,
+    label, split, size or mtime), added, or removed since the precompute.
+    """
+    root = Path(path)
+    m = _load_manifest(root)
+    problems: list[str] = []
+    if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
+        problems.append(f"format {m.get('format')!r} v{m.get('format_version')!r}, "
+                        f"expected {FORMAT!r} v{FORMAT_VERSION}")
+        return {"cache": str(root), "ok": False, "problems": problems}
+    R = int(m["grid"])
+    patch = int(m["work_size"]) // R
+    by_chunk = {c["chunk"]: c for c in m.get("chunk_files", [])}
+    records: dict[str, dict] = {}
+    seen: dict[int, int] = {}
+    cached = skipped = fills_checked = 0
+    for k in range(int(m["chunks"])):
+        name = chunk_name(k)
+        try:
+            rec = read_chunk_record(root, k)
+        except CacheError as e:
+            problems.append(str(e))
+            continue
+        if rec is None:
+            problems.append(f"chunk {k}: record {CHUNKS}/{name}.json missing")
+            continue
+        want = by_chunk.get(k, {})
+        if want.get("record_sha256") != sha256_file(root / CHUNKS / f"{name}.json"):
+            problems.append(f"chunk {k}: record hash differs from the manifest's")
+        ok_files = True
+        for key in ("fills", "masks"):
+            p = root / CHUNKS / rec[key]
+            if not p.is_file():
+                problems.append(f"chunk {k}: {rec[key]} missing")
+                ok_files = False
+            elif sha256_file(p) != rec[f"{key}_sha256"] or rec[f"{key}_sha256"] != want.get(f"{key}_sha256"):
+                problems.append(f"chunk {k}: {rec[key]} hash differs from its record / the manifest")
+                ok_files = False
+        for e in rec["entries"] + rec["skipped"]:
+            if e["index"] in seen:
+                problems.append(f"image {e['id']!r} is in chunks {seen[e['index']]} and {k}")
+            seen[e["index"]] = k
+            records[e["id"]] = e
+        cached += len(rec["entries"])
+        skipped += len(rec["skipped"])
+        if not ok_files:
+            continue
+        try:
+            masks = np.load(root / CHUNKS / rec["masks"])
+        except Exception as e:
+            problems.append(f"chunk {k}: {rec['masks']} unreadable ({e})")
+            continue
+        if masks.dtype != np.uint8 or masks.shape != (len(rec["entries"]), R, R):
+            problems.append(f"chunk {k}: masks are {masks.dtype} {list(masks.shape)}, expected uint8 "
+                            f"[{len(rec['entries'])}, {R}, {R}]")
+        data = (root / CHUNKS / rec["fills"]).read_bytes()
+        end = 0
+        for e in rec["entries"]:
+            r0, c0, r1, c1 = e["box"]
+            if e["fill"] is None:
+                if r1 > r0:
+                    problems.append(f"image {e['id']!r}: box {e['box']} but no fill stored")
+                continue
+            off, size = e["fill"]
+            if off != end or off + size > len(data) or data[off:off + 2] != b"\xff\xd8":
+                problems.append(f"image {e['id']!r}: fill span {e['fill']} is not the JPEG after byte {end} of "
+                                f"{rec['fills']} ({len(data)} B)")
+                continue
+            end = off + size
+            if decode:
+                try:
+                    img = decode_image(data[off:off + size])
+                except Exception as exc:
+                    problems.append(f"image {e['id']!r}: fill does not decode ({exc})")
+                    continue
+                want_shape = ((r1 - r0) * patch, (c1 - c0) * patch, 3)
+                if img.shape != want_shape:
+                    problems.append(f"image {e['id']!r}: fill is {list(img.shape)}, expected {list(want_shape)}")
+            fills_checked += 1
+        if end != len(data):
+            problems.append(f"chunk {k}: {rec['fills']} has {len(data) - end} bytes after its last fill")
+    n = int(m["dataset"]["images"])
+    if len(seen) != n or set(seen) != set(range(n)):
+        problems.append(f"the cache covers {len(seen)} of the {n} planned images")
+    counts = {"images": n, "cached": cached, "skipped": skipped, "fills_checked": fills_checked}
+    if counts["cached"] != m["counts"]["cached"] or counts["skipped"] != m["counts"]["skipped"]:
+        problems.append(f"manifest counts {m['counts']} differ from the chunks' ({cached} cached, {skipped} skipped)")
+    out = {"cache": str(root), "ok": not problems, "problems": problems, "counts": counts}
+    if dataset is not None:
+        stale = staleness(records, dataset)
+        out["stale"] = stale
+        out["fingerprint_matches"] = dataset.fingerprint() == m["dataset"]["fingerprint"]
+        if stale["changed"] or stale["added"] or stale["removed"]:
+            out["ok"] = False
+    return out
+
+
+def staleness(records: dict[str, dict], dataset) -> dict:
+    """Images changed / added / removed in ``dataset`` against the cache's per-image records."""
+    changed, added = [], []
+    current = dataset.by_id()
+    for sid, s in current.items():
+        e = records.get(sid)
+        if e is None:
+            added.append(sid)
+            continue
+        why = []
+        if e["path"] != s.relpath:
+            why.append("path")
+        if e.get("label") != s.label or e.get("split") != s.split:
+            why.append("label/split")
+        try:
+            st = s.path.stat()
+            if e.get("file_bytes") != st.st_size or e.get("mtime_ns") != st.st_mtime_ns:
+                why.append("file content (size or mtime)")
+        except OSError:
+            why.append("file missing")
+        if why:
+            changed.append({"id": sid, "what": why})
+    removed = sorted(set(records) - set(current))
+    return {"changed": changed, "added": added, "removed": removed}
+
+
+def info(path: str | os.PathLike) -> dict:
+    """Sizes, bytes per image, grid, models, thresholds, counts and the skipped list of a cache."""
+    root = Path(path)
+    m = _load_manifest(root)
+    on_disk = sum(p.stat().st_size for p in (root / CHUNKS).iterdir() if p.is_file() and not p.name.startswith("."))
+    return {"cache": str(root), "format_version": m["format_version"], "dataset": m["dataset"],
+            "models": m["models"], "grid": m["grid"], "work_size": m["work_size"], "thresholds": m["thresholds"],
+            "fill_encoding": m["fill_encoding"], "mask_encoding": m["mask_encoding"], "chunks": m["chunks"],
+            "counts": m["counts"], "bytes": {**m["bytes"], "on_disk": on_disk}, "skipped": m["skipped"],
+            "ignored": m.get("ignored", [])}

@@ -1,0 +1,360 @@
+"""The precompute cache: real DALI decoding, real onnxruntime models, real files in temp folders."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dali_abs.cache.format import CHUNKS, MANIFEST, CacheError, open_cache
+from dali_abs.cache.precompute import PrecomputeConfig, parse_shard, precompute
+from dali_abs.cache.verify import verify
+from dali_abs.cli import main
+from dali_abs.dataset import load_dataset
+
+DALI_ABS = str(Path(sys.executable).parent / "dali-abs")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_dataset, tiny_labels):
+    """(segmenter.onnx, inpainter.onnx): a segmenter trained 2 epochs on the tiny set (64 px, 8 x 8 grid)
+    and the exported push-pull fill. (So short a training leaves every patch's foreground probability
+    near 0.4-0.6: every cell is in the default loose mask, p > 0.1; tests that need partial masks use 0.5.)"""
+    from dali_abs.models import inpainter as inet
+    from dali_abs.segmenter.train import train_segmenter
+
+    d = tmp_path_factory.mktemp("cache-models")
+    train_segmenter(load_dataset(tiny_dataset), tiny_labels, d / "seg.onnx", input_size=64, epochs=2,
+                    batch_size=16, threads=2, progress=False, seed=0)
+    inet.export_onnx(inet.build("pushpull"), d / "fill.onnx", "pushpull")
+    return d / "seg.onnx", d / "fill.onnx"
+
+
+def snapshot(root: Path) -> dict:
+    """Every file under root with its size, mtime and SHA-256 (to prove nothing was written)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.stat()
+        out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns,
+                                         hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None)
+    return out
+
+
+def cache_files(root: Path) -> dict:
+    """SHA-256 of every visible file of a cache (leftover temp files would show up too)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def small_dataset(src: Path, dst: Path, n: int) -> Path:
+    """A copy of the first ``n`` rows of a metadata dataset (files copied with their mtimes)."""
+    with open(src / "metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = rows[:n - 8] + [r for r in rows if r["split"] == "0"][-8:]  # the train split must not be empty
+    for r in keep:
+        (dst / r["img_filename"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / r["img_filename"], dst / r["img_filename"])
+    write_rows(dst, keep)
+    return dst
+
+
+def write_rows(root: Path, rows: list[dict]) -> None:
+    with open(root / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run(*args, check=True) -> subprocess.CompletedProcess:
+    p = subprocess.run([DALI_ABS, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=120)
+    if check and p.returncode != 0:
+        raise AssertionError(f"dali-abs {' '.join(map(str, args))} exited {p.returncode}:\n{p.stderr}")
+    return p
+
+
+# --- a whole run and the reading API -------------------------------------------------------
+
+def test_precompute_writes_a_cache_the_loader_can_read(tmp_path, tiny_dataset, models, capsys):
+    seg, fill = models
+    before = snapshot(tiny_dataset)
+    ds = load_dataset(tiny_dataset)
+    res = precompute(ds, seg, fill, tmp_path / "c", PrecomputeConfig(chunk_size=100, fill_threshold=0.5),
+                     progress=False)
+    assert res["complete"] and res["processed"] == 256 and res["skipped_now"] == 0
+    assert set(res["stage_seconds"]) == {"decode", "segmenter", "inpainter", "encode", "write"}
+    assert snapshot(tiny_dataset) == before  # the dataset is never written to
+
+    cache = open_cache(tmp_path / "c")
+    assert len(cache) == 256 and cache.ids == [s.id for s in ds.samples]
+    assert cache.grid == 8 and cache.work_size == 64 and cache.masks.shape == (256, 8, 8)
+    m = cache.manifest
+    assert m["dataset"]["fingerprint"] == ds.fingerprint() and m["thresholds"]["fill"] == 0.5
+    assert len(m["models"]["segmenter"]["sha256"]) == 64 and m["counts"]["cached"] == 256
+    assert m["bytes"]["ratio_to_source"] > 0
+    assert [p.name for p in cache.fill_files()] == ["c00000.fills.bin", "c00001.fills.bin", "c00002.fills.bin"]
+
+    partial = [i for i in range(len(cache)) if 0 < cache.loose(i).mean() < 1]
+    assert len(partial) > 100, "the test needs images with partial loose masks"
+    row = partial[0]
+    sid = cache.ids[row]
+    p = cache.mask(sid)
+    assert p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
+    assert (cache.tight(sid) <= cache.loose(sid)).all()  # the tight mask lies inside the loose one
+    r0, c0, r1, c1 = cache.boxes[cache.position(sid)]
+    rows, cols = np.nonzero(cache.loose(sid))
+    assert (r0, c0, r1, c1) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)
+    assert cache.fill(sid).shape == ((r1 - r0) * 8, (c1 - c0) * 8, 3)
+
+    from dali_abs.files import read_rgb
+
+    src = read_rgb(ds.samples[row].path)
+    bg = cache.background(sid)
+    keep = ~np.kron(cache.loose(sid), np.ones((8, 8), bool))
+    assert bg.shape == src.shape and keep.any() and (~keep).any() and (bg[keep] == src[keep]).all()
+    assert np.abs(bg[~keep].astype(int) - src[~keep]).mean() > 1  # the object is filled over
+    from dali_abs.inpainter.inference import Inpainter
+
+    hole = (~keep)[None, None].astype(np.float32)  # the tiny images are at the work size already
+    want = Inpainter(fill).fill(src.transpose(2, 0, 1)[None] / np.float32(255), hole)[0].transpose(1, 2, 0) * 255
+    assert np.abs(bg[~keep] - want[~keep]).mean() < 3  # the stored fill is the inpainter's, up to JPEG q90
+    with pytest.raises(CacheError, match="not in the cache"):
+        cache.mask("no-such-id")
+
+    assert main(["cache", "info", str(tmp_path / "c"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["counts"]["cached"] == 256 and info["grid"] == 8 and info["skipped"] == []
+    assert info["bytes"]["per_image"] > 0 and info["models"]["inpainter"]["fill"] == "pushpull"
+    assert main(["cache", "verify", str(tmp_path / "c"), "--data", str(tiny_dataset), "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert v["ok"] and v["counts"]["fills_checked"] == m["counts"]["filled"]
+    assert v["stale"] == {"changed": [], "added": [], "removed": []}
+
+
+# --- crash safety ----------------------------------------------------------------------------
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_dataset, models):
+    seg, fill = models
+    args = ["precompute", tiny_dataset, "--segmenter", seg, "--inpainter", fill, "--chunk-size", "8", "--json"]
+    run(*args, "--out", tmp_path / "ref")
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([DALI_ABS, *map(str, args), "--out", str(out)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((out / CHUNKS).glob("c*.json"))) < 3:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list((out / CHUNKS).glob("c*.json")))
+    assert 3 <= finished < 32 and not (out / MANIFEST).exists(), "the kill must land mid-run"
+    with pytest.raises(CacheError, match="unfinished"):
+        open_cache(out)
+
+    res = json.loads(run(*args, "--out", out).stdout)
+    assert res["complete"] and res["already_done"] >= 3 * 8 and res["processed"] + res["already_done"] == 256
+    assert cache_files(out) == cache_files(tmp_path / "ref")  # byte-identical, no temp files left
+    assert verify(out)["ok"]
+
+
+# --- sharding --------------------------------------------------------------------------------
+
+def test_two_processes_shard_the_work_and_merge(tmp_path, tiny_dataset, models):
+    seg, fill = models
+    out = tmp_path / "sharded"
+    args = ["precompute", tiny_dataset, "--segmenter", seg, "--inpainter", fill, "--out", out,
+            "--chunk-size", "32", "--json", "--no-merge"]
+    p0 = subprocess.Popen([DALI_ABS, *map(str, args), "--shard", "0/2"], env=ENV, stdout=subprocess.PIPE, text=True)
+    # the second process takes its shard from torchrun's variables
+    p1 = subprocess.Popen([DALI_ABS, *map(str, args)], env={**ENV, "RANK": "1", "WORLD_SIZE": "2"},
+                          stdout=subprocess.PIPE, text=True)
+    r0, r1 = (json.loads(p.communicate(timeout=120)[0]) for p in (p0, p1))
+    assert p0.returncode == p1.returncode == 0
+    assert (r0["shard"], r1["shard"]) == ("0/2", "1/2") and r0["processed"] == r1["processed"] == 128
+    assert not (out / MANIFEST).exists()
+    merged = json.loads(run("cache", "merge", out, "--json").stdout)
+    assert merged["counts"]["cached"] == 256
+
+    cache = open_cache(out)
+    ds = load_dataset(tiny_dataset)
+    assert sorted(cache.ids) == sorted(s.id for s in ds.samples) and len(set(cache.ids)) == len(cache.ids) == 256
+    assert verify(out, ds)["ok"]
+
+    # the last shard to finish merges by itself; shards may also run in separate folders
+    single = tmp_path / "single"
+    precompute(ds, seg, fill, tmp_path / "part1", PrecomputeConfig(chunk_size=32), shard=(1, 2), progress=False)
+    res = precompute(ds, seg, fill, single, PrecomputeConfig(chunk_size=32), shard=(0, 2), progress=False)
+    assert not res["complete"]
+    with pytest.raises(CacheError, match="not finished"):
+        run_merge(single)
+    assert main(["cache", "merge", str(single), str(tmp_path / "part1")]) == 0
+    assert open_cache(single).ids == cache.ids
+
+
+def run_merge(root):
+    from dali_abs.cache.precompute import merge
+
+    return merge(root)
+
+
+def test_each_torchrun_process_takes_its_own_gpu():
+    from dali_abs.cache.precompute import pin_local_gpu
+
+    env = {"LOCAL_RANK": "3"}
+    assert pin_local_gpu(env) == "3" and env["CUDA_VISIBLE_DEVICES"] == "3"
+    env = {"LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": "4,5,6"}
+    assert pin_local_gpu(env) == "5" and env["CUDA_VISIBLE_DEVICES"] == "5"
+    env = {"LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": "7"}
+    assert pin_local_gpu(env) == "7" and env["CUDA_VISIBLE_DEVICES"] == "7"
+    assert pin_local_gpu({}) is None
+
+
+def test_parse_shard():
+    assert parse_shard("2/5") == (2, 5)
+    assert parse_shard(None, {"RANK": "3", "WORLD_SIZE": "4"}) == (3, 4)
+    assert parse_shard(None, {}) == (0, 1)
+    for bad in ("5/5", "1", "a/b", "0/0"):
+        with pytest.raises(CacheError):
+            parse_shard(bad)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+def _jpeg(arr, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def test_bad_inputs_are_processed_or_skipped_and_reported(tmp_path, models):
+    seg, fill = models
+    rng = np.random.default_rng(0)
+    root = tmp_path / "folder"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            arr = np.full((70, 90, 3), 40 * i, np.uint8)
+            arr[20:50, 30:60] = rng.integers(0, 255, (30, 30, 3))
+            (root / c / f"good{i}.jpg").write_bytes(_jpeg(arr))
+    img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    good = _jpeg(img)
+    (root / "a" / "truncated.jpg").write_bytes(good[:len(good) // 2])
+    (root / "a" / "text.jpg").write_text("this is not an image\n")
+    corrupt = bytearray(good)
+    corrupt[300:700] = b"\x00" * 400  # broken scan data, header and end marker intact
+    (root / "a" / "corrupt.jpg").write_bytes(bytes(corrupt))
+    Image.fromarray(img[:, :, 0]).save(root / "a" / "gray.jpg", quality=90)
+    Image.fromarray(img).convert("CMYK").save(root / "b" / "cmyk.jpg", quality=90)
+    Image.fromarray(np.dstack([img, np.full((64, 64), 128, np.uint8)])).save(root / "b" / "rgba.png")
+    Image.fromarray((img[:, :, 1].astype(np.uint16) * 257)).save(root / "b" / "sixteen.png")
+    Image.fromarray(img[:5, :5]).save(root / "b" / "tiny.png")
+    Image.fromarray(img).convert("P").save(root / "b" / "palette.png")
+    big = np.kron(img, np.ones((50, 40, 1), np.uint8))  # 3200 x 2560 px
+    Image.fromarray(big).save(root / "b" / "big.jpg", quality=80)
+    (root / "b" / "notes.txt").write_text("not an image extension\n")
+    before = snapshot(root)
+
+    out = tmp_path / "c"
+    assert main(["precompute", str(root), "--segmenter", str(seg), "--inpainter", str(fill), "--out", str(out),
+                 "--chunk-size", "8", "--batch-size", "2", "--json"]) == 0
+    assert snapshot(root) == before
+    cache = open_cache(out)
+    m = cache.manifest
+    skipped = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert set(skipped) >= {"a/truncated.jpg", "a/text.jpg", "b/tiny.png"}
+    assert "truncated" in skipped["a/truncated.jpg"]
+    assert "not a readable image" in skipped["a/text.jpg"]
+    assert "too small" in skipped["b/tiny.png"]
+    assert m["ignored"] == ["b/notes.txt"]
+    cached = set(cache.relpaths)
+    assert cached >= {"a/gray.jpg", "b/cmyk.jpg", "b/rgba.png", "b/sixteen.png", "b/palette.png", "b/big.jpg"} | \
+        {f"{c}/good{i}.jpg" for c in "ab" for i in range(3)}
+    assert cached | set(skipped) == {s.relpath for s in load_dataset(root).samples}  # none dropped silently
+    assert len(cached & set(skipped)) == 0
+    decoder = {e["path"]: e["decoder"] for k in range(m["chunks"])
+               for e in json.loads((out / CHUNKS / f"c{k:05d}.json").read_text())["entries"]}
+    # plain JPEG / PNG go to DALI (a corrupt one costs only its batch), odd modes to PIL
+    assert decoder["a/good2.jpg"] == decoder["a/gray.jpg"] == decoder["b/big.jpg"] == "dali"
+    assert decoder["b/cmyk.jpg"] == decoder["b/sixteen.png"] == decoder["b/rgba.png"] == "pil"
+    for rel in ("b/cmyk.jpg", "b/sixteen.png", "b/big.jpg"):
+        row = cache.relpaths.index(rel)
+        assert cache.background(row).shape[:2] == Image.open(root / rel).size[::-1]
+    assert verify(out, load_dataset(root))["ok"]
+
+    # very large images beyond --max-pixels are skipped with the reason, not decoded
+    out2 = tmp_path / "c2"
+    assert main(["precompute", str(root), "--segmenter", str(seg), "--inpainter", str(fill), "--out", str(out2),
+                 "--max-pixels", "1000000", "--json"]) == 0
+    assert "too large" in {s["path"]: s["reason"] for s in open_cache(out2).manifest["skipped"]}["b/big.jpg"]
+
+
+def test_a_model_that_breaks_its_contract_is_refused_before_any_work(tmp_path, tiny_dataset, models, capsys):
+    seg, fill = models
+    out = tmp_path / "c"
+    assert main(["precompute", str(tiny_dataset), "--segmenter", str(fill), "--inpainter", str(fill),
+                 "--out", str(out)]) == 2
+    assert "segmenter" in capsys.readouterr().err and not out.exists()
+    assert main(["precompute", str(tiny_dataset), "--segmenter", str(seg), "--inpainter", str(seg),
+                 "--out", str(out)]) == 2
+    assert "inpainter" in capsys.readouterr().err and not out.exists()
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    assert main(["precompute", str(tiny_dataset), "--segmenter", str(bad), "--inpainter", str(fill),
+                 "--out", str(out)]) == 2
+    assert not out.exists()
+    assert main(["precompute", str(tiny_dataset), "--segmenter", str(seg), "--inpainter", str(fill),
+                 "--out", str(tiny_dataset / "cache")]) == 2  # never inside the dataset
+    assert not (tiny_dataset / "cache").exists()
+
+
+# --- verify: staleness and damage ------------------------------------------------------------
+
+def test_verify_detects_changed_added_removed_images_and_damage(tmp_path, tiny_dataset, models, capsys):
+    seg, fill = models
+    data = small_dataset(tiny_dataset, tmp_path / "data", 40)
+    out = tmp_path / "c"
+    precompute(load_dataset(data), seg, fill, out, PrecomputeConfig(chunk_size=16), progress=False)
+    assert verify(out, load_dataset(data))["ok"]
+
+    with open(data / "metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    removed = rows.pop(3)
+    added = dict(rows[0], img_id="new-image")
+    rows.append(added)
+    write_rows(data, rows)
+    changed = rows[5]
+    img = np.asarray(Image.open(data / changed["img_filename"]))
+    Image.fromarray(255 - img).save(data / changed["img_filename"], quality=90)
+
+    assert main(["cache", "verify", str(out), "--data", str(data), "--json"]) == 1
+    v = json.loads(capsys.readouterr().out)
+    assert not v["ok"] and not v["fingerprint_matches"] and v["problems"] == []
+    assert [c["id"] for c in v["stale"]["changed"]] == [changed["img_id"]]
+    assert v["stale"]["added"] == ["new-image"] and v["stale"]["removed"] == [removed["img_id"]]
+
+    # a rerun of the same command refuses to mix a changed dataset into the old cache
+    with pytest.raises(CacheError, match="dataset changed"):
+        precompute(load_dataset(data), seg, fill, out, PrecomputeConfig(chunk_size=16), progress=False)
+
+    tar = out / CHUNKS / "c00001.fills.bin"
+    raw = bytearray(tar.read_bytes())
+    raw[1000] ^= 0xFF
+    tar.write_bytes(bytes(raw))
+    (out / CHUNKS / "c00002.masks.npy").unlink()
+    v = verify(out)
+    assert not v["ok"]
+    assert any("c00001.fills.bin hash" in p for p in v["problems"]) and any("c00002.masks.npy missing" in p
+                                                                      for p in v["problems"])
