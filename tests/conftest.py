@@ -57,3 +57,30 @@ def tiny_labels(tmp_path_factory, tiny_dataset) -> Path:
     out = tmp_path_factory.mktemp("labels") / "labels.csv"
     write_labels(out, labels)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tiny_dataset, tiny_labels):
+    """(segmenter.onnx, inpainter.onnx): a segmenter trained 8 epochs on ``tiny_dataset``
+    (64 px, 8 x 8 grid; test patch IoU ~0.73) and the exported push-pull fill."""
+    from dali_abs.dataset import load_dataset
+    from dali_abs.models import inpainter as inet
+    from dali_abs.segmenter.train import train_segmenter
+
+    d = tmp_path_factory.mktemp("models")
+    train_segmenter(load_dataset(tiny_dataset), tiny_labels, d / "seg.onnx", input_size=64, epochs=8,
+                    batch_size=16, threads=2, progress=False, seed=0)
+    inet.export_onnx(inet.build("pushpull"), d / "fill.onnx", "pushpull")
+    return d / "seg.onnx", d / "fill.onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory, tiny_dataset, tiny_models) -> Path:
+    """A finished cache of every image of ``tiny_dataset``."""
+    from dali_abs.cache.precompute import PrecomputeConfig, precompute
+    from dali_abs.dataset import load_dataset
+
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    precompute(load_dataset(tiny_dataset), *tiny_models, out, PrecomputeConfig(chunk_size=64, device="cpu"),
+               progress=False)
+    return out

@@ -1,0 +1,202 @@
+"""GPU check for a machine with an NVIDIA GPU (a few minutes at most).
+
+1. ``composite_gpu`` (kernels/composite.cu through CuPy) against its NumPy twin
+   ``composite_cpu`` on random batches, for every fill mode, the Waterbirds jitter and a
+   feathered edge: fraction of pixels that differ, and that differ by more than 1 LSB;
+2. ``normalize.cu`` against ``dali_abs.training.normalize`` (max abs difference);
+3. kernel time of the compositing kernel alone and of the whole ``composite_gpu`` call, and the
+   effective bandwidth (bytes read + written / kernel time: images read twice — foreground and
+   background — plus soft masks, fill tiles and the output) against a device-to-device copy
+   (CuPy array copy) of the same number of bytes;
+4. the NumPy twin's speed on this machine's CPU, for reference.
+
+onnxruntime CUDA-provider parity/speed and the DALI GPU loader's throughput are checked by
+other scripts; this one prints ``skipped: <why>`` for them, and for everything it cannot do
+(no CuPy, no GPU, no torch). Prints a table last; writes every number to ``--out``.
+
+    python benchmarks/gpu_check.py --out gpu_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def random_batch(rng, n, h, w, r, f):
+    """Random images, blob-shaped foreground probabilities, fill tiles and the loose boxes."""
+    images = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:r, 0:r] + 0.5
+    cy, cx = rng.uniform(0.3 * r, 0.7 * r, (2, n, 1, 1))
+    rad = rng.uniform(0.15 * r, 0.35 * r, (n, 1, 1))
+    soft = np.clip(1.3 - np.hypot(yy - cy, xx - cx) / rad, 0, 1).astype(np.float32)
+    fills = rng.integers(0, 256, (n, f, f, 3), dtype=np.uint8)
+    loose = soft > 0.1
+    rows, cols = loose.any(2), loose.any(1)
+    idx = np.arange(r)
+    boxes = np.stack([np.where(rows, idx, r).min(1), np.where(cols, idx, r).min(1),
+                      np.where(rows, idx, -1).max(1) + 1, np.where(cols, idx, -1).max(1) + 1], 1)
+    return images, soft, fills, (boxes / r).astype(np.float32)
+
+
+def gpu_available() -> tuple[bool, str]:
+    try:
+        import cupy
+    except Exception as e:  # noqa: BLE001 - any import failure means "no CuPy" here
+        return False, f"CuPy does not import ({type(e).__name__}: {e})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001 - no driver / no device
+        return False, f"no CUDA device ({type(e).__name__}: {e})"
+    return (n > 0), ("" if n > 0 else "no CUDA device")
+
+
+def time_gpu(fn, repeats: int) -> float:
+    """Median seconds of fn() on the current stream (CUDA events), after one warm-up call."""
+    import cupy
+
+    fn()
+    cupy.cuda.get_current_stream().synchronize()
+    times = []
+    for _ in range(repeats):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+    return float(np.median(times))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="gpu_check.json", help="JSON file for every number (gpu_check.json)")
+    p.add_argument("--batch", type=int, default=256, help="batch size for the timing (256)")
+    p.add_argument("--size", type=int, default=224, help="image side for the timing (224)")
+    p.add_argument("--grid", type=int, default=16, help="patch grid R (16)")
+    p.add_argument("--tile", type=int, default=128, help="fill tile side F (128)")
+    p.add_argument("--repeats", type=int, default=50, help="timed repetitions (50)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from dali_abs.loader.composite import composite_cpu
+    from dali_abs.loader.params import FILLS, SwapConfig, sample_params
+
+    rng = np.random.default_rng(args.seed)
+    res: dict = {"args": vars(args), "skipped": {}, "parity": {}, "timing": {}}
+    rows: list[tuple[str, str]] = []
+
+    def skip(what: str, why: str):
+        res["skipped"][what] = why
+        print(f"skipped: {what}: {why}", flush=True)
+
+    # CPU twin speed (always possible)
+    n, h, r, f = 64, 128, args.grid, 64
+    images, soft, fills, boxes = random_batch(rng, n, h, h, r, f)
+    cfg = SwapConfig()
+    prm = sample_params(np.arange(n) % 2, rng, cfg, image_size=(h, h), soft=soft)
+    composite_cpu(images, soft, fills, boxes, prm, cfg)
+    t0, k = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 2.0:
+        composite_cpu(images, soft, fills, boxes, prm, cfg)
+        k += 1
+    ips = n * k / (time.perf_counter() - t0)
+    res["timing"]["composite_cpu_128px_b64_img_per_s"] = ips
+    rows.append(("composite_cpu 128 px, batch 64 (CPU)", f"{ips:,.0f} img/s"))
+
+    ok, why = gpu_available()
+    if not ok:
+        for what in ("composite_gpu parity", "normalize.cu parity", "kernel timing and bandwidth"):
+            skip(what, why)
+    else:
+        import cupy
+
+        from dali_abs.loader import composite as comp
+
+        dev = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        res["device"] = dev["name"].decode() if isinstance(dev["name"], bytes) else str(dev["name"])
+        rows.append(("device", res["device"]))
+
+        # 1. parity
+        cases = {m: SwapConfig(fill=m) for m in FILLS}
+        cases["waterbirds-cached"] = SwapConfig.waterbirds(p=0.8)
+        cases["feather-cached"] = SwapConfig(feather=2.0)
+        cases["waterbirds-patches-feather"] = SwapConfig.waterbirds(fill="patches", feather=1.5)
+        for name, c in cases.items():
+            images, soft, fills, boxes = random_batch(rng, 32, 160, 144, r, 96)
+            prm = sample_params(np.arange(32) % 3, rng, c, image_size=(160, 144), soft=soft)
+            want = composite_cpu(images, soft, fills, boxes, prm, c)
+            got = cupy.asnumpy(comp.composite_gpu(*(cupy.asarray(a) for a in (images, soft, fills, boxes)), prm, c))
+            d = np.abs(want.astype(np.int16) - got.astype(np.int16))
+            res["parity"][name] = {"differ": float((d > 0).any(-1).mean()), "over_1_lsb": float((d > 1).any(-1).mean()),
+                                   "max_abs": int(d.max())}
+            rows.append((f"parity {name}", f"differ {res['parity'][name]['differ']:.2e}, "
+                                           f">1 LSB {res['parity'][name]['over_1_lsb']:.2e}"))
+
+        # 2. normalize.cu
+        try:
+            import torch
+
+            from dali_abs.kernels import source
+            from dali_abs.training import MEAN, STD, normalize
+
+            x = rng.integers(0, 256, (8, 96, 80, 3), dtype=np.uint8)
+            ref = normalize(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
+            kern = cupy.RawModule(code=source("normalize.cu")).get_function("normalize_hwc_u8_to_nchw_f32")
+            xd = cupy.asarray(x)
+            yd = cupy.empty((8, 3, 96, 80), cupy.float32)
+            kern(((yd.size + 255) // 256,), (256,), (xd, yd, np.int32(8), np.int32(96), np.int32(80),
+                                                     *map(np.float32, MEAN), *map(np.float32, STD)))
+            err = float(np.abs(cupy.asnumpy(yd) - ref).max())
+            res["parity"]["normalize"] = {"max_abs": err}
+            rows.append(("parity normalize.cu", f"max abs diff {err:.2e}"))
+        except ImportError as e:
+            skip("normalize.cu parity", f"torch unavailable ({e})")
+
+        # 3. timing and bandwidth
+        n, h = args.batch, args.size
+        images, soft, fills, boxes = random_batch(rng, n, h, h, r, args.tile)
+        cfg = SwapConfig()
+        prm = sample_params(np.arange(n) % 2, rng, cfg, image_size=(h, h), soft=soft)
+        di, ds, df, db = (cupy.asarray(a) for a in (images, soft, fills, boxes))
+        out = cupy.empty_like(di)
+        dp = {k: cupy.asarray(v) for k, v in prm.items()}
+        mean = cupy.zeros((n, 3), cupy.float32)
+        kernel = comp._kernel()
+        block = 256
+        grid = min((n * h * h + block - 1) // block, 65535 * 4)
+        kargs = (di, ds, df, db, dp["partner"], dp["swap"], dp["affine"], dp["noise_seed"], dp["perm"], mean, out,
+                 np.int32(n), np.int32(h), np.int32(h), np.int32(r), np.int32(args.tile),
+                 np.float32(cfg.tight), np.float32(cfg.loose), np.float32(cfg.feather), np.int32(0))
+        t_kernel = time_gpu(lambda: kernel((grid,), (block,), kargs), args.repeats)
+        t_call = time_gpu(lambda: comp.composite_gpu(di, ds, df, db, prm, cfg, out=out), args.repeats)
+        nbytes = 2 * images.nbytes + soft.nbytes + fills.nbytes + images.nbytes
+        src = cupy.empty(nbytes // 2, cupy.uint8)
+        dst = cupy.empty_like(src)
+        t_copy = time_gpu(lambda: cupy.copyto(dst, src), args.repeats)  # reads + writes nbytes in all
+        bw, bw_copy = nbytes / t_kernel / 1e9, nbytes / t_copy / 1e9
+        res["timing"].update(batch=n, size=h, kernel_s=t_kernel, call_s=t_call, copy_s=t_copy, bytes=nbytes,
+                             kernel_gb_s=bw, copy_gb_s=bw_copy, kernel_img_per_s=n / t_kernel, call_img_per_s=n / t_call)
+        rows += [(f"kernel {h} px batch {n}", f"{t_kernel * 1e3:.3f} ms ({n / t_kernel:,.0f} img/s)"),
+                 ("composite_gpu call (validation + H2D params + launch)", f"{t_call * 1e3:.3f} ms ({n / t_call:,.0f} img/s)"),
+                 ("effective bandwidth kernel / D2D copy", f"{bw:.0f} / {bw_copy:.0f} GB/s ({bw / bw_copy:.0%})")]
+
+    skip("onnxruntime CUDA provider parity/speed", "done later by another script")
+    skip("DALI GPU loader throughput", "done later by another script")
+
+    with open(args.out, "w") as fh:
+        json.dump(res, fh, indent=2)
+    width = max(len(a) for a, _ in rows)
+    print(f"\n{'check':<{width}}  result")
+    for a, b in rows:
+        print(f"{a:<{width}}  {b}")
+    print(f"(full numbers in {args.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Loader throughput, side by side in one run: plain DALI vs dali-abs swapping vs the peers' way.
+
+    python benchmarks/throughput.py [--device cpu] [--batches 15] [--rounds 3] [--data-dirs ...]
+
+For each dataset (default: the built-in benchmark at its default size, and
+../shared/data/cub-birds-300), at 224 px output, ``num_threads=2``, batch 64:
+
+- A: plain DALI pipeline on the same images (decode, random resized crop, flip, normalise);
+- B: dali-abs (``create_loader``: swap p = 1, class-balanced backgrounds, cached fills);
+- C: the same swap written the way the peers do it: a torch ``DataLoader`` with 2 workers over a
+  PIL-based Dataset that reads the image, its full-size mask PNG and a full clean-background
+  JPEG of another image per sample (the files are written from our cache for this benchmark).
+
+Each round measures A, B and C one after the other (this machine is noisy; ratios from one
+round are comparable); the median over rounds is reported. Targets: B/A >= 0.8, B/C >= 2.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dali_abs.cache.format import open_cache
+from dali_abs.cache.precompute import PrecomputeConfig, precompute
+from dali_abs.dataset import load_dataset
+from dali_abs.labels import labels_from_masks
+from dali_abs.loader.iterator import create_loader
+from dali_abs.models import inpainter as inet
+from dali_abs.segmenter.train import train_segmenter
+from dali_abs.synthetic import SyntheticConfig, make_dataset
+from dali_abs.training import MEAN, STD
+
+CUB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cub-birds-300"
+
+
+def plain_dali(files: list[str], labels: list[int], batch: int, size: int, threads: int, device: str):
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    gpu = device == "gpu"
+
+    @pipeline_def(batch_size=batch, num_threads=threads, device_id=0 if gpu else None, seed=0)
+    def pipe():
+        jpegs, lab = fn.readers.file(files=files, labels=labels, random_shuffle=True, name="Reader")
+        images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.random_resized_crop(images, size=[size, size], random_area=[0.7, 1.0], antialias=False)
+        images = fn.crop_mirror_normalize(images, mirror=fn.random.coin_flip(), mean=[m * 255 for m in MEAN],
+                                          std=[s * 255 for s in STD], dtype=types.FLOAT, output_layout="CHW")
+        return images, lab
+
+    return DALIGenericIterator([pipe()], ["images", "labels"], reader_name="Reader", auto_reset=True)
+
+
+class PeerSwapDataset(torch.utils.data.Dataset):
+    """The reference implementation's way: per sample, PIL-decode the image, its mask PNG and a
+    clean background JPEG of a class-balanced partner; paste with nearest resampling; crop, flip."""
+
+    def __init__(self, images: list[str], masks: list[str], backgrounds: list[str], labels: list[int], size: int):
+        self.images, self.masks, self.backgrounds, self.labels, self.size = images, masks, backgrounds, labels, size
+        self.by_class = {c: [i for i, y in enumerate(labels) if y == c] for c in sorted(set(labels))}
+        self.mean = torch.tensor(MEAN).view(3, 1, 1)
+        self.std = torch.tensor(STD).view(3, 1, 1)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        rng = np.random.default_rng()
+        img = Image.open(self.images[i]).convert("RGB")
+        mask = Image.open(self.masks[i]).convert("L")
+        c = rng.choice(list(self.by_class))
+        j = int(rng.choice(self.by_class[c]))
+        bg = Image.open(self.backgrounds[j]).convert("RGB").resize(img.size, Image.BILINEAR)
+        dx, dy = rng.integers(-img.width // 8, img.width // 8 + 1, size=2)
+        fg_mask = mask.transform(img.size, Image.AFFINE, (1, 0, -dx, 0, 1, -dy), resample=Image.NEAREST)
+        fg = img.transform(img.size, Image.AFFINE, (1, 0, -dx, 0, 1, -dy), resample=Image.NEAREST)
+        bg.paste(fg, (0, 0), fg_mask)
+        w, h = bg.size
+        area = rng.uniform(0.7, 1.0) * w * h
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        cw, ch = min(w, int(round(np.sqrt(area * ratio)))), min(h, int(round(np.sqrt(area / ratio))))
+        x0, y0 = rng.integers(0, w - cw + 1), rng.integers(0, h - ch + 1)
+        out = bg.crop((x0, y0, x0 + cw, y0 + ch)).resize((self.size, self.size), Image.BILINEAR)
+        if rng.random() < 0.5:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        t = torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).float().div_(255)
+        return (t - self.mean) / self.std, self.labels[i]
+
+
+def write_peer_files(cache, ds, out: Path) -> tuple[list[str], list[str], list[str], list[int]]:
+    """Full-size tight-mask PNGs and clean-background JPEGs from the cache (the peers' storage)."""
+    from PIL import Image
+
+    from dali_abs.files import read_rgb
+
+    out.mkdir(parents=True, exist_ok=True)
+    imgs, masks, bgs, labels = [], [], [], []
+    for row, rel in enumerate(cache.relpaths):
+        src = ds.root / rel
+        img = read_rgb(src)
+        h, w = img.shape[:2]
+        tight = cache.tight(row).astype(np.uint8) * 255
+        Image.fromarray(tight).resize((w, h), Image.NEAREST).save(out / f"{row}.png")
+        Image.fromarray(cache.background(row, img)).save(out / f"{row}.jpg", quality=90)
+        imgs.append(str(src))
+        masks.append(str(out / f"{row}.png"))
+        bgs.append(str(out / f"{row}.jpg"))
+        labels.append(int(cache.labels[row]))
+    return imgs, masks, bgs, labels
+
+
+def rate(loader, batches: int, get) -> float:
+    it = iter(loader)
+    for _ in range(2):  # warm-up: pipeline build, worker start, first decode
+        get(next(it))
+    n, t0 = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            b = next(it)
+        except StopIteration:
+            it = iter(loader)
+            b = next(it)
+        n += get(b)
+    return n / (time.perf_counter() - t0)
+
+
+def prepare(tmp: Path, threads: int) -> dict[str, tuple[Path, Path]]:
+    """Datasets and their caches: the built-in benchmark and cub-birds-300 (if present)."""
+    t0 = time.perf_counter()
+    data = make_dataset(tmp / "builtin", SyntheticConfig(), progress=False)
+    ds = load_dataset(data)
+    labels = labels_from_masks(ds, data / "masks", grid=8, count=200, majority_only=True, progress=False)
+    seg, fill = tmp / "seg.onnx", tmp / "fill.onnx"
+    train_segmenter(ds, labels, seg, input_size=128, epochs=15, threads=threads, progress=False, seed=0)
+    inet.export_onnx(inet.build("pushpull"), fill, "pushpull")
+    sets = {"built-in (128 px)": data}
+    if CUB.is_dir():
+        sets["cub-birds-300 (227 px)"] = CUB
+    out = {}
+    for name, root in sets.items():
+        cache = tmp / f"cache-{len(out)}"
+        # cub-birds-300 has no split column of ours: read it as an ImageFolder-like manifest via metadata
+        precompute(load_dataset(root, _columns_for(root)), seg, fill, cache, PrecomputeConfig(device="cpu"),
+                   progress=False)
+        out[name] = (root, cache)
+    print(f"prepared datasets, segmenter and caches in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return out
+
+
+def _columns_for(root: Path):
+    from dali_abs.dataset import Columns
+
+    return Columns(label="y_waterbird", split="split_flag") if root == CUB else Columns()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batches", type=int, default=15, help="timed batches per measurement")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (root, cache_dir) in prepare(Path(tmp), args.threads).items():
+            ds = load_dataset(root, _columns_for(root))
+            cache = open_cache(cache_dir)
+            files = [str(ds.root / r) for r in cache.relpaths]
+            labels = [int(x) for x in cache.labels]
+            peer = PeerSwapDataset(*write_peer_files(cache, ds, Path(tmp) / f"peer-{len(results)}"), size=args.size)
+            rounds = {"A": [], "B": [], "C": []}
+            for _ in range(args.rounds):
+                a = plain_dali(files, labels, args.batch, args.size, args.threads, args.device)
+                rounds["A"].append(rate(a, args.batches, lambda b: len(b[0]["labels"])))
+                del a
+                b = create_loader(cache, ds, batch_size=args.batch, size=args.size, device=args.device,
+                                  num_threads=args.threads, split=_train_split(ds))
+                rounds["B"].append(rate(b, args.batches, lambda b: len(b[0]["labels"])))
+                del b
+                c = torch.utils.data.DataLoader(peer, batch_size=args.batch, shuffle=True, num_workers=2,
+                                                persistent_workers=True, drop_last=True)
+                rounds["C"].append(rate(c, args.batches, lambda b: len(b[1])))
+                del c
+            med = {k: statistics.median(v) for k, v in rounds.items()}
+            results[name] = {"img_per_s": med, "rounds": rounds, "B/A": med["B"] / med["A"], "B/C": med["B"] / med["C"]}
+    print(f"\n{'dataset':<24}{'A plain DALI':>14}{'B dali-abs':>12}{'C peers':>10}{'B/A':>7}{'B/C':>7}   (img/s, median of "
+          f"{args.rounds} rounds, {args.device}, {args.threads} threads, batch {args.batch}, {args.size} px)")
+    for name, r in results.items():
+        m = r["img_per_s"]
+        print(f"{name:<24}{m['A']:>14.0f}{m['B']:>12.0f}{m['C']:>10.0f}{r['B/A']:>7.2f}{r['B/C']:>7.2f}")
+    print("targets: B/A >= 0.8 and B/C >= 2.0")
+    print(json.dumps({"benchmark": "throughput", "device": args.device, "threads": args.threads, "batch": args.batch,
+                      "size": args.size, "cpu_count": os.cpu_count(), "results": results}))
+    return 0
+
+
+def _train_split(ds) -> str:
+    return "train" if ds.split_counts().get("train") else next(iter(ds.split_counts()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""``create_loader``: the drop-in DALI iterator for PyTorch training with background swapping.
+
+::
+
+    loader = dali_abs.create_loader("cache", batch_size=64, size=224, device="gpu")
+    for epoch in range(epochs):
+        for batch in loader:                      # a list with one dict per pipeline
+            images = batch[0]["images"]           # float32 NCHW, normalised (ImageNet mean/std)
+            labels = batch[0]["labels"]           # int64 [B]
+            ...
+
+It returns DALI's own ``DALIGenericIterator`` (``len()``, epochs, ``reset()``,
+``last_batch_policy``, ``auto_reset``, ``reader_name``), so everything you know of it holds.
+Under ``torch.distributed`` it shards by rank and world size, so DDP sees each image once per
+epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dali_abs.cache.format import Cache, open_cache
+from dali_abs.dataset import Dataset, load_dataset
+from dali_abs.errors import DaliAbsError
+from dali_abs.loader.ops import READER_NAME, background_swap, cache_reader
+from dali_abs.loader.params import SwapConfig
+from dali_abs.training import MEAN, STD
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The usual training augmentations, applied inside DALI after the swap."""
+
+    random_resized_crop: bool = True
+    area: tuple[float, float] = (0.7, 1.0)  # fraction of the image a crop keeps (paper: 0.7-1)
+    flip: float = 0.5  # horizontal flip probability
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Everything :func:`create_loader` needs besides the cache; each field documented once here."""
+
+    batch_size: int = 64
+    size: int = 224  # output side in px
+    device: str = "gpu"  # "gpu" (DALI mixed decode + CuPy kernel) or "cpu" (NumPy twin)
+    split: str = "train"  # dataset split to read
+    swap: SwapConfig | None = field(default_factory=SwapConfig)  # None: no swapping
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: resize only (eval)
+    dtype: str = "float32"  # output images: "float32" or "float16"
+    shuffle: bool = True  # reshuffle every epoch (fn.readers.file shuffle_after_epoch)
+    seed: int = 0  # same seed, same batches (CPU)
+    num_threads: int = 2
+    device_id: int | None = None  # default: LOCAL_RANK, or 0 (GPU); None on CPU
+    shard_id: int | None = None  # default: torch.distributed rank, else RANK, else 0
+    num_shards: int | None = None  # default: torch.distributed world size, else WORLD_SIZE, else 1
+    last_batch_policy: str = "PARTIAL"  # a nvidia.dali.plugin.base_iterator.LastBatchPolicy name
+    auto_reset: bool = True
+    compose_size: int | None = None  # side of the composite before cropping (default: size)
+    fill_tile: int | None = None  # side of decoded fill tiles (default: compose_size // 2)
+    prefetch_queue_depth: int = 2
+    output_map: tuple[str, str] = ("images", "labels")
+
+
+def _dist_defaults(cfg: LoaderConfig) -> tuple[int, int]:
+    shard, shards = cfg.shard_id, cfg.num_shards
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            shard = dist.get_rank() if shard is None else shard
+            shards = dist.get_world_size() if shards is None else shards
+    except ImportError:
+        pass
+    shard = int(os.environ.get("RANK", 0)) if shard is None else shard
+    shards = int(os.environ.get("WORLD_SIZE", 1)) if shards is None else shards
+    if not 0 <= shard < shards:
+        raise DaliAbsError(f"shard_id must be in [0, {shards}), got {shard}")
+    return shard, shards
+
+
+def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards: int) -> None:
+    fp = cache.manifest.get("dataset", {}).get("fingerprint")
+    if fp is not None and fp != ds.fingerprint():
+        raise DaliAbsError(
+            f"{cache.root}: the cache is stale: dataset {ds.root} changed since it was built "
+            f"(fingerprint {fp} -> {ds.fingerprint()}). Rebuild it with `dali-abs precompute {ds.root} "
+            f"--segmenter ... --inpainter ... --out {cache.root}`; `dali-abs cache verify {cache.root} "
+            f"--data {ds.root}` lists what changed.")
+    per_shard = len(rows) // shards
+    if cfg.batch_size > per_shard:
+        raise DaliAbsError(f"batch_size {cfg.batch_size} is larger than the {per_shard} images of each of "
+                           f"{shards} shard(s) of split {cfg.split!r}; use a smaller batch")
+    if cfg.swap is not None:
+        labels = {int(cache.labels[r]) for r in rows}
+        if cfg.swap.background in ("other_class",) and len(labels) < 2:
+            raise DaliAbsError(f"background policy 'other_class' needs at least 2 classes; split {cfg.split!r} "
+                               f"has {len(labels)}")
+        if cfg.swap.background == "other_group" and not ds.has_groups:
+            raise DaliAbsError(f"background policy 'other_group' needs groups (a 'place' column in "
+                               f"metadata.csv); {ds.root} has none")
+
+
+def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
+    """The DALI pipeline behind :func:`create_loader` (exposed for inspection and benchmarks)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    if cfg.device not in ("cpu", "gpu"):
+        raise DaliAbsError(f"device must be 'cpu' or 'gpu', got {cfg.device!r}")
+    if cfg.dtype not in ("float32", "float16"):
+        raise DaliAbsError(f"dtype must be 'float32' or 'float16', got {cfg.dtype!r}")
+    shard, shards = _dist_defaults(cfg)
+    split_ids = {s.id for s in ds.split(cfg.split)}
+    rows = [i for i, sid in enumerate(cache.ids) if sid in split_ids]
+    missing = split_ids - set(cache.ids)
+    skipped = {s.get("id") for s in cache.manifest.get("skipped", [])}
+    unexplained = sorted(missing - skipped)
+    if unexplained:
+        raise DaliAbsError(f"{cache.root}: {len(unexplained)} image(s) of split {cfg.split!r} are not in the cache "
+                           f"(e.g. {', '.join(unexplained[:3])}); rebuild it with `dali-abs precompute`")
+    if not rows:
+        raise DaliAbsError(f"{cache.root}: no cached images in split {cfg.split!r}")
+    _check(cache, ds, cfg, rows, shards)
+    if cfg.shuffle or cfg.swap is not None:
+        # shuffle_after_epoch leaves the first epoch in file order (class-sorted in an ImageFolder),
+        # and in-batch pairing needs mixed batches: start from a seeded permutation.
+        rows = [rows[i] for i in np.random.default_rng(cfg.seed).permutation(len(rows))]
+    groups = np.full(len(cache), -1, np.int32)
+    if ds.has_groups:
+        by_id = ds.by_id()
+        groups = np.array([ds.group(by_id[sid]) if sid in by_id else -1 for sid in cache.ids], np.int32)
+
+    gpu = cfg.device == "gpu"
+    device_id = cfg.device_id if cfg.device_id is not None else (int(os.environ.get("LOCAL_RANK", 0)) if gpu else None)
+    compose = cfg.compose_size or cfg.size
+    tile = cfg.fill_tile or max(8, compose // 2)
+    batches_per_epoch = -(-len(rows) // shards // cfg.batch_size)
+
+    @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=cfg.seed,
+                  prefetch_queue_depth=cfg.prefetch_queue_depth)
+    def pipe():
+        s = cache_reader(cache, rows, data_root=ds.root, groups=groups, fill_tile=tile, fill_device="mixed" if gpu else "cpu",
+                         shard_id=shard, num_shards=shards, shuffle_after_epoch=cfg.shuffle, seed=cfg.seed,
+                         pad_last_batch=True, name=READER_NAME)
+        images = fn.decoders.image(s.jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
+        images = fn.resize(images, size=[compose, compose], interp_type=types.INTERP_LINEAR, antialias=False)
+        if cfg.swap is not None:
+            images = background_swap(images, s, cfg.swap, device=cfg.device, seed=cfg.seed,
+                                     batches_per_epoch=batches_per_epoch)
+        aug = cfg.augment
+        if aug is not None and aug.random_resized_crop:
+            images = fn.random_resized_crop(images, size=[cfg.size, cfg.size], random_area=list(aug.area),
+                                            antialias=False)
+        else:
+            images = fn.resize(images, size=[cfg.size, cfg.size], antialias=False)
+        mirror = fn.random.coin_flip(probability=aug.flip) if aug is not None and aug.flip > 0 else 0
+        images = fn.crop_mirror_normalize(
+            images, mirror=mirror, mean=[m * 255 for m in MEAN], std=[s_ * 255 for s_ in STD],
+            dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT, output_layout="CHW")
+        labels = s.labels.gpu() if gpu else s.labels
+        return images, labels
+
+    return pipe()
+
+
+def create_loader(cache: str | os.PathLike | Cache, data: str | os.PathLike | Dataset | None = None,
+                  config: LoaderConfig | None = None, **overrides):
+    """A ``DALIGenericIterator`` over the cached dataset with background swapping.
+
+    ``cache``: a cache folder (``dali-abs precompute``) or an opened :class:`Cache`.
+    ``data``: the dataset folder (default: the one the cache was built from).
+    ``config`` / ``overrides``: any :class:`LoaderConfig` field, e.g.
+    ``create_loader("cache", batch_size=128, size=224, device="cpu", swap=SwapConfig(p=0.5))``.
+    Bad settings and stale caches raise :class:`~dali_abs.errors.DaliAbsError` before the first batch.
+    """
+    from dataclasses import replace
+
+    from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+    cfg = replace(config or LoaderConfig(), **overrides)
+    cache = cache if isinstance(cache, Cache) else open_cache(cache)
+    if isinstance(data, Dataset):
+        ds = data
+    else:
+        ds = load_dataset(Path(data) if data is not None else cache.data_root)
+    try:
+        policy = LastBatchPolicy[cfg.last_batch_policy] if isinstance(cfg.last_batch_policy, str) \
+            else LastBatchPolicy(cfg.last_batch_policy)
+    except (KeyError, ValueError):
+        raise DaliAbsError(f"last_batch_policy must be one of {', '.join(p.name for p in LastBatchPolicy)}, "
+                           f"got {cfg.last_batch_policy!r}") from None
+    pipe = build_pipeline(cache, ds, cfg)
+    return DALIGenericIterator([pipe], output_map=list(cfg.output_map), reader_name=READER_NAME,
+                               last_batch_policy=policy, auto_reset=cfg.auto_reset)

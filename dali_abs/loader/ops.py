@@ -1,0 +1,180 @@
+"""DALI operators for a user's own ``pipeline_def``: read the cache, swap backgrounds.
+
+Use inside a pipeline, before your own crop / flip / normalise::
+
+    from dali_abs.cache.format import open_cache
+    from dali_abs.loader.ops import background_swap, cache_reader
+    from dali_abs.loader.params import SwapConfig
+
+    cache = open_cache("cache")
+
+    @pipeline_def(batch_size=64, num_threads=4, device_id=0)
+    def train_pipe():
+        s = cache_reader(cache, shard_id=0, num_shards=1, random_shuffle=True, name="Reader")
+        images = fn.decoders.image(s.jpegs, device="mixed")
+        images = fn.resize(images, size=[256, 256])
+        images = background_swap(images, s, SwapConfig(), device="gpu", seed=0)
+        ...  # your random_resized_crop, flip, crop_mirror_normalize
+        return images, s.labels
+
+Data conventions: images entering :func:`background_swap` are uint8 HWC RGB 0..255, all of
+one size S x S in the batch (resize first); it returns the same layout and size. The soft
+masks are float32 [R, R] foreground probability (1 = foreground).
+
+Backgrounds are paired **inside the batch**: sample n gets the clean background of another
+sample j of the same batch (chosen by the policy in :class:`SwapConfig`), rebuilt from
+image j, which is decoded anyway, and j's small cached fill. No second full-image decode.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dali_abs.cache.format import Cache
+from dali_abs.errors import DaliAbsError
+from dali_abs.loader.params import SwapConfig
+
+READER_NAME = "Reader"
+
+
+@dataclass
+class CacheSamples:
+    """The data nodes :func:`cache_reader` returns (one entry per sample of a batch).
+
+    - ``jpegs``: encoded source image bytes (decode with ``fn.decoders.image``).
+    - ``labels``: int64 class label, shape ().
+    - ``rows``: int32 row of the sample in the cache arrays, shape (1,).
+    - ``soft``: float32 [R, R] foreground probability.
+    - ``fills``: uint8 HWC fill tile, decoded on ``fill_device`` and resized to F x F.
+    - ``boxes``: float32 [4] ``(y0, x0, y1, x1)`` in 0..1 image coordinates covered by the fill.
+    - ``groups``: int32 group (``y * n_places + place``; -1 without places), shape ().
+    """
+
+    jpegs: object
+    labels: object
+    rows: object
+    soft: object
+    fills: object
+    boxes: object
+    groups: object
+
+
+def _blank_jpeg() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (128, 128, 128)).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+class _CacheLookup:
+    """Per batch: cache rows -> labels, soft masks, fill bytes, boxes, groups (host-side, NumPy)."""
+
+    def __init__(self, cache: Cache, groups: np.ndarray):
+        R = cache.grid
+        self.cache = cache
+        self.soft = cache.masks.astype(np.float32) / np.float32(255.0)
+        self.boxes = (cache.boxes.astype(np.float32) / np.float32(R))[:, [0, 1, 2, 3]]
+        self.labels = cache.labels.astype(np.int64)
+        self.groups = groups.astype(np.int32)
+        self.blank = np.frombuffer(_blank_jpeg(), np.uint8)
+
+    def __call__(self, rows: Sequence[np.ndarray]):
+        labels, soft, fills, boxes, groups = [], [], [], [], []
+        for r in rows:
+            i = int(np.asarray(r).reshape(-1)[0])
+            labels.append(np.array(self.labels[i]))
+            soft.append(self.soft[i])
+            data = self.cache.fill_bytes(i)
+            fills.append(self.blank if data is None else np.frombuffer(data, np.uint8))
+            boxes.append(self.boxes[i] if data is not None else np.zeros(4, np.float32))
+            groups.append(np.array(self.groups[i]))
+        return labels, soft, fills, boxes, groups
+
+
+def cache_reader(cache: Cache, rows: Sequence[int] | None = None, *, data_root: str | None = None,
+                 groups: np.ndarray | None = None, fill_tile: int = 64, fill_device: str = "cpu",
+                 name: str = READER_NAME, **reader_kwargs) -> CacheSamples:
+    """Read source images and their cache entries, aligned per sample.
+
+    ``rows``: cache rows to read (default all), e.g. one split. ``data_root``: the dataset
+    folder (default: the one the cache was built from). ``groups``: int per cache row
+    (default -1). ``fill_device``: "cpu" or "mixed" (GPU decoding of the fill tiles).
+    ``reader_kwargs`` go to ``fn.readers.file`` (``shard_id``, ``num_shards``,
+    ``random_shuffle``, ``shuffle_after_epoch``, ``pad_last_batch``, ``seed``, ...).
+    """
+    from nvidia.dali import fn, types
+
+    rows = list(range(len(cache))) if rows is None else [int(r) for r in rows]
+    if not rows:
+        raise DaliAbsError(f"{cache.root}: no cache rows to read")
+    if fill_tile < 2:
+        raise DaliAbsError(f"fill_tile must be at least 2 px, got {fill_tile}")
+    root = cache.data_root if data_root is None else Path(data_root)
+    files = [str(root / cache.relpaths[r]) for r in rows]
+    groups = np.full(len(cache), -1, np.int32) if groups is None else np.asarray(groups, np.int32)
+    jpegs, row_ids = fn.readers.file(files=files, labels=rows, name=name, **reader_kwargs)
+    labels, soft, fill_bytes, boxes, grp = fn.python_function(
+        row_ids, function=_CacheLookup(cache, groups), batch_processing=True, num_outputs=5)
+    fills = fn.decoders.image(fill_bytes, device=fill_device, output_type=types.RGB)
+    fills = fn.resize(fills, size=[fill_tile, fill_tile], interp_type=types.INTERP_LINEAR, antialias=False)
+    return CacheSamples(jpegs, labels, row_ids, soft, fills, boxes, grp)
+
+
+class _Swap:
+    """Per batch: sample the swap parameters (as data), then one compositing call."""
+
+    def __init__(self, cfg: SwapConfig, seed: int, batches_per_epoch: int, device: str):
+        self.cfg = cfg
+        self.seed = seed
+        self.batches_per_epoch = max(1, batches_per_epoch)
+        self.device = device
+        self.calls = 0
+
+    def __call__(self, images, soft, fills, boxes, labels, groups):
+        from dali_abs.loader.composite import composite_gpu, composite_host
+        from dali_abs.loader.params import sample_params
+
+        epoch = self.calls // self.batches_per_epoch
+        rng = np.random.default_rng([self.seed, self.calls])
+        self.calls += 1
+        if self.device == "gpu":
+            import cupy as cp
+
+            xp, composite = cp, composite_gpu
+        else:
+            xp, composite = np, composite_host
+        imgs = xp.stack(images)
+        lab = np.array([int(x) for x in (labels if self.device == "cpu" else [cp.asnumpy(v) for v in labels])])
+        grp = np.array([int(x) for x in (groups if self.device == "cpu" else [cp.asnumpy(v) for v in groups])])
+        params = sample_params(lab, rng, self.cfg, groups=grp if (grp >= 0).all() else None, epoch=epoch,
+                               image_size=tuple(imgs.shape[1:3]), soft=np.stack([np.asarray(
+                                   s if self.device == "cpu" else cp.asnumpy(s)) for s in soft]))
+        out = composite(imgs, xp.stack(soft), xp.stack(fills), xp.stack(boxes), params, self.cfg)
+        return [out[i] for i in range(out.shape[0])]
+
+
+def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, device: str = "cpu",
+                    seed: int = 0, batches_per_epoch: int = 1):
+    """Composite each sample's foreground onto a clean background of another sample of the batch.
+
+    ``images``: data node of uint8 HWC RGB, one size for the whole batch, on ``device``
+    ("cpu" or "gpu"). ``batches_per_epoch`` lets a swap-probability schedule follow epochs.
+    Returns a data node of the same layout, size and device.
+    """
+    from nvidia.dali import fn
+
+    if device not in ("cpu", "gpu"):
+        raise DaliAbsError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    soft, fills, boxes = samples.soft, samples.fills, samples.boxes
+    labels, groups = samples.labels, samples.groups
+    if device == "gpu":
+        soft, fills, boxes, labels, groups = (x.gpu() for x in (soft, fills, boxes, labels, groups))
+    return fn.python_function(images, soft, fills, boxes, labels, groups,
+                              function=_Swap(cfg, seed, batches_per_epoch, device),
+                              batch_processing=True, num_outputs=1, device=device)

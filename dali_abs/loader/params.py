@@ -1,0 +1,251 @@
+"""Per-batch randomness of the background swap, drawn on the host as plain arrays.
+
+Kornia-style: :func:`sample_params` draws every random choice of one batch into a dict of
+NumPy arrays, and the compositing functions (:mod:`dali_abs.loader.composite`, CPU twin and
+CUDA kernel) are deterministic functions of (images, masks, fills, params). A batch can be
+replayed by passing the same dict again.
+
+Conventions shared with :mod:`dali_abs.loader.composite`:
+
+* images are HWC uint8 RGB 0..255, ``H x W`` fixed for the batch;
+* ``soft`` is the cached soft patch mask, float32 ``[N,R,R]``, **foreground** probability
+  (1 = foreground); patch ``(r, c)`` covers rows ``[r*H/R, (r+1)*H/R)`` and columns
+  ``[c*W/R, (c+1)*W/R)``;
+* pixel ``(i, j)`` (row, column) has its centre at ``(x, y) = (j + 0.5, i + 0.5)``;
+* ``affine`` is the INVERSE map output pixel centre -> foreground source coordinates:
+  ``xs = a0*x + a1*y + a2``, ``ys = a3*x + a4*y + a5``; identity = ``(1, 0, 0, 0, 1, 0)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dali_abs.errors import DaliAbsError
+
+BACKGROUNDS = ("class_balanced", "uniform", "other_class", "same_class", "other_group")
+FILLS = ("cached", "gray", "mean", "noise", "pixels", "patches")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+class SwapError(DaliAbsError, ValueError):
+    """A swap option, a batch of labels or a compositing input that cannot be used as given."""
+
+
+@dataclass(frozen=True)
+class SwapConfig:
+    """Options of the background swap. Defaults follow the paper's non-Waterbirds setting.
+
+    Swap probability
+        ``p`` (1.0: every sample is swapped, as in the paper). ``p_schedule``: ``"constant"``
+        (``p`` at every epoch), ``"linear"`` or ``"cosine"``: from ``p_start`` at epoch 0 to
+        ``p`` at epoch ``schedule_epochs`` and after.
+    Background choice (``background``; the partner is another sample of the same batch)
+        ``"class_balanced"`` (paper): a class uniformly among the classes present in the
+        batch, then a sample of that class uniformly (may be the same class, may be the
+        sample itself). ``"uniform"``: any sample. ``"other_class"``: a class uniformly
+        among the *other* classes present, then one of its samples (error if the batch
+        holds one class). ``"same_class"``: a sample of the same class (may be itself).
+        ``"other_group"``: as ``"other_class"`` but over ``groups`` (needs them).
+    Foreground jitter (about the centroid of the object's tight patches)
+        ``scale`` = (lo, hi): factor ~ U(lo, hi) (1 = unchanged; 2 = twice as large).
+        ``rotation`` = (lo, hi) degrees, ~ U[lo, hi). ``translate``: fraction of the image
+        side; offset ~ U(-translate, translate) * (W, H) px. Default 64/224 (= the paper's
+        +-64 px at 224 px). With ``keep_inside`` the offset is clipped so the transformed
+        bounding box of the tight patches stays inside the image (centred if it cannot fit).
+    Masks (thresholds on the foreground probability)
+        ``tight`` (0.5): alpha = fg prob > tight (paper: background prob < 0.5; 0.33 on
+        Waterbirds, i.e. tight 0.67). ``loose`` (0.1): the fill region is fg prob > loose
+        (paper: background prob < 0.9). ``feather`` (px, 0): 0 = hard binary alpha (paper);
+        > 0 ramps alpha over about ``2*feather`` source px across the tight threshold.
+    Fill of the partner's foreground region (``fill``)
+        ``"cached"`` (the inpainted tile), ``"gray"`` (128), ``"mean"`` (mean colour of the
+        tile), ``"noise"`` (uniform per channel), ``"pixels"`` (random pixels of the partner
+        image), ``"patches"`` (the partner's patches in a random order).
+    """
+
+    p: float = 1.0
+    p_schedule: str = "constant"
+    p_start: float = 0.0
+    schedule_epochs: int = 0
+    background: str = "class_balanced"
+    scale: tuple[float, float] = (1.0, 1.0)
+    rotation: tuple[float, float] = (0.0, 0.0)
+    translate: float = 64.0 / 224.0
+    keep_inside: bool = True
+    tight: float = 0.5
+    loose: float = 0.1
+    feather: float = 0.0
+    fill: str = "cached"
+
+    def __post_init__(self):
+        for name in ("p", "p_start", "tight", "loose"):
+            v = getattr(self, name)
+            if not 0.0 <= float(v) <= 1.0:
+                raise SwapError(f"SwapConfig.{name} must be in [0, 1], got {v!r}")
+        _choice("p_schedule", self.p_schedule, SCHEDULES)
+        _choice("background", self.background, BACKGROUNDS)
+        _choice("fill", self.fill, FILLS)
+        if self.p_schedule != "constant" and int(self.schedule_epochs) < 1:
+            raise SwapError(f"SwapConfig.schedule_epochs must be >= 1 with p_schedule={self.p_schedule!r}, "
+                            f"got {self.schedule_epochs!r}")
+        for name in ("scale", "rotation"):
+            v = getattr(self, name)
+            if len(tuple(v)) != 2 or float(v[0]) > float(v[1]):
+                raise SwapError(f"SwapConfig.{name} must be a (lo, hi) pair with lo <= hi, got {v!r}")
+        if float(self.scale[0]) <= 0.0:
+            raise SwapError(f"SwapConfig.scale must be > 0, got {self.scale!r}")
+        if not 0.0 <= float(self.translate) <= 1.0:
+            raise SwapError(f"SwapConfig.translate is a fraction of the side in [0, 1], got {self.translate!r}")
+        if not float(self.feather) >= 0.0:
+            raise SwapError(f"SwapConfig.feather must be >= 0 px, got {self.feather!r}")
+
+    @classmethod
+    def waterbirds(cls, **overrides) -> "SwapConfig":
+        """The paper's Waterbirds preset: scale U(0.5, 1.5), rotation [-30, 30) degrees,
+        translation +-32 px at 224 px (32/224 of the side), tight threshold 0.67 (background
+        probability < 0.33)."""
+        kw = dict(scale=(0.5, 1.5), rotation=(-30.0, 30.0), translate=32.0 / 224.0, tight=0.67)
+        kw.update(overrides)
+        return cls(**kw)
+
+    def swap_probability(self, epoch: int) -> float:
+        """The swap probability at ``epoch`` (0-based) under ``p_schedule``."""
+        if self.p_schedule == "constant":
+            return float(self.p)
+        t = min(max(epoch, 0) / self.schedule_epochs, 1.0)
+        if self.p_schedule == "cosine":
+            t = 0.5 - 0.5 * math.cos(math.pi * t)
+        return float(self.p_start + (self.p - self.p_start) * t)
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise SwapError(f"SwapConfig.{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _pick_other(rng: np.random.Generator, keys: np.ndarray, what: str, policy: str, same: bool | None) -> np.ndarray:
+    """Partner indices: a key (class or group) uniformly among those present — any
+    (``same=None``), the sample's own (``True``) or another (``False``) — then a sample of
+    that key uniformly."""
+    n = len(keys)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    k = len(uniq)
+    if same is None:
+        pick = rng.integers(0, k, n)
+    elif same:
+        pick = inv
+    else:
+        if k < 2:
+            raise SwapError(f"background={policy!r} needs at least two {what}es in the batch; "
+                            f"this batch of {n} holds only {what} {uniq[0].item()!r}")
+        pick = rng.integers(0, k - 1, n)
+        pick = pick + (pick >= inv)
+    order = np.argsort(inv, kind="stable")
+    counts = np.bincount(inv, minlength=k)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    within = np.minimum((rng.random(n) * counts[pick]).astype(np.int64), counts[pick] - 1)
+    return order[starts[pick] + within].astype(np.int32)
+
+
+def _as_host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None, epoch: int = 0, *,
+                  image_size: tuple[int, int], soft) -> dict[str, np.ndarray]:
+    """Draw the random choices of one batch.
+
+    ``labels``: int (N,) class of each sample. ``groups``: int (N,) or None (needed by
+    ``background="other_group"``). ``image_size``: (H, W) of the batch. ``soft``: float32
+    [N,R,R] foreground probability per patch (a CuPy array is copied to the host): the tight
+    patches (> ``cfg.tight``) give each object's centre and bounding box.
+
+    Returns (per sample, N rows): ``partner`` int32 (N,) — the sample whose background
+    sample n gets; ``swap`` uint8 (N,) — 1 = composite, 0 = keep the original image;
+    ``affine`` float32 (N,6) — inverse map output pixel centre -> source (module docstring);
+    ``noise_seed`` uint32 (N,); ``perm`` int32 (N,R*R) — a permutation of the patch indices.
+    """
+    labels = _as_host(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise SwapError(f"labels must be an integer array of shape (N,), got {labels.dtype} {labels.shape}")
+    n = len(labels)
+    if n == 0:
+        raise SwapError("labels is empty: a batch needs at least one sample")
+    soft = _as_host(soft)
+    if soft.ndim != 3 or soft.shape[0] != n or soft.shape[1] != soft.shape[2]:
+        raise SwapError(f"soft must be [N,R,R] with N = len(labels) = {n}, got shape {soft.shape}")
+    try:
+        h, w = (int(v) for v in image_size)
+    except (TypeError, ValueError):
+        raise SwapError(f"image_size must be (H, W), got {image_size!r}") from None
+    if h < 1 or w < 1:
+        raise SwapError(f"image_size must be positive, got {image_size!r}")
+    r = soft.shape[1]
+
+    # 1. partners
+    pol = cfg.background
+    if pol == "uniform":
+        partner = rng.integers(0, n, n).astype(np.int32)
+    elif pol == "other_group":
+        if groups is None:
+            raise SwapError("background='other_group' needs groups (int array of shape (N,)); got None")
+        groups = _as_host(groups)
+        if groups.shape != (n,) or groups.dtype.kind not in "iu":
+            raise SwapError(f"groups must be an integer array of shape ({n},), got {groups.dtype} {groups.shape}")
+        partner = _pick_other(rng, groups, "group", pol, same=False)
+    else:
+        same = {"class_balanced": None, "same_class": True, "other_class": False}[pol]
+        partner = _pick_other(rng, labels, "class", pol, same=same)
+
+    # 2. swap or not
+    swap = (rng.random(n) < cfg.swap_probability(epoch)).astype(np.uint8)
+
+    # 3. foreground jitter: forward map p_out = c + t + s R(theta) (p_src - c)
+    s = rng.uniform(cfg.scale[0], cfg.scale[1], n) if cfg.scale[0] < cfg.scale[1] else np.full(n, float(cfg.scale[0]))
+    lo, hi = cfg.rotation
+    theta = np.deg2rad(rng.uniform(lo, hi, n) if lo < hi else np.full(n, float(lo)))
+    t = rng.uniform(-1.0, 1.0, (n, 2)) * (cfg.translate * np.array([w, h], np.float64))
+
+    tightm = soft.astype(np.float32) > np.float32(cfg.tight)  # (N,R,R)
+    any_fg = tightm.any(axis=(1, 2))
+    pw, ph = w / r, h / r
+    cx_grid = (np.arange(r) + 0.5) * pw
+    cy_grid = (np.arange(r) + 0.5) * ph
+    cnt = np.maximum(tightm.sum(axis=(1, 2)), 1)
+    cx = np.where(any_fg, (tightm * cx_grid[None, None, :]).sum(axis=(1, 2)) / cnt, w / 2)
+    cy = np.where(any_fg, (tightm * cy_grid[None, :, None]).sum(axis=(1, 2)) / cnt, h / 2)
+
+    cos, sin = np.cos(theta), np.sin(theta)
+    if cfg.keep_inside:
+        cols = tightm.any(axis=1)  # (N,R)
+        rows = tightm.any(axis=2)
+        idx = np.arange(r)
+        bx0 = np.where(cols, idx, r).min(1) * pw
+        bx1 = (np.where(cols, idx, -1).max(1) + 1) * pw
+        by0 = np.where(rows, idx, r).min(1) * ph
+        by1 = (np.where(rows, idx, -1).max(1) + 1) * ph
+        # the four corners of the box under the forward map without translation
+        xs_c = np.stack([bx0, bx1, bx0, bx1], 1) - cx[:, None]
+        ys_c = np.stack([by0, by0, by1, by1], 1) - cy[:, None]
+        fx = cx[:, None] + s[:, None] * (cos[:, None] * xs_c - sin[:, None] * ys_c)
+        fy = cy[:, None] + s[:, None] * (sin[:, None] * xs_c + cos[:, None] * ys_c)
+        for d, (f, side) in enumerate(((fx, w), (fy, h))):
+            lo_t, hi_t = -f.min(1), side - f.max(1)
+            clipped = np.where(lo_t <= hi_t, np.clip(t[:, d], lo_t, np.maximum(lo_t, hi_t)), (lo_t + hi_t) / 2)
+            t[:, d] = np.where(any_fg, clipped, 0.0)
+    # inverse: p_src = c + (1/s) R(-theta) (p_out - c - t)
+    inv = 1.0 / s
+    a0, a1 = inv * cos, inv * sin
+    a3, a4 = -inv * sin, inv * cos
+    ox, oy = cx + t[:, 0], cy + t[:, 1]
+    a2 = cx - (a0 * ox + a1 * oy)
+    a5 = cy - (a3 * ox + a4 * oy)
+    affine = np.stack([a0, a1, a2, a3, a4, a5], 1).astype(np.float32)  # theta = 0 gives exact zeros in a1, a3
+
+    # 4. fill randomness
+    noise_seed = rng.integers(0, 2**32, n, dtype=np.uint32)
+    perm = np.argsort(rng.random((n, r * r)), axis=1).astype(np.int32)
+    return {"partner": partner, "swap": swap, "affine": affine, "noise_seed": noise_seed, "perm": perm}

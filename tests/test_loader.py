@@ -1,0 +1,110 @@
+"""The DALI loader end to end on CPU: real cache, real DALI pipeline, torch tensors out."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dali_abs.cache.format import open_cache
+from dali_abs.dataset import load_dataset
+from dali_abs.errors import DaliAbsError
+from dali_abs.loader.iterator import AugmentConfig, create_loader
+from dali_abs.loader.params import SwapConfig
+
+
+def _epoch(loader):
+    images, labels = [], []
+    for batch in loader:
+        images.append(batch[0]["images"])
+        labels.append(batch[0]["labels"])
+    return torch.cat(images), torch.cat(labels)
+
+
+def test_one_epoch_yields_every_training_image_once_as_nchw_tensors(tiny_cache, tiny_dataset):
+    loader = create_loader(tiny_cache, batch_size=32, size=48, device="cpu", seed=1)
+    n_train = len(load_dataset(tiny_dataset).split("train"))
+    assert len(loader) == -(-n_train // 32)
+    images, labels = _epoch(loader)
+    assert images.shape == (n_train, 3, 48, 48) and images.dtype == torch.float32
+    assert labels.shape == (n_train,) and labels.dtype == torch.int64
+    assert sorted(torch.bincount(labels).tolist()) == [80, 80]
+    assert -3 < float(images.mean()) < 3  # normalised, not 0..255
+    # auto_reset: a second epoch works without reset()
+    assert _epoch(loader)[0].shape[0] == n_train
+
+
+def test_same_seed_same_batches(tiny_cache):
+    a = _epoch(create_loader(tiny_cache, batch_size=32, size=32, device="cpu", seed=5))
+    b = _epoch(create_loader(tiny_cache, batch_size=32, size=32, device="cpu", seed=5))
+    c = _epoch(create_loader(tiny_cache, batch_size=32, size=32, device="cpu", seed=6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_no_swap_is_the_plain_pipeline_and_swap_changes_images(tiny_cache):
+    plain = dict(batch_size=32, size=64, device="cpu", seed=2, augment=None, shuffle=True, compose_size=64)
+    a = _epoch(create_loader(tiny_cache, swap=None, **plain))
+    b = _epoch(create_loader(tiny_cache, swap=SwapConfig(p=0.0), **plain))
+    c = _epoch(create_loader(tiny_cache, swap=SwapConfig(p=1.0, translate=0.0), **plain))
+    assert torch.equal(a[0], b[0])
+    changed = (a[0] != c[0]).flatten(1).any(1).float().mean()
+    assert changed > 0.5
+
+
+def test_float16_and_eval_split(tiny_cache):
+    loader = create_loader(tiny_cache, batch_size=16, size=32, device="cpu", split="test", swap=None,
+                           augment=None, dtype="float16", shuffle=False)
+    images, labels = _epoch(loader)
+    assert images.dtype == torch.float16 and images.shape[0] == 64
+
+
+def test_shards_are_disjoint_and_cover_the_split(tiny_cache):
+    seen = []
+    for shard in range(2):
+        loader = create_loader(tiny_cache, batch_size=16, size=32, device="cpu", shard_id=shard, num_shards=2,
+                               swap=None, augment=None, shuffle=False, last_batch_policy="DROP")
+        assert len(loader) == 5
+        seen.append(_epoch(loader)[0])
+    # Without augmentation, each image appears once: no row of shard 0 equals a row of shard 1.
+    a, b = (x.flatten(1) for x in seen)
+    assert not any(torch.equal(a[i], b[j]) for i in range(0, len(a), 7) for j in range(len(b)))
+
+
+def test_user_pipeline_with_the_operators(tiny_cache):
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_abs.loader.ops import background_swap, cache_reader
+
+    cache = open_cache(tiny_cache)
+
+    @pipeline_def(batch_size=8, num_threads=2, device_id=None, seed=0)
+    def pipe():
+        s = cache_reader(cache, random_shuffle=True, seed=0)
+        images = fn.decoders.image(s.jpegs, device="cpu", output_type=types.RGB)
+        images = fn.resize(images, size=[64, 64])
+        images = background_swap(images, s, SwapConfig(), device="cpu", seed=0)
+        return images, s.labels
+
+    p = pipe()
+    p.build()
+    images, labels = p.run()
+    assert images.as_array().shape == (8, 64, 64, 3) and images.as_array().dtype == np.uint8
+
+
+def test_bad_settings_fail_before_the_first_batch(tiny_cache, tiny_dataset, tmp_path):
+    with pytest.raises(DaliAbsError, match="batch_size 500 is larger than the 160 images"):
+        create_loader(tiny_cache, batch_size=500, device="cpu")
+    with pytest.raises(DaliAbsError, match="last_batch_policy must be one of"):
+        create_loader(tiny_cache, batch_size=8, device="cpu", last_batch_policy="SOMETIMES")
+    with pytest.raises(DaliAbsError, match="device must be 'cpu' or 'gpu'"):
+        create_loader(tiny_cache, batch_size=8, device="tpu")
+    # A changed dataset: the cache is stale and says which command rebuilds it.
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_dataset, copy)
+    first = load_dataset(copy).samples[0]
+    first.path.write_bytes(first.path.read_bytes() + b"\0")
+    with pytest.raises(DaliAbsError, match=r"cache is stale.*dali-abs precompute"):
+        create_loader(tiny_cache, copy, batch_size=8, device="cpu")
