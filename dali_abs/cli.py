@@ -138,8 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from dali_abs.cache.cli import register as register_cache
     from dali_abs.inpainter.cli import register as register_inpainter
+    from dali_abs.labeling.cli import register as register_label
     from dali_abs.segmenter.cli import register as register_segmenter
 
+    register_label(sub)
     register_segmenter(sub)
     register_inpainter(sub)
     register_cache(sub)

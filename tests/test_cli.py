@@ -19,7 +19,8 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("cmd", [[], ["make-dataset"], ["data", "check"], ["labels", "import-reference"],
-                                 ["labels", "from-masks"], ["segmenter"], ["inpainter"], ["demo"]])
+                                 ["labels", "from-masks"], ["label"], ["segmenter"], ["inpainter"],
+                                 ["precompute"], ["cache"], ["demo"]])
 def test_every_subcommand_has_help(cmd):
     r = run(*cmd, "--help")
     assert r.returncode == 0, r.stderr

@@ -1,0 +1,322 @@
+"""The labelling web server: a static page plus a small JSON API over a :class:`LabelSession`.
+
+Routes (anything else is 404; a known route with another method is 405)::
+
+    GET    /                       the page (also /app.js, /app.css)
+    GET    /api/state              grid, target, labelled, current, ids, is_labelled, model, retrain
+    GET    /api/image/<index>      image bytes of the index-th image of the session order
+    GET    /api/labels/<id>        {"id", "index", "grid", "labelled", "mask"}
+    PUT    /api/labels/<id>        body {"grid": R, "mask": "0101..."} -> saved at once; the counter
+    DELETE /api/labels/<id>        unlabel the image
+    GET    /api/prediction/<id>    {"probabilities": [R*R floats], "grid", "model_version"} (with a model)
+    GET    /api/retrain            retrain status
+    POST   /api/retrain            start a short segmenter training on the labels so far
+
+``<id>`` is URL-encoded (ImageFolder ids hold ``/``). Images are addressed only by their
+index in the session order and static files come from a fixed table, so no request names
+a file path. Hardening: bound to 127.0.0.1 unless asked; the Host header must name the
+server (DNS rebinding) when it is bound to loopback; requests that change state must come
+without a foreign Origin and, with a body, as ``application/json`` (no cross-site form
+posts); bodies are capped at 1 MiB; bad input gets 4xx with a JSON ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+import threading
+import traceback
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from dali_abs.errors import DaliAbsError
+from dali_abs.labeling.session import LabelSession, RequestError
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
+          "/app.js": ("app.js", "text/javascript; charset=utf-8"), "/app.css": ("app.css", "text/css; charset=utf-8")}
+MAX_BODY = 1 << 20
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _unquote(text: str) -> str:
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise RequestError(f"image id {text!r} is not valid percent-encoded UTF-8") from None
+
+
+class LabelServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, session: LabelSession, host: str = "127.0.0.1", port: int = 0, quiet: bool = True):
+        self.session = session
+        self.quiet = quiet
+        if ":" in host:  # IPv6 literal
+            import socket
+
+            self.address_family = socket.AF_INET6
+        super().__init__((host, port), Handler)
+        self.host = host
+        self.loopback = _is_loopback(host)
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    @property
+    def url(self) -> str:
+        h = self.host
+        if h in ("0.0.0.0", "::", ""):
+            h = "127.0.0.1"
+        if ":" in h:
+            h = f"[{h}]"
+        return f"http://{h}:{self.port}/"
+
+    def allowed_hosts(self) -> set[str]:
+        p = self.port
+        return {f"{n}:{p}" for n in LOOPBACK_NAMES} | {n for n in LOOPBACK_NAMES}
+
+    def start_background(self) -> threading.Thread:
+        t = threading.Thread(target=self.serve_forever, args=(0.05,), name="dali-abs-label-server", daemon=True)
+        t.start()
+        return t
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: LabelServer
+    protocol_version = "HTTP/1.1"
+    timeout = 120  # seconds a connection may sit idle (or dribble a request) before it is dropped
+    server_version = "dali-abs-label"
+    sys_version = ""
+
+    # ------------------------------------------------------------- plumbing
+    def log_message(self, format, *args):  # noqa: A002 (BaseHTTPRequestHandler's signature)
+        if not self.server.quiet:
+            sys.stderr.write("%s - %s\n" % (self.address_string(), format % args))
+
+    def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj, extra: dict | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", extra)
+
+    def _error(self, status: int, message: str, extra: dict | None = None) -> None:
+        self._json(status, {"error": message}, extra)
+
+    def send_error(self, code, message=None, explain=None):
+        """BaseHTTPRequestHandler's own errors (bad request line, header too long) as JSON."""
+        self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # answer with a status line even to a garbled request
+        try:
+            self._error(code, message or self.responses.get(code, ("error",))[0], {"Connection": "close"})
+        except Exception:  # the client is gone
+            pass
+
+    def __getattr__(self, name: str):
+        # Any other method (PATCH, OPTIONS, TRACE, FOO...): 405 rather than the base class's 501.
+        if name.startswith("do_"):
+            return self._not_allowed_any
+        raise AttributeError(name)
+
+    def _not_allowed_any(self) -> None:
+        self._dispatch()
+
+    def do_GET(self):
+        self._dispatch()
+
+    def do_HEAD(self):
+        self._dispatch()
+
+    def do_PUT(self):
+        self._dispatch()
+
+    def do_POST(self):
+        self._dispatch()
+
+    def do_DELETE(self):
+        self._dispatch()
+
+    # ------------------------------------------------------------- checks
+    def _check_host(self) -> bool:
+        if not self.server.loopback:
+            return True
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host in self.server.allowed_hosts():
+            return True
+        self._error(403, f"Host {host!r} refused: this server answers only to 127.0.0.1/localhost")
+        return False
+
+    def _check_origin(self) -> bool:
+        origin = self.headers.get("Origin")
+        if origin is None:  # not a browser cross-site request (curl, scripts, same-origin GET)
+            return True
+        netloc = urlsplit(origin).netloc.lower()
+        if self.server.loopback and netloc in self.server.allowed_hosts():
+            return True
+        if not self.server.loopback and netloc == (self.headers.get("Host") or "").lower():
+            return True
+        self._error(403, f"Origin {origin!r} refused: requests that change labels must come from this page")
+        return False
+
+    def _read_json(self):
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding"):
+            raise RequestError("chunked bodies are not accepted; send Content-Length", 411)
+        if length is None:
+            raise RequestError("missing Content-Length", 411)
+        try:
+            n = int(length)
+        except ValueError:
+            raise RequestError(f"bad Content-Length {length!r}") from None
+        if n < 0:
+            raise RequestError(f"bad Content-Length {length!r}")
+        if n > MAX_BODY:
+            self.close_connection = True
+            raise RequestError(f"body of {n} bytes is over the {MAX_BODY}-byte limit", 413)
+        raw = self.rfile.read(n)
+        self._body_read = True
+        if n == 0:
+            return None
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype != "application/json":
+            raise RequestError(f"Content-Type must be application/json, got {ctype or 'none'!r}", 415)
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RequestError(f"body is not valid JSON: {e}") from None
+
+    # ------------------------------------------------------------- routing
+    def _dispatch(self) -> None:
+        self._body_read = False
+        try:
+            self._dispatch_checked()
+        finally:
+            unread = (self.headers.get("Content-Length") or "0").strip() not in ("", "0") \
+                or self.headers.get("Transfer-Encoding")
+            if not self._body_read and unread:
+                self.close_connection = True  # an unread body would be taken for the next request
+
+    def _dispatch_checked(self) -> None:
+        try:
+            if not self._check_host():
+                return
+            path = urlsplit(self.path).path
+            route, arg, allowed = self._route(path)
+            if route is None:
+                self._error(404, f"no such page or API route: {path}")
+                return
+            method = "GET" if self.command == "HEAD" else self.command
+            if method not in allowed:
+                self._error(405, f"{self.command} not allowed on {path}; allowed: {', '.join(allowed)}",
+                            {"Allow": ", ".join(allowed)})
+                return
+            if method != "GET" and not self._check_origin():
+                return
+            route(method, arg)
+        except RequestError as e:
+            self._error(e.status, str(e))
+        except DaliAbsError as e:  # e.g. an image file that no longer decodes
+            self._error(422, str(e))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as e:  # a bug: report it, keep serving
+            traceback.print_exc()
+            try:
+                self._error(500, f"internal error: {type(e).__name__}: {e}")
+            except Exception:
+                pass
+
+    def _route(self, path: str):
+        if path in STATIC:
+            return self._static, path, ("GET",)
+        if path == "/favicon.ico":
+            return self._no_icon, None, ("GET",)
+        parts = path.split("/")
+        if len(parts) < 3 or parts[0] != "" or parts[1] != "api":
+            return None, None, ()
+        name, rest = parts[2], "/".join(parts[3:])
+        if len(parts) == 3:
+            table = {"state": (self._state, ("GET",)), "retrain": (self._retrain, ("GET", "POST"))}
+            if name in table:
+                return table[name][0], None, table[name][1]
+            return None, None, ()
+        if not rest:
+            return None, None, ()
+        if name == "image":
+            return self._image, rest, ("GET",)
+        if name == "labels":
+            return self._labels, _unquote(rest), ("GET", "PUT", "DELETE")
+        if name == "prediction":
+            return self._prediction, _unquote(rest), ("GET",)
+        return None, None, ()
+
+    # ------------------------------------------------------------- handlers
+    def _static(self, method, path):
+        name, ctype = STATIC[path]
+        self._send(200, (STATIC_DIR / name).read_bytes(), ctype,
+                   {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; "
+                                               "frame-ancestors 'none'"})
+
+    def _no_icon(self, method, _):
+        self._send(204, b"", "image/x-icon")
+
+    def _state(self, method, _):
+        self._json(200, self.server.session.state())
+
+    def _image(self, method, text):
+        if not text.isascii() or not text.isdigit() or len(text) > 9:
+            raise RequestError(f"image index must be a non-negative integer, got {text!r}", 404)
+        data, ctype = self.server.session.image_bytes(int(text))
+        self._send(200, data, ctype)
+
+    def _labels(self, method, image_id):
+        s = self.server.session
+        if method == "GET":
+            self._json(200, s.get_label(image_id))
+        elif method == "PUT":
+            body = self._read_json()
+            s.check_id(image_id)
+            self._json(200, s.set_label(image_id, body))
+        else:
+            self._json(200, s.delete_label(image_id))
+
+    def _prediction(self, method, image_id):
+        self._json(200, self.server.session.prediction(image_id))
+
+    def _retrain(self, method, _):
+        s = self.server.session
+        if method == "GET":
+            self._json(200, s.state()["retrain"])
+        else:
+            self._read_json()  # optional {} body; refuses non-JSON content types
+            self._json(202, s.start_retrain())
+
+
+def serve(session: LabelSession, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> LabelServer:
+    """Bind a :class:`LabelServer` (not yet serving: call ``serve_forever`` or ``start_background``)."""
+    return LabelServer(session, host, port, quiet)
