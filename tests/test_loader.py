@@ -108,3 +108,13 @@ def test_bad_settings_fail_before_the_first_batch(tiny_cache, tiny_dataset, tmp_
     first.path.write_bytes(first.path.read_bytes() + b"\0")
     with pytest.raises(DaliAbsError, match=r"cache is stale.*dali-abs precompute"):
         create_loader(tiny_cache, copy, batch_size=8, device="cpu")
+
+
+def test_ids_select_a_subset_of_the_split(tiny_cache, tiny_dataset):
+    ds = load_dataset(tiny_dataset)
+    ids = tuple(s.id for s in ds.split("test") if ds.group(s) in ds.majority_groups())
+    loader = create_loader(tiny_cache, batch_size=8, size=32, device="cpu", split="test", ids=ids, swap=None,
+                           augment=None)
+    assert _epoch(loader)[0].shape[0] == len(ids) == 32
+    with pytest.raises(DaliAbsError, match=r"ids not in split 'test'.*nope"):
+        create_loader(tiny_cache, batch_size=8, device="cpu", split="test", ids=("nope",))

@@ -48,6 +48,7 @@ class LoaderConfig:
     size: int = 224  # output side in px
     device: str = "gpu"  # "gpu" (DALI mixed decode + CuPy kernel) or "cpu" (NumPy twin)
     split: str = "train"  # dataset split to read
+    ids: tuple[str, ...] | None = None  # only these image ids of the split (default: all of it)
     swap: SwapConfig | None = field(default_factory=SwapConfig)  # None: no swapping
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: resize only (eval)
     dtype: str = "float32"  # output images: "float32" or "float16"
@@ -114,6 +115,12 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
         raise DaliAbsError(f"dtype must be 'float32' or 'float16', got {cfg.dtype!r}")
     shard, shards = _dist_defaults(cfg)
     split_ids = {s.id for s in ds.split(cfg.split)}
+    if cfg.ids is not None:
+        unknown = sorted(set(cfg.ids) - split_ids)
+        if unknown:
+            raise DaliAbsError(f"ids not in split {cfg.split!r} of {ds.root}: {', '.join(unknown[:5])}"
+                               + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        split_ids = set(cfg.ids)
     rows = [i for i, sid in enumerate(cache.ids) if sid in split_ids]
     missing = split_ids - set(cache.ids)
     skipped = {s.get("id") for s in cache.manifest.get("skipped", [])}
