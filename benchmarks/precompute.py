@@ -65,7 +65,6 @@ def alternatives(cache, n: int = 200) -> list[dict]:
     from dali_abs.files import read_rgb
 
     S, R = cache.work_size, cache.grid
-    p = S // R
     rows = np.linspace(0, len(cache) - 1, min(n, len(cache))).astype(int)
     kinds: dict[str, list[bytes]] = {k: [] for k in (
         "full background JPEG q90, source size", "full background JPEG q90, work size",

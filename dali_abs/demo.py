@@ -14,7 +14,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 
 from dali_abs.dataset import load_dataset
 from dali_abs.files import atomic_write_text, read_mask, read_rgb

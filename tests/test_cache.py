@@ -27,21 +27,6 @@ DALI_ABS = str(Path(sys.executable).parent / "dali-abs")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_dataset, tiny_labels):
-    """(segmenter.onnx, inpainter.onnx): a segmenter trained 2 epochs on the tiny set (64 px, 8 x 8 grid)
-    and the exported push-pull fill. (So short a training leaves every patch's foreground probability
-    near 0.4-0.6: every cell is in the default loose mask, p > 0.1; tests that need partial masks use 0.5.)"""
-    from dali_abs.models import inpainter as inet
-    from dali_abs.segmenter.train import train_segmenter
-
-    d = tmp_path_factory.mktemp("cache-models")
-    train_segmenter(load_dataset(tiny_dataset), tiny_labels, d / "seg.onnx", input_size=64, epochs=2,
-                    batch_size=16, threads=2, progress=False, seed=0)
-    inet.export_onnx(inet.build("pushpull"), d / "fill.onnx", "pushpull")
-    return d / "seg.onnx", d / "fill.onnx"
-
-
 def snapshot(root: Path) -> dict:
     """Every file under root with its size, mtime and SHA-256 (to prove nothing was written)."""
     out = {}
@@ -86,8 +71,8 @@ def run(*args, check=True) -> subprocess.CompletedProcess:
 
 # --- a whole run and the reading API -------------------------------------------------------
 
-def test_precompute_writes_a_cache_the_loader_can_read(tmp_path, tiny_dataset, models, capsys):
-    seg, fill = models
+def test_precompute_writes_a_cache_the_loader_can_read(tmp_path, tiny_dataset, tiny_models, capsys):
+    seg, fill = tiny_models
     before = snapshot(tiny_dataset)
     ds = load_dataset(tiny_dataset)
     res = precompute(ds, seg, fill, tmp_path / "c", PrecomputeConfig(chunk_size=100, fill_threshold=0.5),
@@ -144,8 +129,8 @@ def test_precompute_writes_a_cache_the_loader_can_read(tmp_path, tiny_dataset, m
 
 # --- crash safety ----------------------------------------------------------------------------
 
-def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_dataset, models):
-    seg, fill = models
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_dataset, tiny_models):
+    seg, fill = tiny_models
     args = ["precompute", tiny_dataset, "--segmenter", seg, "--inpainter", fill, "--chunk-size", "8", "--json"]
     run(*args, "--out", tmp_path / "ref")
 
@@ -170,8 +155,8 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_dataset, 
 
 # --- sharding --------------------------------------------------------------------------------
 
-def test_two_processes_shard_the_work_and_merge(tmp_path, tiny_dataset, models):
-    seg, fill = models
+def test_two_processes_shard_the_work_and_merge(tmp_path, tiny_dataset, tiny_models):
+    seg, fill = tiny_models
     out = tmp_path / "sharded"
     args = ["precompute", tiny_dataset, "--segmenter", seg, "--inpainter", fill, "--out", out,
             "--chunk-size", "32", "--json", "--no-merge"]
@@ -239,8 +224,8 @@ def _jpeg(arr, **kw) -> bytes:
     return buf.getvalue()
 
 
-def test_bad_inputs_are_processed_or_skipped_and_reported(tmp_path, models):
-    seg, fill = models
+def test_bad_inputs_are_processed_or_skipped_and_reported(tmp_path, tiny_models):
+    seg, fill = tiny_models
     rng = np.random.default_rng(0)
     root = tmp_path / "folder"
     for c in ("a", "b"):
@@ -301,8 +286,8 @@ def test_bad_inputs_are_processed_or_skipped_and_reported(tmp_path, models):
     assert "too large" in {s["path"]: s["reason"] for s in open_cache(out2).manifest["skipped"]}["b/big.jpg"]
 
 
-def test_a_model_that_breaks_its_contract_is_refused_before_any_work(tmp_path, tiny_dataset, models, capsys):
-    seg, fill = models
+def test_a_model_that_breaks_its_contract_is_refused_before_any_work(tmp_path, tiny_dataset, tiny_models, capsys):
+    seg, fill = tiny_models
     out = tmp_path / "c"
     assert main(["precompute", str(tiny_dataset), "--segmenter", str(fill), "--inpainter", str(fill),
                  "--out", str(out)]) == 2
@@ -322,8 +307,8 @@ def test_a_model_that_breaks_its_contract_is_refused_before_any_work(tmp_path, t
 
 # --- verify: staleness and damage ------------------------------------------------------------
 
-def test_verify_detects_changed_added_removed_images_and_damage(tmp_path, tiny_dataset, models, capsys):
-    seg, fill = models
+def test_verify_detects_changed_added_removed_images_and_damage(tmp_path, tiny_dataset, tiny_models, capsys):
+    seg, fill = tiny_models
     data = small_dataset(tiny_dataset, tmp_path / "data", 40)
     out = tmp_path / "c"
     precompute(load_dataset(data), seg, fill, out, PrecomputeConfig(chunk_size=16), progress=False)

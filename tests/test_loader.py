@@ -11,7 +11,7 @@ import torch
 from dali_abs.cache.format import open_cache
 from dali_abs.dataset import load_dataset
 from dali_abs.errors import DaliAbsError
-from dali_abs.loader.iterator import AugmentConfig, create_loader
+from dali_abs.loader.iterator import create_loader
 from dali_abs.loader.params import SwapConfig
 
 

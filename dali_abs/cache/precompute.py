@@ -306,7 +306,7 @@ class Worker:
         entries, images, skipped = self.decode(samples)
         x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
         t = self.timer.add("decode", t)
-        S, R, patch = self.seg.input_size, self.seg.grid, self.seg.patch
+        R, patch = self.seg.grid, self.seg.patch
         prob = self.seg.predict(x) if len(x) else np.zeros((0, 1, R, R), np.float32)
         masks = quantize(prob[:, 0])
         t = self.timer.add("segmenter", t)

@@ -166,7 +166,6 @@ def train_segmenter(dataset: Dataset, labels: Mapping[str, np.ndarray] | str | o
     Returns the run's metrics: validation patch accuracy, balanced accuracy and IoU of the
     best epoch, epochs run, image counts, seconds.
     """
-    from tqdm import tqdm
 
     from dali_abs.labels import read_labels
 
