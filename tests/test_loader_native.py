@@ -1,0 +1,180 @@
+"""The native CPU compositing (kernels/composite.cu compiled for the host, dali_abs.loader.native)
+against the NumPy twin, its thread partition, its build cache and its fallback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dali_abs.loader import native
+from dali_abs.loader.composite import composite_cpu, composite_host
+from dali_abs.loader.params import SwapConfig, SwapError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_loader_composite import CASES, make_batch, params_for  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """The library built once for this module, in a private cache dir."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not installed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+        for var in ("DALI_ABS_CXX", "DALI_ABS_NATIVE", "DALI_ABS_THREADS"):
+            mp.delenv(var, raising=False)
+        native._forget()
+        assert native.native_available(), native._STATE.get("why")
+        yield native._STATE["path"]
+    native._forget()
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """Empty cache dir, default environment, no library loaded; state dropped afterwards."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    for var in ("DALI_ABS_CXX", "DALI_ABS_NATIVE", "DALI_ABS_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    native._forget()
+    yield tmp_path / "xdg" / "dali-abs"
+    native._forget()
+
+
+# --- parity with the twin ------------------------------------------------------------------
+
+@pytest.mark.parametrize("cfg", CASES, ids=lambda c: f"{c.fill}-rot{c.rotation[1]:g}-f{c.feather:g}")
+def test_native_equals_the_twin_pixel_for_pixel(built, cfg):
+    rng = np.random.default_rng(300 + CASES.index(cfg))
+    # small odd sides (not divisible by R), and a batch large enough to be split over threads
+    for n, h, w, r, f in ((6, 37, 53, 6, 11), (8, 96, 80, 16, 32)):
+        images, soft, fills, boxes = make_batch(rng, n, h, w, r, f)
+        p = params_for(rng, soft, cfg, h, w)
+        twin = composite_cpu(images, soft, fills, boxes, p, cfg)
+        got = native.composite_native(images, soft, fills, boxes, p, cfg, threads=3)
+        assert got.dtype == np.uint8 and got.shape == images.shape and got is not images
+        assert int((got != twin).any(-1).sum()) == 0, f"{cfg.fill}: {(got != twin).any(-1).sum()} pixels differ"
+        assert np.array_equal(composite_host(images, soft, fills, boxes, p, cfg), twin)
+
+
+@needs_gxx
+def test_the_plain_x86_64_build_equals_the_twin_too(fresh, monkeypatch):
+    """Without the SSE4.1 clone (what a CPU without SSE4.1 runs) the output is the same."""
+    monkeypatch.setattr(native, "FLAGS", native.FLAGS + ("-DABS_NATIVE_NO_CLONES",))
+    rng = np.random.default_rng(24)
+    for cfg in (SwapConfig(), SwapConfig.waterbirds(fill="noise", feather=1.5)):
+        images, soft, fills, boxes = make_batch(rng, 8, 64, 56, 8, 16)
+        p = params_for(rng, soft, cfg, 64, 56)
+        got = native.composite_native(images, soft, fills, boxes, p, cfg, threads=2)
+        assert np.array_equal(got, composite_cpu(images, soft, fills, boxes, p, cfg))
+    assert "-DABS_NATIVE_NO_CLONES" in native.FLAGS and native._STATE["path"].parent == fresh
+
+
+def test_thread_count_does_not_change_the_output(built, monkeypatch):
+    rng = np.random.default_rng(21)
+    cfg = SwapConfig.waterbirds(fill="cached", feather=1.0, p=0.9)
+    images, soft, fills, boxes = make_batch(rng, 12, 72, 68, 8, 16)  # 58752 px: up to 4 chunks
+    p = params_for(rng, soft, cfg, 72, 68)
+    lib = native._load()
+    launch, used = lib.abs_composite_host, []
+    monkeypatch.setattr(lib, "abs_composite_host", lambda *a: used.append(launch(*a)) or used[-1], raising=False)
+    outs = [native.composite_native(images, soft, fills, boxes, p, cfg, threads=t) for t in (1, 2, 3, 4, 16)]
+    assert used == [1, 2, 3, 4, 4]  # 16 requested: at most one thread per 16384 px
+    for o in outs[1:]:
+        assert np.array_equal(o, outs[0])
+    assert np.array_equal(outs[0], composite_cpu(images, soft, fills, boxes, p, cfg))
+    monkeypatch.setenv("DALI_ABS_THREADS", "2")
+    assert native.default_threads() == 2
+    assert np.array_equal(native.composite_native(images, soft, fills, boxes, p, cfg), outs[0])
+    assert used[-1] == 2
+
+
+def test_no_swapped_sample_returns_a_copy_and_checks_match_the_twin(built):
+    rng = np.random.default_rng(22)
+    images, soft, fills, boxes = make_batch(rng)
+    cfg = SwapConfig(p=0.0)
+    p = params_for(rng, soft, cfg, 48, 40)
+    out = native.composite_native(images, soft, fills, boxes, p, cfg)
+    assert out is not images and np.array_equal(out, images)
+    with pytest.raises(SwapError, match=r"images must be uint8 \[N,H,W,3\]"):
+        native.composite_native(images.astype(np.float32), soft, fills, boxes, p, cfg)
+    with pytest.raises(SwapError, match=r"must index the batch \(0..7\), got values 8..8"):
+        native.composite_native(images, soft, fills, boxes, {**p, "partner": np.full(8, 8, np.int32)}, cfg)
+    with pytest.raises(SwapError, match="threads must be >= 1, got 0"):
+        native.composite_native(images, soft, fills, boxes, p, cfg, threads=0)
+
+
+# --- build cache ---------------------------------------------------------------------------
+
+@needs_gxx
+def test_the_cached_library_is_reused_and_a_broken_one_rebuilt(fresh, monkeypatch):
+    # a truncated / foreign file where the library should be is rebuilt, not trusted
+    so = native.library_path()
+    assert so.parent == fresh and so.name.startswith("native-") and so.suffix == ".so"
+    fresh.mkdir(parents=True)
+    so.write_bytes(b"not a shared library")
+    assert native.native_available() and native._STATE["path"] == so
+    assert so.stat().st_size > 1000
+    assert [p.name for p in fresh.iterdir()] == [so.name]  # no temporary files left behind
+    mtime = so.stat().st_mtime_ns
+    native._forget()
+
+    def no_compile(*a):
+        raise AssertionError("recompiled although the cached library exists")
+
+    monkeypatch.setattr(native, "_compile", no_compile)
+    assert native.native_available() and native._STATE["path"] == so
+    assert so.stat().st_mtime_ns == mtime
+
+
+@needs_gxx
+def test_concurrent_builds_leave_one_good_library(fresh):
+    code = "from dali_abs.loader import native; assert native.native_available(), native._STATE"
+    env = {**os.environ, "XDG_CACHE_HOME": str(fresh.parent)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for pr in procs:
+        _, err = pr.communicate(timeout=120)
+        assert pr.returncode == 0, err
+    files = list(fresh.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".so", files
+    assert native.native_available() and native._STATE["path"] == files[0]
+
+
+# --- fallback ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cxx", ["/nonexistent/g++", "false"])
+def test_a_broken_compiler_falls_back_to_the_twin_with_one_warning(fresh, monkeypatch, cxx):
+    monkeypatch.setenv("DALI_ABS_CXX", cxx)
+    rng = np.random.default_rng(23)
+    cfg = SwapConfig(fill="mean", feather=2.0)
+    images, soft, fills, boxes = make_batch(rng)
+    p = params_for(rng, soft, cfg, 48, 40)
+    with pytest.warns(RuntimeWarning, match="native CPU compositing unavailable.*using the slower NumPy twin"):
+        assert not native.native_available()
+    assert cxx in native._STATE["why"] or "failed" in native._STATE["why"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only one warning per process
+        assert not native.native_available()
+        out = composite_host(images, soft, fills, boxes, p, cfg)
+    assert np.array_equal(out, composite_cpu(images, soft, fills, boxes, p, cfg))
+    with pytest.raises(native.NativeUnavailable, match="unavailable"):
+        native.composite_native(images, soft, fills, boxes, p, cfg)
+    assert not fresh.exists() or not list(fresh.iterdir())  # no partial library left
+
+
+def test_native_can_be_switched_off_without_a_warning(fresh, monkeypatch):
+    monkeypatch.setenv("DALI_ABS_NATIVE", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not native.native_available()
+    assert native._STATE["why"] == "disabled by DALI_ABS_NATIVE"
