@@ -378,7 +378,7 @@ def test_cli_killed_server_loses_nothing_and_resumes(tiny_dataset, tmp_path):
         assert r["labelled"] == 2
     finally:
         p.send_signal(signal.SIGKILL)  # no chance to flush anything
-        p.wait(10)
+        p.wait(60)
     assert set(read_labels(out)) == set(ids[:2])
     p, info = _start_cli(tiny_dataset, out)
     try:
@@ -387,7 +387,7 @@ def test_cli_killed_server_loses_nothing_and_resumes(tiny_dataset, tmp_path):
         assert st["ids"][:2] == ids[:2] and set(st["ids"]) == set(ids) and st["current"] == 2
     finally:
         p.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
-        assert p.wait(10) == 0
+        assert p.wait(60) == 0
 
 
 def test_cli_errors_are_clear(tiny_dataset, tmp_path, capsys):
