@@ -49,6 +49,15 @@ def _label(args: argparse.Namespace) -> int:
         import webbrowser
 
         webbrowser.open(server.url)
+    # Ctrl-C and `kill` stop cleanly even where SIGINT was ignored at start-up (Python then
+    # installs no KeyboardInterrupt handler: background jobs of non-interactive shells, CI).
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
