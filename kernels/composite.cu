@@ -82,10 +82,11 @@ extern "C" __global__ void abs_composite(
     const unsigned char* bsrc = images + ((long long)j * plane + pix) * 3;
     bg[0] = (float)bsrc[0]; bg[1] = (float)bsrc[1]; bg[2] = (float)bsrc[2];
     float dgx, dgy;
-    const float pl = abs_grid_bilerp(soft + (long long)j * r * r, r, px * sx - 0.5f, py * sy - 0.5f, &dgx, &dgy);
     const float u = px / fw, v = py / fh;
     const float by0 = boxes[j * 4 + 0], bx0 = boxes[j * 4 + 1], by1 = boxes[j * 4 + 2], bx1 = boxes[j * 4 + 3];
-    if (pl > loose && v >= by0 && v < by1 && u >= bx0 && u < bx1) {
+    // The box test comes first: most pixels lie outside the fill box and skip the mask lookup.
+    const bool in_box = v >= by0 && v < by1 && u >= bx0 && u < bx1;
+    if (in_box && abs_grid_bilerp(soft + (long long)j * r * r, r, px * sx - 0.5f, py * sy - 0.5f, &dgx, &dgy) > loose) {
       if (fill_mode == ABS_FILL_CACHED) {
         const float ty = (v - by0) / (by1 - by0) * (float)f - 0.5f;
         const float tx = (u - bx0) / (bx1 - bx0) * (float)f - 0.5f;
