@@ -283,7 +283,7 @@ extern "C" void run_abs_composite(
 @pytest.fixture(scope="module")
 def kernel_lib(tmp_path_factory):
     if shutil.which("g++") is None:
-        pytest.skip("g++ not installed")
+        pytest.fail("g++ is needed to compile the kernel text for the CPU (Debian: apt-get install g++)")
     d = tmp_path_factory.mktemp("kernel")
     (d / "wrap.cpp").write_text(WRAPPER)
     so = d / "libcomposite.so"
