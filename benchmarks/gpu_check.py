@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         kernel = comp._kernel()
         block = 256
         grid = min((n * h * h + block - 1) // block, 65535 * 4)
-        kargs = (di, ds, df, db, dp["partner"], dp["swap"], dp["affine"], dp["noise_seed"], dp["perm"], mean, out,
+        kargs = (di, ds, df, db, dp["partner"], dp["swap"], dp["affine"], dp["noise_seed"], dp["perm"], mean, dp["fg_box"], out,
                  np.int32(n), np.int32(h), np.int32(h), np.int32(r), np.int32(args.tile),
                  np.float32(cfg.tight), np.float32(cfg.loose), np.float32(cfg.feather), np.int32(0))
         t_kernel = time_gpu(lambda: kernel((grid,), (block,), kargs), args.repeats)

@@ -57,7 +57,7 @@ extern "C" __global__ void abs_composite(
     const int* __restrict__ partner, const unsigned char* __restrict__ swap,
     const float* __restrict__ affine, const unsigned int* __restrict__ noise_seed,
     const int* __restrict__ perm, const float* __restrict__ mean_colour,
-    unsigned char* __restrict__ out, int n, int h, int w, int r, int f,
+    const float* __restrict__ fg_box, unsigned char* __restrict__ out, int n, int h, int w, int r, int f,
     float tight, float loose, float feather, int fill_mode) {
   const long long plane = (long long)h * w;
   const long long total = (long long)n * plane;
@@ -127,19 +127,24 @@ extern "C" __global__ void abs_composite(
     }
 
     // foreground: sample s itself, moved by the inverse affine map
+    // fg_box: output pixel centres outside it have alpha 0 (a conservative box from
+    // sample_params), so most pixels skip the foreground mask lookup.
     const float* a = affine + s * 6;
-    const float xs = a[0] * px + a[1] * py + a[2];
-    const float ys = a[3] * px + a[4] * py + a[5];
-    float alpha = 0.0f;
-    if (xs >= 0.0f && xs < fw && ys >= 0.0f && ys < fh) {
-      const float pt = abs_grid_bilerp(soft + (long long)s * r * r, r, xs * sx - 0.5f, ys * sy - 0.5f, &dgx, &dgy);
-      alpha = pt > tight ? 1.0f : 0.0f;
-      if (feather > 0.0f) {
-        const float gx = dgx * sx, gy = dgy * sy;
-        const float gm = sqrtf(gx * gx + gy * gy);
-        if (gm > 0.0f) {
-          alpha = 0.5f + (pt - tight) / (2.0f * feather * gm);
-          alpha = alpha < 0.0f ? 0.0f : (alpha > 1.0f ? 1.0f : alpha);
+    const float* fb = fg_box + s * 4;
+    float xs = 0.0f, ys = 0.0f, alpha = 0.0f;
+    if (px >= fb[0] && px < fb[2] && py >= fb[1] && py < fb[3]) {
+      xs = a[0] * px + a[1] * py + a[2];
+      ys = a[3] * px + a[4] * py + a[5];
+      if (xs >= 0.0f && xs < fw && ys >= 0.0f && ys < fh) {
+        const float pt = abs_grid_bilerp(soft + (long long)s * r * r, r, xs * sx - 0.5f, ys * sy - 0.5f, &dgx, &dgy);
+        alpha = pt > tight ? 1.0f : 0.0f;
+        if (feather > 0.0f) {
+          const float gx = dgx * sx, gy = dgy * sy;
+          const float gm = sqrtf(gx * gx + gy * gy);
+          if (gm > 0.0f) {
+            alpha = 0.5f + (pt - tight) / (2.0f * feather * gm);
+            alpha = alpha < 0.0f ? 0.0f : (alpha > 1.0f ? 1.0f : alpha);
+          }
         }
       }
     }

@@ -120,7 +120,7 @@ def test_sample_params_shapes_and_empty_foreground():
     p = sample_params(np.arange(5), np.random.default_rng(0), SwapConfig.waterbirds(), image_size=(32, 32), soft=soft)
     assert {k: (v.dtype, v.shape) for k, v in p.items()} == {
         "partner": (np.int32, (5,)), "swap": (np.uint8, (5,)), "affine": (np.float32, (5, 6)),
-        "noise_seed": (np.uint32, (5,)), "perm": (np.int32, (5, 16))}
+        "noise_seed": (np.uint32, (5,)), "perm": (np.int32, (5, 16)), "fg_box": (np.float32, (5, 4))}
     assert np.isfinite(p["affine"]).all()
     assert (np.sort(p["perm"], 1) == np.arange(16)).all()
 
@@ -272,10 +272,11 @@ WRAPPER = r"""
 extern "C" void run_abs_composite(
     const unsigned char* images, const float* soft, const unsigned char* fills, const float* boxes,
     const int* partner, const unsigned char* swap, const float* affine, const unsigned int* noise_seed,
-    const int* perm, const float* mean_colour, unsigned char* out, int n, int h, int w, int r, int f,
-    float tight, float loose, float feather, int fill_mode, int grid, int block) {
+    const int* perm, const float* mean_colour, const float* fg_box, unsigned char* out, int n, int h, int w,
+    int r, int f, float tight, float loose, float feather, int fill_mode, int grid, int block) {
   ABS_SHIM_LAUNCH(grid, block, abs_composite(images, soft, fills, boxes, partner, swap, affine, noise_seed,
-                                             perm, mean_colour, out, n, h, w, r, f, tight, loose, feather, fill_mode));
+                                             perm, mean_colour, fg_box, out, n, h, w, r, f, tight, loose, feather,
+                                             fill_mode));
 }
 """
 
@@ -303,7 +304,7 @@ def run_kernel_text(lib, images, soft, fills, boxes, p, cfg, grid=13, block=64):
     ptr = lambda a: np.ascontiguousarray(a).ctypes.data_as(ctypes.c_void_p)  # noqa: E731
     keep = [np.ascontiguousarray(a) for a in (images, soft, fills, boxes, mean, *p.values())]
     args = [ptr(a) for a in (images, soft, fills, boxes, p["partner"], p["swap"], p["affine"], p["noise_seed"],
-                             p["perm"], mean)]
+                             p["perm"], mean, p["fg_box"])]
     lib.run_abs_composite(*args, out.ctypes.data_as(ctypes.c_void_p), *map(ctypes.c_int, (n, h, w, soft.shape[1], fills.shape[1])),
                           ctypes.c_float(cfg.tight), ctypes.c_float(cfg.loose), ctypes.c_float(cfg.feather),
                           ctypes.c_int(FILLS.index(cfg.fill)), ctypes.c_int(grid), ctypes.c_int(block))
@@ -350,7 +351,7 @@ class _FakeCupy:
         pass
 
     int64, float32, uint8 = np.int64, np.float32, np.uint8
-    SIGNATURE = ["p"] * 11 + [np.int32] * 5 + [np.float32] * 3 + [np.int32]
+    SIGNATURE = ["p"] * 12 + [np.int32] * 5 + [np.float32] * 3 + [np.int32]
 
     def __init__(self, lib):
         self.lib, self.launches = lib, 0

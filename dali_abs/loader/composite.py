@@ -50,7 +50,7 @@ from dali_abs.loader.params import FILLS, SwapConfig, SwapError
 
 F32 = np.float32
 _PARAMS = (("partner", np.int32, 1), ("swap", np.uint8, 1), ("affine", np.float32, 6),
-           ("noise_seed", np.uint32, 1), ("perm", np.int32, None))
+           ("noise_seed", np.uint32, 1), ("perm", np.int32, None), ("fg_box", np.float32, 4))
 _M1, _M2, _GOLD = np.uint32(0x7FEB352D), np.uint32(0x846CA68B), np.uint32(0x9E3779B9)
 
 
@@ -410,6 +410,6 @@ def composite_gpu(images, soft, fills, boxes, params: dict, cfg: SwapConfig, out
     grid = min((total + block - 1) // block, 65535 * 4)
     _kernel()((grid,), (block,), (
         images, soft, fills, boxes, dev["partner"], dev["swap"], dev["affine"], dev["noise_seed"], dev["perm"],
-        mean, out, np.int32(n), np.int32(h), np.int32(w), np.int32(r), np.int32(f),
+        mean, dev["fg_box"], out, np.int32(n), np.int32(h), np.int32(w), np.int32(r), np.int32(f),
         np.float32(cfg.tight), np.float32(cfg.loose), np.float32(cfg.feather), np.int32(FILLS.index(cfg.fill))))
     return out

@@ -38,7 +38,7 @@ from dali_abs.errors import DaliAbsError
 from dali_abs.loader.composite import _check, _mean_colour
 from dali_abs.loader.params import FILLS, SwapConfig, SwapError
 
-_ABI = 1  # bump when the launcher's C signature changes
+_ABI = 2  # bump when the launcher's C signature changes
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno",
          "-fvisibility=hidden", "-Wall")
 
@@ -62,11 +62,11 @@ __attribute__((target_clones("sse4.1", "default")))
 static void abs_run_range(long long first, long long last, long long grid, long long block,
     const unsigned char* images, const float* soft, const unsigned char* fills, const float* boxes,
     const int* partner, const unsigned char* swap, const float* affine, const unsigned int* noise_seed,
-    const int* perm, const float* mean_colour, unsigned char* out, int n, int h, int w, int r, int f,
+    const int* perm, const float* mean_colour, const float* fg_box, unsigned char* out, int n, int h, int w, int r, int f,
     float tight, float loose, float feather, int fill_mode) {
   ABS_SHIM_RUN_RANGE(first, last, grid, block,
                      abs_composite(images, soft, fills, boxes, partner, swap, affine, noise_seed, perm,
-                                   mean_colour, out, n, h, w, r, f, tight, loose, feather, fill_mode));
+                                   mean_colour, fg_box, out, n, h, w, r, f, tight, loose, feather, fill_mode));
 }
 
 // One CUDA thread per output pixel: blocks of 2^20 threads, enough blocks to cover the batch,
@@ -75,13 +75,13 @@ static void abs_run_range(long long first, long long last, long long grid, long 
 ABS_EXPORT int abs_composite_host(
     const unsigned char* images, const float* soft, const unsigned char* fills, const float* boxes,
     const int* partner, const unsigned char* swap, const float* affine, const unsigned int* noise_seed,
-    const int* perm, const float* mean_colour, unsigned char* out, int n, int h, int w, int r, int f,
+    const int* perm, const float* mean_colour, const float* fg_box, unsigned char* out, int n, int h, int w, int r, int f,
     float tight, float loose, float feather, int fill_mode, int threads) {
   const long long total = (long long)n * h * w;
   const long long block = 1LL << 20, grid = (total + block - 1) / block;
   auto run = [=](long long first, long long last) {
     abs_run_range(first, last, grid, block, images, soft, fills, boxes, partner, swap, affine, noise_seed, perm,
-                  mean_colour, out, n, h, w, r, f, tight, loose, feather, fill_mode);
+                  mean_colour, fg_box, out, n, h, w, r, f, tight, loose, feather, fill_mode);
   };
   const long long min_chunk = 16384;  // pixels; below that a thread costs more than it saves
   long long t = threads < 1 ? 1 : threads;
@@ -175,7 +175,7 @@ def _open(path: Path):
         raise NativeUnavailable(f"{path}: wrong launcher ABI")
     fn = lib.abs_composite_host
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 11 + [ctypes.c_int] * 5 + [ctypes.c_float] * 3 + [ctypes.c_int] * 2
+    fn.argtypes = [ctypes.c_void_p] * 12 + [ctypes.c_int] * 5 + [ctypes.c_float] * 3 + [ctypes.c_int] * 2
     return lib
 
 
@@ -262,6 +262,6 @@ def composite_native(images: np.ndarray, soft: np.ndarray, fills: np.ndarray, bo
     lib.abs_composite_host(
         images.ctypes.data, soft.ctypes.data, fills.ctypes.data, boxes.ctypes.data, p["partner"].ctypes.data,
         p["swap"].ctypes.data, p["affine"].ctypes.data, p["noise_seed"].ctypes.data, p["perm"].ctypes.data,
-        mean.ctypes.data, out.ctypes.data, n, h, w, r, f, cfg.tight, cfg.loose, cfg.feather,
+        mean.ctypes.data, p["fg_box"].ctypes.data, out.ctypes.data, n, h, w, r, f, cfg.tight, cfg.loose, cfg.feather,
         FILLS.index(cfg.fill), int(threads))
     return out

@@ -166,7 +166,8 @@ def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None
     Returns (per sample, N rows): ``partner`` int32 (N,) — the sample whose background
     sample n gets; ``swap`` uint8 (N,) — 1 = composite, 0 = keep the original image;
     ``affine`` float32 (N,6) — inverse map output pixel centre -> source (module docstring);
-    ``noise_seed`` uint32 (N,); ``perm`` int32 (N,R*R) — a permutation of the patch indices.
+    ``noise_seed`` uint32 (N,); ``perm`` int32 (N,R*R) — a permutation of the patch indices;
+    ``fg_box`` float32 (N,4) — see :func:`foreground_box`.
     """
     labels = _as_host(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
@@ -248,4 +249,39 @@ def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None
     # 4. fill randomness
     noise_seed = rng.integers(0, 2**32, n, dtype=np.uint32)
     perm = np.argsort(rng.random((n, r * r)), axis=1).astype(np.int32)
-    return {"partner": partner, "swap": swap, "affine": affine, "noise_seed": noise_seed, "perm": perm}
+    fg_box = foreground_box(soft, affine, cfg, (h, w))
+    return {"partner": partner, "swap": swap, "affine": affine, "noise_seed": noise_seed, "perm": perm,
+            "fg_box": fg_box}
+
+
+def foreground_box(soft: np.ndarray, affine: np.ndarray, cfg: SwapConfig, image_size: tuple[int, int]) -> np.ndarray:
+    """float32 (N,4) = (x0, y0, x1, y1) in output pixels: outside it alpha is 0 for sure.
+
+    Not randomness but derived data that lets the kernel skip the foreground mask lookup for
+    most pixels. Conservative by construction: a bilinear value can exceed ``tight`` only
+    within one patch spacing of a cell at or above it (the cells' source box, widened by half
+    a patch on each side), mapped to output pixels through the forward map and widened by 2 px.
+    With feathering, alpha reaches below the threshold: the box is the whole image.
+    """
+    h, w = image_size
+    n, r = soft.shape[0], soft.shape[1]
+    if cfg.feather > 0:
+        return np.tile(np.array([0.0, 0.0, w, h], np.float32), (n, 1))
+    sup = soft.astype(np.float32) >= np.float32(cfg.tight) - np.float32(1e-6)
+    has = sup.any(axis=(1, 2))
+    cols, rows = sup.any(axis=1), sup.any(axis=2)
+    idx = np.arange(r)
+    pw, ph = w / r, h / r
+    sx0 = np.clip((np.where(cols, idx, r).min(1) - 0.5) * pw, 0, w)
+    sx1 = np.clip((np.where(cols, idx, -1).max(1) + 1.5) * pw, 0, w)
+    sy0 = np.clip((np.where(rows, idx, r).min(1) - 0.5) * ph, 0, h)
+    sy1 = np.clip((np.where(rows, idx, -1).max(1) + 1.5) * ph, 0, h)
+    a = affine.astype(np.float64)
+    det = a[:, 0] * a[:, 4] - a[:, 1] * a[:, 3]
+    cx = np.stack([sx0, sx1, sx0, sx1], 1) - a[:, 2:3]
+    cy = np.stack([sy0, sy0, sy1, sy1], 1) - a[:, 5:6]
+    ox = (a[:, 4:5] * cx - a[:, 1:2] * cy) / det[:, None]
+    oy = (-a[:, 3:4] * cx + a[:, 0:1] * cy) / det[:, None]
+    box = np.stack([np.clip(ox.min(1) - 2, 0, w), np.clip(oy.min(1) - 2, 0, h),
+                    np.clip(ox.max(1) + 2, 0, w), np.clip(oy.max(1) + 2, 0, h)], 1)
+    return np.where(has[:, None], box, 0.0).astype(np.float32)
