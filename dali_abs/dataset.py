@@ -23,7 +23,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping
 
 from dali_abs.errors import DatasetError
 
@@ -274,7 +274,3 @@ def check_images(dataset: Dataset, min_size: int = 1, progress: bool = True) -> 
             "splits": dataset.split_counts(), "classes": dataset.n_classes,
             "groups": dataset.n_groups, "fingerprint": dataset.fingerprint()}
 
-
-def group_counts(dataset: Dataset, samples: Sequence[Sample]) -> dict[int, int]:
-    c = Counter(dataset.group(s) for s in samples)
-    return dict(sorted((g, n) for g, n in c.items() if g is not None))
