@@ -79,7 +79,7 @@ class _CacheLookup:
         R = cache.grid
         self.cache = cache
         self.soft = cache.masks.astype(np.float32) / np.float32(255.0)
-        self.boxes = (cache.boxes.astype(np.float32) / np.float32(R))[:, [0, 1, 2, 3]]
+        self.boxes = cache.boxes.astype(np.float32) / np.float32(R)  # grid cells -> 0..1, (y0, x0, y1, x1)
         self.labels = cache.labels.astype(np.int64)
         self.groups = groups.astype(np.int32)
         self.blank = np.frombuffer(_blank_jpeg(), np.uint8)
@@ -146,16 +146,17 @@ class _Swap:
         if self.device == "gpu":
             import cupy as cp
 
-            xp, composite = cp, composite_gpu
+            xp, composite, host = cp, composite_gpu, cp.asnumpy
         else:
-            xp, composite = np, composite_host
-        imgs = xp.stack(images)
-        lab = np.array([int(x) for x in (labels if self.device == "cpu" else [cp.asnumpy(v) for v in labels])])
-        grp = np.array([int(x) for x in (groups if self.device == "cpu" else [cp.asnumpy(v) for v in groups])])
+            xp, composite, host = np, composite_host, np.asarray
+        # Stack each input once; on the GPU, one device-to-host copy each for what the
+        # (host-side) parameter sampling reads: labels, groups, soft masks.
+        imgs, soft_b = xp.stack(images), xp.stack(soft)
+        lab = host(xp.stack(labels)).reshape(-1).astype(np.int64)
+        grp = host(xp.stack(groups)).reshape(-1).astype(np.int64)
         params = sample_params(lab, rng, self.cfg, groups=grp if (grp >= 0).all() else None, epoch=epoch,
-                               image_size=tuple(imgs.shape[1:3]), soft=np.stack([np.asarray(
-                                   s if self.device == "cpu" else cp.asnumpy(s)) for s in soft]))
-        out = composite(imgs, xp.stack(soft), xp.stack(fills), xp.stack(boxes), params, self.cfg)
+                               image_size=tuple(imgs.shape[1:3]), soft=host(soft_b))
+        out = composite(imgs, soft_b, xp.stack(fills), xp.stack(boxes), params, self.cfg)
         return [out[i] for i in range(out.shape[0])]
 
 
