@@ -1,5 +1,6 @@
 """Robustness: worst-group accuracy, average accuracy and BG-gap of the same small classifier
-trained with ERM, with dali-abs (learned masks + push-pull / learned fill), and the oracle.
+trained with ERM, with dali-abs (learned masks + push-pull / learned fill; ground-truth masks +
+push-pull, an upper bound for the mask stage), and the oracle.
 
     python benchmarks/robustness.py [--seeds 0 1 2] [--epochs 30] [--data DATA] [--device cpu|gpu]
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from dali_abs.cache.precompute import PrecomputeConfig, precompute
+from dali_abs.cache.precompute import GroundTruthMasks, PrecomputeConfig, precompute
 from dali_abs.dataset import load_dataset
 from dali_abs.inpainter.train import regions_from_segmenter, train_inpainter
 from dali_abs.labels import labels_from_masks
@@ -44,6 +45,7 @@ from dali_abs.training import evaluate, fit, predict
 # A 16-px patch mask cut at the paper's 0.5 keeps a ring of the object's own background, which
 # on this benchmark predicts the label by itself; 0.8 keeps the shape without the ring.
 SWAP = SwapConfig(tight=0.8)
+GRID, INPUT = 8, 128  # the segmenter's patch grid and input size; the ground-truth-mask cache uses the same
 
 
 def train(cache, ds, swap, args, seed):
@@ -72,27 +74,32 @@ def bg_gap(model, cache, ds, args) -> float:
 
 
 def build(tmp: Path, rho: float, args):
-    """Dataset at ``rho``, segmenter on 200 majority labels, push-pull and learned fills, two caches."""
+    """Dataset at ``rho``, segmenter on 200 majority labels, push-pull and learned fills, and a push-pull
+    cache from the ground-truth masks (``masks/``) on the segmenter's grid: up to three caches."""
     data = Path(args.data) if args.data else make_dataset(tmp / f"data-{rho}", replace(SyntheticConfig(), rho=rho),
                                                           progress=False)
     ds = load_dataset(data)
-    labels = labels_from_masks(ds, data / "masks", grid=8, count=200, majority_only=True, progress=False)
+    labels = labels_from_masks(ds, data / "masks", grid=GRID, count=200, majority_only=True, progress=False)
     seg = tmp / f"seg-{rho}.onnx"
-    train_segmenter(ds, labels, seg, input_size=128, epochs=40, patience=15, seed=0, threads=args.threads,
+    train_segmenter(ds, labels, seg, input_size=INPUT, epochs=40, patience=15, seed=0, threads=args.threads,
                     progress=False)
     pushpull = tmp / "pushpull.onnx"
     inet.export_onnx(inet.build("pushpull"), pushpull, "pushpull")
     caches = {"push-pull": tmp / f"cache-pp-{rho}"}
     precompute(ds, seg, pushpull, caches["push-pull"], PrecomputeConfig(device="auto"), progress=False)
+    if not args.skip_gt_masks:
+        caches["gt-masks"] = tmp / f"cache-gt-{rho}"
+        precompute(ds, None, pushpull, caches["gt-masks"], PrecomputeConfig(device="auto"), progress=False,
+                   masks=GroundTruthMasks(data / "masks", grid=GRID, input_size=INPUT))
     if not args.skip_learned_fill:
         from dali_abs.inpainter.train import load_images
 
         train = ds.split("train")
         paths = [s.path for s in train]
-        images = load_images(paths, 128)
+        images = load_images(paths, INPUT)
         from dali_abs.segmenter.inference import Segmenter
 
-        regions = regions_from_segmenter(Segmenter(seg), paths, 128)
+        regions = regions_from_segmenter(Segmenter(seg), paths, INPUT)
         learned = tmp / f"learned-{rho}.onnx"
         train_inpainter(images, regions, learned, epochs=10, seed=0, threads=args.threads, progress=False)
         caches["learned"] = tmp / f"cache-learned-{rho}"
@@ -110,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rhos", type=float, nargs="+", default=[1.0, 0.95])
     ap.add_argument("--data", help="a Waterbirds-layout dataset with masks/ (default: the built-in benchmark)")
     ap.add_argument("--skip-learned-fill", action="store_true")
+    ap.add_argument("--skip-gt-masks", action="store_true",
+                    help="leave out the row with ground-truth masks (data/masks/) instead of the segmenter's")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -130,6 +139,8 @@ def main(argv=None) -> int:
                     ("dali-abs, learned masks + push-pull", caches["push-pull"], ds, SWAP)]
             if "learned" in caches:
                 runs.append(("dali-abs, learned masks + learned fill", caches["learned"], ds, SWAP))
+            if "gt-masks" in caches:  # the same swap and fill with perfect masks: an upper bound for the mask stage
+                runs.append(("dali-abs, ground-truth masks", caches["gt-masks"], ds, SWAP))
             if oracle_caches is not None and rho == args.rhos[0]:
                 runs.append(("oracle: ERM on group-balanced data", oracle_caches, oracle_ds, None))
             for name, cache, train_ds, swap in runs:

@@ -343,3 +343,122 @@ def test_verify_detects_changed_added_removed_images_and_damage(tmp_path, tiny_d
     assert not v["ok"]
     assert any("c00001.fills.bin hash" in p for p in v["problems"]) and any("c00002.masks.npy missing" in p
                                                                       for p in v["problems"])
+
+
+# --- ground-truth masks instead of a segmenter --------------------------------------------------
+
+def gt_masks_dataset(src: Path, tmp: Path, n: int = 40) -> tuple[Path, Path]:
+    """(dataset, masks folder): the first ``n`` images of ``src`` and a copy of their masks."""
+    data = small_dataset(src, tmp / "data", n)
+    masks = tmp / "masks"
+    masks.mkdir()
+    for s in load_dataset(data).samples:
+        shutil.copy2(src / "masks" / f"{Path(s.relpath).stem}.png", masks)
+    return data, masks
+
+
+def test_ground_truth_masks_give_the_patch_coverage_of_the_masks(tmp_path, tiny_dataset, tiny_models, capsys):
+    from dali_abs.cache.format import quantize
+    from dali_abs.cache.precompute import GroundTruthMasks
+    from dali_abs.files import read_mask
+    from dali_abs.labels import patch_coverage
+
+    _, fill = tiny_models
+    data, masks = gt_masks_dataset(tiny_dataset, tmp_path)
+    ds = load_dataset(data)
+    gone, broken = ds.samples[3], ds.samples[20]
+    (masks / f"{Path(gone.relpath).stem}.png").unlink()  # no mask for this image
+    (masks / f"{Path(broken.relpath).stem}.png").write_bytes(b"not a png")  # an unreadable one
+    half, other = (masks / f"{Path(ds.samples[i].relpath).stem}.png" for i in (30, 31))
+    Image.open(half).resize((32, 32), Image.NEAREST).save(half)  # half resolution: used at its own size
+    Image.open(other).resize((64, 32), Image.NEAREST).save(other)  # another aspect ratio: not this image's mask
+    before = snapshot(data)
+
+    out = tmp_path / "c"
+    res = precompute(ds, None, fill, out, PrecomputeConfig(chunk_size=16, device="cpu"), progress=False,
+                     masks=GroundTruthMasks(masks, grid=8, input_size=64))
+    assert res["complete"] and res["processed"] == 40 and res["skipped_now"] == 3
+    assert set(res["stage_seconds"]) == {"decode", "masks", "inpainter", "encode", "write"}
+    assert snapshot(data) == before
+
+    cache = open_cache(out)
+    m = cache.manifest
+    assert cache.grid == 8 and cache.work_size == 64 and len(cache) == 37 and ds.samples[30].id in cache.ids
+    assert "segmenter" not in m["models"] and len(m["models"]["masks"]["sha256"]) == 64
+    assert m["models"]["masks"]["path"] == str(masks.resolve()) and m["models"]["masks"]["missing"] == 1
+    # the soft value of a patch is its fraction of foreground pixels
+    by_id = {s.id: s for s in ds.samples}
+    for row, sid in enumerate(cache.ids):
+        cov = patch_coverage(read_mask(masks / f"{Path(by_id[sid].relpath).stem}.png"), 8)
+        assert (cache.masks[row] == quantize(cov)).all(), sid
+        r0, c0, r1, c1 = cache.boxes[row]
+        rows, cols = np.nonzero(cache.loose(row))
+        assert (r0, c0, r1, c1) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)
+        assert cache.fill(row).shape == ((r1 - r0) * 8, (c1 - c0) * 8, 3)
+    assert 0 < cache.masks.mean() < 255 and ((cache.masks > 0) & (cache.masks < 255)).any()  # soft, not binary
+
+    # the images without a usable mask are skipped with the reason, none dropped silently
+    skipped = {s["id"]: s["reason"] for s in m["skipped"]}
+    assert set(skipped) == {gone.id, broken.id, ds.samples[31].id}
+    assert "is 64x32 px but its image is 64x64 px" in skipped[ds.samples[31].id]
+    assert "no ground-truth mask" in skipped[gone.id] and f"{Path(gone.relpath).stem}.png" in skipped[gone.id]
+    assert "unreadable ground-truth mask" in skipped[broken.id] and "Replace it" in skipped[broken.id]
+    assert set(cache.ids) | set(skipped) == {s.id for s in ds.samples}
+    assert verify(out, ds)["ok"]
+    assert main(["cache", "info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"skipped {gone.relpath}: no ground-truth mask" in text and "masks: " in text
+
+
+def test_precompute_cli_takes_a_segmenter_or_masks_not_both(tmp_path, tiny_dataset, tiny_models, capsys):
+    from dali_abs.cache.precompute import GroundTruthMasks
+
+    seg, fill = tiny_models
+    base = ["precompute", str(tiny_dataset), "--inpainter", str(fill), "--out", str(tmp_path / "c")]
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--segmenter", str(seg), "--masks", str(tiny_dataset / "masks")])
+    assert e.value.code == 2 and "argument --masks: not allowed with argument --segmenter" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(base)
+    assert e.value.code == 2 and "one of the arguments --segmenter --masks is required" in capsys.readouterr().err
+    assert main(base + ["--segmenter", str(seg), "--grid", "8"]) == 2
+    assert "--grid go with --masks only" in capsys.readouterr().err
+    assert main(base + ["--masks", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dali-abs: error: --masks") and "folder not found" in err
+    assert main(base + ["--masks", str(tiny_dataset / "masks"), "--grid", "8", "--input-size", "60"]) == 2
+    assert "--input-size 60 is not a multiple of --grid 8" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(base + ["--masks", str(empty), "--grid", "8"]) == 2  # a wrong folder, refused before any work
+    assert "no mask file for any of the 256 images" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(CacheError, match="exactly one source"):
+        precompute(load_dataset(tiny_dataset), seg, fill, tmp_path / "c", masks=tiny_dataset / "masks")
+    # defaults follow `segmenter train`: 16 x 16 at 224 px, else 16 px per patch
+    assert (GroundTruthMasks(empty).grid, GroundTruthMasks(empty).input_size) == (16, 224)
+    assert GroundTruthMasks(empty, grid=8).input_size == 128
+
+
+def test_resume_with_other_masks_or_a_segmenter_is_refused(tmp_path, tiny_dataset, tiny_models, capsys):
+    seg, fill = tiny_models
+    data, masks = gt_masks_dataset(tiny_dataset, tmp_path)
+    out = tmp_path / "c"
+    args = ["precompute", str(data), "--inpainter", str(fill), "--out", str(out), "--chunk-size", "16",
+            "--device", "cpu", "--json"]
+    gt = ["--masks", str(masks), "--grid", "8", "--input-size", "64"]
+    assert main(args + gt) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["complete"] and first["processed"] == 40
+    files = cache_files(out)
+    assert main(args + gt) == 0  # the same command resumes: nothing left to do
+    assert json.loads(capsys.readouterr().out)["already_done"] == 40 and cache_files(out) == files
+
+    assert main(args + ["--segmenter", str(seg)]) == 2  # same grid and work size, other mask source
+    err = capsys.readouterr().err
+    assert "masks from the ground-truth masks" in err and "now from the segmenter" in err and "new --out" in err
+    mask = min(masks.iterdir())
+    Image.fromarray(255 - np.asarray(Image.open(mask))).save(mask)
+    assert main(args + gt) == 2
+    assert "ground-truth mask files (added, removed or changed)" in capsys.readouterr().err
+    assert cache_files(out) == files  # refused before anything was written

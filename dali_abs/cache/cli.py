@@ -10,15 +10,25 @@ from dali_abs.cli_args import add_dataset_arguments, add_json_argument, dataset_
 def _precompute(args: argparse.Namespace) -> int:
     import sys
 
-    from dali_abs.cache.precompute import PrecomputeConfig, parse_shard, pin_local_gpu, precompute
+    from dali_abs.cache.format import CacheError
+    from dali_abs.cache.precompute import (DEFAULT_MASK_GRID, GroundTruthMasks, PrecomputeConfig, parse_shard,
+                                           pin_local_gpu, precompute)
 
+    masks = None
+    if args.masks is not None:
+        masks = GroundTruthMasks(args.masks, grid=args.grid if args.grid is not None else DEFAULT_MASK_GRID,
+                                 input_size=args.input_size)
+    elif args.grid is not None or args.input_size is not None:
+        given = " and ".join(o for o, v in (("--grid", args.grid), ("--input-size", args.input_size)) if v is not None)
+        raise CacheError(f"{given} go with --masks only: with --segmenter the grid and input size are those of the "
+                         f"model ({args.segmenter}). Drop {given}, or use --masks DIR instead of --segmenter.")
     shard = parse_shard(args.shard)
     pin_local_gpu()  # torchrun: one GPU per process (before DALI / onnxruntime touch CUDA)
     ds = dataset_from_args(args)
     cfg = PrecomputeConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, fill_threshold=args.fill_threshold,
                            quality=args.quality, max_pixels=args.max_pixels, device=args.device)
     res = precompute(ds, args.segmenter, args.inpainter, args.out, cfg, shard=shard,
-                     progress=not args.json and sys.stderr.isatty(), merge_when_done=not args.no_merge)
+                     progress=not args.json and sys.stderr.isatty(), merge_when_done=not args.no_merge, masks=masks)
     if args.json:
         print_json(res)
     else:
@@ -89,16 +99,28 @@ def _dataset_columns_optional(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     from dali_abs.cache.format import DEFAULT_FILL_THRESHOLD
-    from dali_abs.cache.precompute import PrecomputeConfig
+    from dali_abs.cache.precompute import DEFAULT_MASK_GRID, PrecomputeConfig
 
     d = PrecomputeConfig()
     p = subparsers.add_parser(
         "precompute", help="soft patch masks and clean-background fills for a whole dataset",
-        description="Decode DATA with DALI, run the segmenter and the inpainter with onnxruntime, and write the "
-                    "cache to OUT. Resumable (rerun the same command after a crash), sharded (--shard i/n, or "
-                    "RANK/WORLD_SIZE under torchrun). The dataset is never written to.")
+        description="Decode DATA with DALI, run the segmenter (or read ground-truth masks: --masks) and the "
+                    "inpainter with onnxruntime, and write the cache to OUT. Resumable (rerun the same command after "
+                    "a crash), sharded (--shard i/n, or RANK/WORLD_SIZE under torchrun). The dataset is never "
+                    "written to.")
     add_dataset_arguments(p)
-    p.add_argument("--segmenter", required=True, help="segmenter ONNX file")
+    g = p.add_argument_group("soft masks (--segmenter or --masks, exactly one)")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--segmenter", help="segmenter ONNX file: its grid and input size are used")
+    src.add_argument("--masks", metavar="DIR",
+                     help="ground-truth pixel masks instead of a segmenter: grayscale, 255 = foreground, named "
+                          "<img_id>.png, <img_filename>.png or <stem>.png; a patch's soft value is its fraction of "
+                          "foreground pixels. Images without a readable mask are skipped and listed with the reason")
+    g.add_argument("--grid", type=int, default=None,
+                   help=f"with --masks: patches per side R (default {DEFAULT_MASK_GRID})")
+    g.add_argument("--input-size", type=int, default=None,
+                   help="with --masks: work size S in px, a multiple of the grid, that images are resized to for the "
+                        "inpainter (default as `segmenter train`: 224 for a 16 x 16 grid, else 16 px per patch)")
     p.add_argument("--inpainter", required=True, help="inpainter ONNX file")
     p.add_argument("--out", required=True, help="cache folder (created; rerun with the same folder to resume)")
     p.add_argument("--shard", default=None, help="i/n: process chunks k with k %% n == i (default: RANK/WORLD_SIZE "

@@ -4,7 +4,8 @@ Per chunk of ``chunk_size`` images (dataset order): a header pre-pass routes eac
 (DALI for plain RGB / grayscale JPEG, PNG and BMP; PIL for CMYK, 16-bit, RGBA, palette and
 anything DALI may choke on; skip with a reason for unreadable, too small or too large
 images); DALI decodes and resizes to the segmenter's input size S (``mixed`` decoding on a
-GPU); the segmenter gives the R x R foreground probability; the inpainter fills the loose
+GPU); the segmenter gives the R x R foreground probability (or, with ``masks=``, the patch
+coverage of ground-truth pixel masks: :class:`GroundTruthMasks`); the inpainter fills the loose
 mask cells at S x S; the fill crop is JPEG-encoded; the chunk is written atomically
 (:func:`dali_abs.cache.format.write_chunk`). A rerun skips finished chunks. Chunk k belongs
 to shard ``k % n``; ``merge`` (run by the last shard to finish, or ``dali-abs cache merge``)
@@ -13,6 +14,7 @@ writes ``manifest.json``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -29,6 +31,9 @@ from dali_abs.cache.format import (CHUNKS, DEFAULT_FILL_THRESHOLD, DEFAULT_TIGHT
 from dali_abs.dataset import Dataset, Sample
 
 STAGES = ("decode", "segmenter", "inpainter", "encode", "write")
+MASK_STAGES = ("decode", "masks", "inpainter", "encode", "write")  # with ground-truth masks instead of a segmenter
+DEFAULT_MASK_GRID = 16
+MASK_ASPECT_TOLERANCE = 0.02  # a mask whose aspect ratio differs more from its image's is not that image's mask
 DALI_FORMATS = {"JPEG": ("RGB", "L"), "PNG": ("RGB", "L"), "BMP": ("RGB", "L")}
 
 
@@ -87,9 +92,128 @@ def pin_local_gpu(env: dict | None = None) -> str | None:
     return choice
 
 
+class GroundTruthMasks:
+    """Soft patch masks from ground-truth pixel masks in a folder, in place of the segmenter.
+
+    ``GroundTruthMasks(folder, grid=16, input_size=None)``. A mask is a grayscale image at its
+    image's size (or the same aspect ratio), 255 = foreground (values above 127 count;
+    :func:`dali_abs.files.read_mask`), named ``<img_id>.png``, ``<img_filename with .png>`` or
+    ``<image stem>.png`` under the folder (:func:`dali_abs.labels.find_mask_file`, as for
+    ``dali-abs labels from-masks``).
+
+    The soft value of a patch is the fraction of its pixels that are foreground
+    (:func:`dali_abs.labels.patch_coverage` on the mask at its own resolution, patch edges at
+    ``round(i * H / R)`` as everywhere else), stored like a segmenter's probability, so the loose
+    and tight thresholds keep their meaning (0.1: any of the object; 0.5: mostly object).
+    ``grid`` (R) and ``input_size`` (S, the work size the images are decoded to for the
+    inpainter and the fills are stored at; default as ``dali-abs segmenter train``: 224 for
+    R = 16, else 16 px per patch) take the segmenter's roles. :meth:`prepare` finds every
+    image's mask file and fingerprints them (path, size, mtime), so a resume with changed masks
+    is refused like a changed model.
+    """
+
+    kind = "ground-truth masks"
+
+    def __init__(self, path: str | os.PathLike, grid: int = DEFAULT_MASK_GRID, input_size: int | None = None):
+        from dali_abs.segmenter.train import default_input_size
+
+        self.path = Path(path).expanduser().resolve()
+        if not self.path.is_dir():
+            raise CacheError(f"--masks {self.path}: folder not found. Pass the folder that holds the pixel masks "
+                             "(grayscale PNG, 255 = foreground, named <img_id>.png, <img_filename>.png or <stem>.png).")
+        self.grid = int(grid)
+        if self.grid < 1:
+            raise CacheError(f"--grid must be positive, got {grid}")
+        self.input_size = default_input_size(self.grid) if input_size is None else int(input_size)
+        if self.input_size < self.grid or self.input_size % self.grid:
+            raise CacheError(f"--input-size {self.input_size} is not a multiple of --grid {self.grid}: patches must "
+                             f"be whole pixels (e.g. --input-size {default_input_size(self.grid)} "
+                             f"for --grid {self.grid})")
+        self.patch = self.input_size // self.grid
+        self.files: list[Path | None] = []
+        self.sha256: str | None = None
+
+    def __repr__(self) -> str:
+        return f"GroundTruthMasks({str(self.path)!r}, grid={self.grid}, input_size={self.input_size})"
+
+    def prepare(self, ds: Dataset) -> None:
+        """Find the mask file of every image (None when there is none) and fingerprint them all.
+
+        Raises :class:`CacheError` when not one image has a mask (a wrong folder or naming),
+        before anything is written; images without one are skipped with the reason later.
+        """
+        from dali_abs.errors import LabelsError
+        from dali_abs.labels import find_mask_file
+
+        h = hashlib.sha256()
+        self.files = []
+        for s in ds.samples:
+            try:
+                f = find_mask_file(self.path, s)
+                st = f.stat()
+                stamp = f"{self._rel(f)}\t{st.st_size}:{st.st_mtime_ns}"
+            except (LabelsError, OSError):
+                f, stamp = None, "missing"
+            self.files.append(f)
+            h.update(f"{s.id}\t{stamp}\n".encode())
+        self.sha256 = h.hexdigest()
+        if ds.samples and not any(self.files):
+            raise CacheError(f"--masks {self.path}: no mask file for any of the {len(ds.samples)} images of "
+                             f"{ds.root}; {self._missing_reason(ds.samples[0])}. Pass the folder that holds the "
+                             "masks, named <img_id>.png, <img_filename with .png> or <image stem>.png.")
+
+    def _rel(self, f: Path) -> str:
+        try:
+            return f.relative_to(self.path).as_posix()
+        except ValueError:
+            return str(f)
+
+    def _missing_reason(self, s: Sample) -> str:
+        from dali_abs.errors import LabelsError
+        from dali_abs.labels import find_mask_file
+
+        try:
+            find_mask_file(self.path, s)
+        except LabelsError as e:
+            return str(e)
+        return f"the mask file of image {s.id!r} was not there when the run started"
+
+    def plan_entry(self) -> dict:
+        return {"kind": self.kind, "path": str(self.path), "sha256": self.sha256, "grid": self.grid,
+                "input_size": self.input_size, "found": sum(f is not None for f in self.files),
+                "missing": sum(f is None for f in self.files),
+                "soft_value": "fraction of the patch's mask pixels that are foreground (value > 127)"}
+
+    def coverage(self, index: int, s: Sample, image_size: tuple[int, int] | None) -> tuple[np.ndarray | None, str]:
+        """(float32 [R, R] foreground fraction, mask path relative to the folder), or (None, reason)."""
+        from dali_abs.errors import DaliAbsError
+        from dali_abs.files import read_mask
+        from dali_abs.labels import patch_coverage
+
+        f = self.files[index] if index < len(self.files) else None
+        if f is None:
+            return None, (f"no ground-truth mask: {self._missing_reason(s)}. To include the image, add its mask "
+                          "(grayscale PNG, 255 = foreground) and rebuild into a new --out")
+        try:
+            mask = read_mask(f)
+        except Exception as e:  # PIL raises many types (decompression bomb, memory): skip with the reason, never crash
+            why = str(e) if isinstance(e, DaliAbsError) else f"{f}: {type(e).__name__}: {e}"
+            return None, f"unreadable ground-truth mask: {why}. Replace it with a grayscale PNG (255 = foreground)"
+        h, w = mask.shape
+        if min(h, w) < self.grid:
+            return None, (f"ground-truth mask {f} is {w}x{h} px, smaller than the {self.grid} x {self.grid} grid; "
+                          "use a smaller --grid or a mask at the image's size")
+        if image_size is not None:
+            iw, ih = image_size
+            if abs((w / h) / (iw / ih) - 1.0) > MASK_ASPECT_TOLERANCE:
+                return None, (f"ground-truth mask {f} is {w}x{h} px but its image is {iw}x{ih} px (another aspect "
+                              "ratio): not this image's mask? Replace it with the mask at the image's size")
+        return patch_coverage(mask, self.grid), self._rel(f)
+
+
 class Timer:
-    def __init__(self):
-        self.seconds = dict.fromkeys(STAGES, 0.0)
+    def __init__(self, stages: tuple[str, ...] = STAGES):
+        self.seconds = dict.fromkeys(stages, 0.0)
 
     def add(self, stage: str, t0: float) -> float:
         t = time.perf_counter()
@@ -98,14 +222,20 @@ class Timer:
 
 
 def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
+    """The settings of a run; ``seg`` is a :class:`~dali_abs.segmenter.inference.Segmenter` or a
+    prepared :class:`GroundTruthMasks` (recorded as ``models.masks`` instead of ``models.segmenter``)."""
     n = len(ds.samples)
+    if isinstance(seg, GroundTruthMasks):
+        source = {"masks": seg.plan_entry()}
+    else:
+        source = {"segmenter": {"path": str(seg.path), "sha256": sha256_file(seg.path), "grid": seg.grid,
+                                "input_size": seg.input_size}}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "dataset": {"root": str(ds.root), "layout": ds.layout, "fingerprint": ds.fingerprint(), "images": n,
                     "ignored": list(ds.ignored)},
         "models": {
-            "segmenter": {"path": str(seg.path), "sha256": sha256_file(seg.path), "grid": seg.grid,
-                          "input_size": seg.input_size},
+            **source,
             "inpainter": {"path": str(inp.path), "sha256": sha256_file(inp.path), "fill": inp.fill_name},
         },
         "grid": seg.grid, "work_size": seg.input_size,
@@ -124,13 +254,27 @@ _PLAN_KEYS = ("format_version", "grid", "work_size", "thresholds", "mask_encodin
               "chunks", "max_pixels")
 
 
+def _mask_source(plan: dict) -> tuple[str, str | None, str | None]:
+    """(what produced the soft masks, its path, its hash) of a plan: a segmenter or ground-truth masks."""
+    models = plan.get("models", {})
+    if "masks" in models:
+        return "ground-truth masks", models["masks"].get("path"), models["masks"].get("sha256")
+    seg = models.get("segmenter", {})
+    return "segmenter", seg.get("path"), seg.get("sha256")
+
+
 def plan_differences(old: dict, new: dict) -> list[str]:
     diffs = [k for k in _PLAN_KEYS if old.get(k) != new.get(k)]
     if old.get("dataset", {}).get("fingerprint") != new["dataset"]["fingerprint"]:
         diffs.append("dataset fingerprint (the dataset changed)")
-    for m in ("segmenter", "inpainter"):
-        if old.get("models", {}).get(m, {}).get("sha256") != new["models"][m]["sha256"]:
-            diffs.append(f"{m} model hash")
+    (old_kind, old_path, old_hash), (new_kind, new_path, new_hash) = _mask_source(old), _mask_source(new)
+    if old_kind != new_kind:
+        diffs.append(f"masks from the {old_kind} {old_path}, now from the {new_kind} {new_path}")
+    elif old_hash != new_hash:
+        diffs.append("segmenter model hash" if new_kind == "segmenter" else
+                     "ground-truth mask files (added, removed or changed)")
+    if old.get("models", {}).get("inpainter", {}).get("sha256") != new["models"]["inpainter"]["sha256"]:
+        diffs.append("inpainter model hash")
     return diffs
 
 
@@ -261,22 +405,42 @@ def smooth_outside(crop: np.ndarray, cells: np.ndarray, patch: int) -> np.ndarra
 
 
 class Worker:
-    """Processes chunks with one segmenter and one inpainter session."""
+    """Processes chunks with one segmenter (or :class:`GroundTruthMasks`) and one inpainter session."""
 
     def __init__(self, ds: Dataset, seg, inp, cfg: PrecomputeConfig, root: Path, gpu: bool):
         self.ds, self.seg, self.inp, self.cfg, self.root, self.gpu = ds, seg, inp, cfg, root, gpu
-        self.timer = Timer()
+        self.gt = isinstance(seg, GroundTruthMasks)
+        self.timer = Timer(MASK_STAGES if self.gt else STAGES)
 
-    def decode(self, samples: list[tuple[int, Sample]]) -> tuple[list[dict], np.ndarray, list[dict]]:
-        S, patch = self.seg.input_size, self.seg.patch
+    def route(self, samples: list[tuple[int, Sample]]) -> tuple[list[tuple[str, dict, Sample]], list[dict]]:
+        """Header pre-pass: ([(route, info, sample)] to decode, [skipped info with reason])."""
         skipped, routes = [], []
         for idx, s in samples:
-            route, info = prepass(s, patch, self.cfg.max_pixels)
+            route, info = prepass(s, self.seg.patch, self.cfg.max_pixels)
             info = {"index": idx, **info, "label": s.label, "split": s.split}
             if route == "skip":
                 skipped.append(info)
             else:
                 routes.append((route, info, s))
+        return routes, skipped
+
+    def read_masks(self, routes: list[tuple[str, dict, Sample]]) -> tuple[list, dict[int, np.ndarray], list[dict]]:
+        """Ground-truth masks of the routed images: (routes that have one, {index: coverage}, skipped)."""
+        keep, soft, skipped = [], {}, []
+        for r in routes:
+            info, s = r[1], r[2]
+            cov, what = self.seg.coverage(info["index"], s, info.get("size"))
+            if cov is None:
+                skipped.append({**info, "reason": what})
+            else:
+                info["mask_file"] = what
+                soft[info["index"]] = cov
+                keep.append(r)
+        return keep, soft, skipped
+
+    def decode(self, routes: list[tuple[str, dict, Sample]]) -> tuple[list[dict], np.ndarray, list[dict]]:
+        S = self.seg.input_size
+        skipped = []
         dali_items = [(i, r) for i, r in enumerate(routes) if r[0] == "dali"]
         images = np.empty((len(routes), S, S, 3), np.uint8)
         ok = np.ones(len(routes), bool)
@@ -298,18 +462,30 @@ class Worker:
         for i, r in enumerate(routes):
             r[1]["decoder"] = r[0]
         entries = [routes[i][1] for i in range(len(routes)) if ok[i]]
-        skipped.sort(key=lambda d: d["index"])
         return entries, images[ok], skipped
 
     def process(self, k: int, samples: list[tuple[int, Sample]]) -> dict:
         t = time.perf_counter()
-        entries, images, skipped = self.decode(samples)
+        routes, skipped = self.route(samples)
+        soft = None
+        if self.gt:  # read the masks first: an image without one is not decoded
+            t = self.timer.add("decode", t)
+            routes, soft, no_mask = self.read_masks(routes)
+            skipped += no_mask
+            t = self.timer.add("masks", t)
+        entries, images, bad = self.decode(routes)
+        skipped = sorted(skipped + bad, key=lambda d: d["index"])
         x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
         t = self.timer.add("decode", t)
         R, patch = self.seg.grid, self.seg.patch
-        prob = self.seg.predict(x) if len(x) else np.zeros((0, 1, R, R), np.float32)
-        masks = quantize(prob[:, 0])
-        t = self.timer.add("segmenter", t)
+        if soft is not None:
+            prob = np.stack([soft[e["index"]] for e in entries]) if entries else np.zeros((0, R, R), np.float32)
+            masks = quantize(prob)
+            t = self.timer.add("masks", t)
+        else:
+            prob = self.seg.predict(x) if len(x) else np.zeros((0, 1, R, R), np.float32)
+            masks = quantize(prob[:, 0])
+            t = self.timer.add("segmenter", t)
         loose = threshold_mask(masks, self.cfg.fill_threshold)
         hole = np.repeat(np.repeat(loose, patch, 1), patch, 2)[:, None].astype(np.float32)
         filled = self.inp.fill(x, hole) if len(x) else x
@@ -330,20 +506,28 @@ class Worker:
         return rec
 
 
-def _load_models(segmenter, inpainter, device: str, batch_size: int):
+def _load_models(segmenter, inpainter, device: str, batch_size: int, masks=None):
     from dali_abs.inpainter.inference import Inpainter
-    from dali_abs.segmenter.inference import Segmenter
 
-    seg = Segmenter(segmenter, device=device, batch_size=batch_size)
+    if masks is not None:
+        seg = masks if isinstance(masks, GroundTruthMasks) else GroundTruthMasks(masks)
+    else:
+        from dali_abs.segmenter.inference import Segmenter
+
+        seg = Segmenter(segmenter, device=device, batch_size=batch_size)
     inp = Inpainter(inpainter, device=device, batch_size=batch_size)
     return seg, inp
 
 
 def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: PrecomputeConfig = PrecomputeConfig(),
-               shard: tuple[int, int] = (0, 1), progress: bool = True, merge_when_done: bool = True) -> dict:
+               shard: tuple[int, int] = (0, 1), progress: bool = True, merge_when_done: bool = True,
+               masks: GroundTruthMasks | str | os.PathLike | None = None) -> dict:
     """Compute (or finish) this shard's chunks of the cache at ``out``; merge when every chunk is done.
 
-    The models are loaded and checked against their contracts before anything is written.
+    The soft masks come from ``segmenter`` (an ONNX file) or, with ``segmenter=None``, from
+    ground-truth pixel masks: ``masks`` is a :class:`GroundTruthMasks` (grid and work size of your
+    choice) or a folder (16 x 16 grid at 224 px). Exactly one of the two.
+    The models (and the masks folder) are checked before anything is written.
     Returns a summary: images processed now / already done, skipped, seconds, images/s,
     time per stage, and whether the cache is complete (``manifest`` path).
     """
@@ -352,8 +536,13 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
     from dali_abs.runtime import cuda_available
 
     cfg.check()
+    if (segmenter is None) == (masks is None):
+        raise CacheError("give exactly one source of the soft masks: a segmenter ONNX file (--segmenter seg.onnx) "
+                         "or a folder of ground-truth pixel masks (--masks DIR)"
+                         + (", not both" if masks is not None else ""))
     t_start = time.perf_counter()
-    seg, inp = _load_models(segmenter, inpainter, cfg.device, cfg.batch_size)  # refuses a wrong model before any work
+    # refuses a wrong model or masks folder before any work
+    seg, inp = _load_models(segmenter, inpainter, cfg.device, cfg.batch_size, masks)
     root = Path(out).expanduser().resolve()
     try:
         root.relative_to(ds.root)
@@ -363,6 +552,8 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
     if inside or root == ds.root:
         raise CacheError(f"--out {root} is inside the dataset folder {ds.root}; the dataset is never written to. "
                          "Choose a folder outside it.")
+    if isinstance(seg, GroundTruthMasks):
+        seg.prepare(ds)  # finds every image's mask file; refuses a folder with none before anything is written
     plan = make_plan(ds, seg, inp, cfg)
     old_path = root / PLAN
     if old_path.is_file():
