@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dali_abs.loader.composite import composite_cpu, composite_gpu
-from dali_abs.loader.params import FILLS, SwapConfig, SwapError, sample_params
+from dali_abs.loader.composite import check_batch, composite_cpu, composite_gpu, launch_args, mean_colour
+from dali_abs.loader.params import FILLS, AugmentConfig, SwapConfig, SwapError, sample_crops, sample_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,10 +35,20 @@ def make_batch(rng, n=8, h=48, w=40, r=8, f=16, degenerate_box=True):
     return images, soft, fills, boxes
 
 
-def params_for(rng, soft, cfg, h, w, labels=None):
+def ragged_batch(rng, n=6, r=8):
+    """Images and tiles of different sizes (as DALI hands them over), soft masks and boxes."""
+    images, soft, _, boxes = make_batch(rng, n, 8, 8, r, 4)
+    images = [rng.integers(0, 256, (int(rng.integers(20, 70)), int(rng.integers(20, 70)), 3), dtype=np.uint8)
+              for _ in range(n)]
+    fills = [rng.integers(0, 256, (int(rng.integers(3, 24)), int(rng.integers(3, 24)), 3), dtype=np.uint8)
+             for _ in range(n)]
+    return images, soft, fills, boxes
+
+
+def params_for(rng, soft, cfg, h, w, labels=None, augment=None):
     n = soft.shape[0]
     labels = np.arange(n) % 3 if labels is None else labels
-    return sample_params(labels, rng, cfg, image_size=(h, w), soft=soft)
+    return sample_params(labels, rng, cfg, image_size=(h, w), soft=soft, augment=augment)
 
 
 # --- CPU twin semantics ---------------------------------------------------------------------
@@ -115,12 +125,51 @@ def test_cheap_fills_follow_their_definitions():
     assert all(tuple(c) in colours for c in out[k][region[k]]) and (out[k][region[k]] != bg[k][region[k]]).any()
 
 
+def test_crop_flip_and_resize_are_part_of_the_same_pass():
+    rng = np.random.default_rng(9)
+    images, soft, fills, boxes = make_batch(rng)
+    cfg = SwapConfig(p=0.0)
+    p = params_for(rng, soft, cfg, 48, 40, augment=AugmentConfig(random_resized_crop=False, flip=1.0))
+    assert p["flip"].all()
+    assert np.array_equal(composite_cpu(images, soft, fills, boxes, p, cfg), images[:, :, ::-1])
+    # the top-left quarter of the canvas at half the size: exactly the top-left quarter of the pixels
+    p = params_for(rng, soft, cfg, 24, 20)
+    p["crop"][:] = (0, 0, 10, 12)
+    half = composite_cpu(images, soft, fills, boxes, p, cfg, size=(24, 20))
+    assert np.array_equal(half, images[:, :24, :20])
+    # a swapped sample is mirrored as a whole: flip=1 is the flip=0 composite, mirrored
+    cfg = SwapConfig(fill="gray")
+    p = params_for(np.random.default_rng(3), soft, cfg, 48, 40)
+    a = composite_cpu(images, soft, fills, boxes, p, cfg)
+    b = composite_cpu(images, soft, fills, boxes, {**p, "flip": np.ones(8, np.uint8)}, cfg)
+    assert p["swap"].all() and np.array_equal(b, a[:, :, ::-1])
+
+
+def test_random_resized_crops_follow_the_augment_config():
+    rng = np.random.default_rng(10)
+    aug = AugmentConfig(area=(0.3, 0.6), ratio=(0.5, 2.0), flip=0.25)
+    crop, flip = sample_crops(rng, 4000, aug, (60, 80))
+    w, h = crop[:, 2] - crop[:, 0], crop[:, 3] - crop[:, 1]
+    assert (crop[:, :2] >= 0).all() and (crop[:, 2] <= 80 + 1e-3).all() and (crop[:, 3] <= 60 + 1e-3).all()
+    area = w * h / (60 * 80)
+    assert area.min() >= 0.3 - 1e-4 and area.max() <= 0.6 + 1e-4
+    assert (w / h).min() >= 0.5 - 1e-3 and (w / h).max() <= 2.0 + 1e-3
+    assert abs(flip.mean() - 0.25) < 0.03
+    # an impossible window (area 1, ratio 4) falls back to the whole canvas, as DALI does
+    crop, _ = sample_crops(rng, 10, AugmentConfig(area=(1.0, 1.0), ratio=(4.0, 4.0)), (60, 80))
+    assert (crop == (0, 0, 80, 60)).all()
+    with pytest.raises(SwapError, match=r"AugmentConfig.area must be \(lo, hi\) with 0 < lo <= hi <= 1, got \(0.0, 1.0\)"):
+        AugmentConfig(area=(0.0, 1.0))
+
+
 def test_sample_params_shapes_and_empty_foreground():
     soft = np.zeros((5, 4, 4), np.float32)
     p = sample_params(np.arange(5), np.random.default_rng(0), SwapConfig.waterbirds(), image_size=(32, 32), soft=soft)
     assert {k: (v.dtype, v.shape) for k, v in p.items()} == {
         "partner": (np.int32, (5,)), "swap": (np.uint8, (5,)), "affine": (np.float32, (5, 6)),
-        "noise_seed": (np.uint32, (5,)), "perm": (np.int32, (5, 16)), "fg_box": (np.float32, (5, 4))}
+        "noise_seed": (np.uint32, (5,)), "perm": (np.int32, (5, 16)), "fg_box": (np.float32, (5, 4)),
+        "crop": (np.float32, (5, 4)), "flip": (np.uint8, (5,))}
+    assert (p["crop"] == (0, 0, 32, 32)).all() and not p["flip"].any()  # no augment: the whole canvas
     assert np.isfinite(p["affine"]).all()
     assert (np.sort(p["perm"], 1) == np.arange(16)).all()
 
@@ -246,7 +295,11 @@ def test_composite_rejects_bad_inputs_with_the_values_found():
         (dict(images=images[..., :2].copy()), r"got uint8 \(8, 48, 40, 2\)"),
         (dict(soft=soft[:4]), r"soft must be float32 \[N,R,R\] with N = 8.*got float32 \(4, 8, 8\)"),
         (dict(soft=soft.astype(np.float64)), r"got float64 \(8, 8, 8\)"),
-        (dict(fills=fills[:, :, :8].copy()), r"fills must be uint8 \[N,F,F,3\].*got uint8 \(8, 16, 8, 3\)"),
+        (dict(fills=fills[..., :2].copy()), r"fills must be uint8 \[N,H,W,3\].*got uint8 \(8, 16, 16, 2\)"),
+        (dict(fills=list(fills[:5])), r"fills must hold N = 8 samples, got 5"),
+        (dict(images=[images[0], images[1, :20]] + list(images[2:])), r"images differ in size.*pass size=\(H, W\)"),
+        (dict(images=list(images[:7]) + [images[7].astype(np.int16)]), r"images\[7\] must be uint8 \[H,W,3\].*int16"),
+        (dict(params={**p, "crop": p["crop"][:, :2].copy()}), r"params\['crop'\] must be float32 \(8, 4\)"),
         (dict(boxes=boxes[:, :3].copy()), r"boxes must be float32 \[N,4\].*got float32 \(8, 3\)"),
         (dict(images=images[:, :, ::-1]), r"images must be C-contiguous"),
         (dict(params={**p, "partner": p["partner"].astype(np.int64)}), r"params\['partner'\] must be int32 \(8,\), got int64 \(8,\)"),
@@ -269,14 +322,9 @@ def test_composite_rejects_bad_inputs_with_the_values_found():
 WRAPPER = r"""
 #include "cpu_shim.cuh"
 #include "composite.cu"
-extern "C" void run_abs_composite(
-    const unsigned char* images, const float* soft, const unsigned char* fills, const float* boxes,
-    const int* partner, const unsigned char* swap, const float* affine, const unsigned int* noise_seed,
-    const int* perm, const float* mean_colour, const float* fg_box, unsigned char* out, int n, int h, int w,
-    int r, int f, float tight, float loose, float feather, int fill_mode, int grid, int block) {
-  ABS_SHIM_LAUNCH(grid, block, abs_composite(images, soft, fills, boxes, partner, swap, affine, noise_seed,
-                                             perm, mean_colour, fg_box, out, n, h, w, r, f, tight, loose, feather,
-                                             fill_mode));
+// The CUDA entry point itself (1-D grid-stride loop over all pixels), run by the shim.
+extern "C" void run_abs_composite(ABS_COMPOSITE_PARAMS, int grid, int block) {
+  ABS_SHIM_LAUNCH(grid, block, abs_composite(ABS_COMPOSITE_ARGS));
 }
 """
 
@@ -297,18 +345,16 @@ def kernel_lib(tmp_path_factory):
     return lib
 
 
-def run_kernel_text(lib, images, soft, fills, boxes, p, cfg, grid=13, block=64):
-    n, h, w, _ = images.shape
-    mean = (fills.reshape(n, -1, 3).sum(1, dtype=np.int64) / float(fills.shape[1] ** 2)).astype(np.float32)
-    out = np.full_like(images, 77)
-    ptr = lambda a: np.ascontiguousarray(a).ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-    keep = [np.ascontiguousarray(a) for a in (images, soft, fills, boxes, mean, *p.values())]
-    args = [ptr(a) for a in (images, soft, fills, boxes, p["partner"], p["swap"], p["affine"], p["noise_seed"],
-                             p["perm"], mean, p["fg_box"])]
-    lib.run_abs_composite(*args, out.ctypes.data_as(ctypes.c_void_p), *map(ctypes.c_int, (n, h, w, soft.shape[1], fills.shape[1])),
+def run_kernel_text(lib, images, soft, fills, boxes, p, cfg, size=None, grid=13, block=64):
+    b = check_batch(images, soft, fills, boxes, p, cfg, size)
+    out = np.full((b.n, b.h, b.w, 3), 77, np.uint8)
+    ptr = lambda a: a.ctypes.data  # noqa: E731
+    args = (np.array([ptr(a) for a in b.images], np.uint64), b.image_hw,
+            *launch_args(b, cfg, np, ptr, mean_colour(np, b.fills), out))
+    lib.run_abs_composite(*(ctypes.c_void_p(a.ctypes.data) for a in args),
+                          *map(ctypes.c_int, (b.n, b.h, b.w, b.r)),
                           ctypes.c_float(cfg.tight), ctypes.c_float(cfg.loose), ctypes.c_float(cfg.feather),
                           ctypes.c_int(FILLS.index(cfg.fill)), ctypes.c_int(grid), ctypes.c_int(block))
-    del keep
     return out
 
 
@@ -328,11 +374,14 @@ CASES = [SwapConfig(fill=m) for m in FILLS] + [
 def test_kernel_text_matches_the_twin(kernel_lib, cfg):
     rng = np.random.default_rng(100 + CASES.index(cfg))
     total, bad, differ = 0, 0.0, 0.0
-    for h, w, r, f in ((48, 40, 8, 16), (37, 53, 6, 11)):  # also sides not divisible by R
-        images, soft, fills, boxes = make_batch(rng, 6, h, w, r, f)
-        p = params_for(rng, soft, cfg, h, w)
-        twin = composite_cpu(images, soft, fills, boxes, p, cfg)
-        kern = run_kernel_text(kernel_lib, images, soft, fills, boxes, p, cfg)
+    # one size, sides not divisible by R, and a ragged batch resized to 45 x 50 with crops and flips
+    for h, w, r, f, ragged in ((48, 40, 8, 16, False), (37, 53, 6, 11, False), (45, 50, 8, 0, True)):
+        images, soft, fills, boxes = ragged_batch(rng, 6, r) if ragged else make_batch(rng, 6, h, w, r, f)
+        aug = AugmentConfig() if ragged else None
+        p = params_for(rng, soft, cfg, h, w, augment=aug)
+        twin = composite_cpu(images, soft, fills, boxes, p, cfg, size=(h, w))
+        kern = run_kernel_text(kernel_lib, images, soft, fills, boxes, p, cfg, size=(h, w))
+        images = twin  # sizes for the counts below
         bad += mismatch(twin, kern) * images[..., 0].size
         differ += float((twin != kern).any(-1).mean()) * images[..., 0].size
         total += images[..., 0].size
@@ -348,10 +397,12 @@ class _FakeCupy:
     real launch would pass, without a GPU."""
 
     class ndarray(np.ndarray):
-        pass
+        @property
+        def data(self):  # CuPy's MemoryPointer: .ptr is the device address
+            return type("MemoryPointer", (), {"ptr": self.ctypes.data})()
 
     int64, float32, uint8 = np.int64, np.float32, np.uint8
-    SIGNATURE = ["p"] * 12 + [np.int32] * 5 + [np.float32] * 3 + [np.int32]
+    SIGNATURE = ["p"] * 15 + [np.int32] * 4 + [np.float32] * 3 + [np.int32]
 
     def __init__(self, lib):
         self.lib, self.launches = lib, 0
@@ -370,11 +421,14 @@ class _FakeCupy:
     def asarray(self, a):
         return np.ascontiguousarray(a).view(self.ndarray)
 
-    def empty_like(self, a):
-        return np.empty_like(a).view(self.ndarray)
+    def empty(self, shape, dtype):
+        return np.empty(shape, dtype).view(self.ndarray)
 
     def zeros(self, shape, dtype):
         return np.zeros(shape, dtype).view(self.ndarray)
+
+    def stack(self, arrays):
+        return np.stack([np.asarray(a) for a in arrays]).view(self.ndarray)
 
     def _launch(self, grid, block, args):
         assert len(args) == len(self.SIGNATURE)
@@ -382,7 +436,7 @@ class _FakeCupy:
         for a, want in zip(args, self.SIGNATURE):
             if want == "p":
                 assert isinstance(a, self.ndarray) and a.flags.c_contiguous, type(a)
-                conv.append(a.ctypes.data_as(ctypes.c_void_p))
+                conv.append(ctypes.c_void_p(a.ctypes.data))
             else:
                 assert type(a) is want, f"scalar {a!r} is {type(a).__name__}, kernel takes {want.__name__}"
                 conv.append((ctypes.c_int if want is np.int32 else ctypes.c_float)(a))
@@ -401,11 +455,12 @@ def test_composite_gpu_host_code_drives_the_kernel_text(kernel_lib, monkeypatch,
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(composite, "_MODULE", None)
     rng = np.random.default_rng(12)
-    images, soft, fills, boxes = make_batch(rng, 5, 24, 20, 4, 8)
-    p = params_for(rng, soft, cfg, 24, 20)
-    got = composite_gpu(*(fake.asarray(a) for a in (images, soft, fills, boxes)), p, cfg)
+    images, soft, fills, boxes = ragged_batch(rng, 5, 4)
+    p = params_for(rng, soft, cfg, 24, 20, augment=AugmentConfig())
+    got = composite_gpu([fake.asarray(a) for a in images], fake.asarray(soft), [fake.asarray(a) for a in fills],
+                        fake.asarray(boxes), p, cfg, size=(24, 20))
     assert fake.launches == 1 and isinstance(got, fake.ndarray)
-    assert np.array_equal(np.asarray(got), composite_cpu(images, soft, fills, boxes, p, cfg))
+    assert np.array_equal(np.asarray(got), composite_cpu(images, soft, fills, boxes, p, cfg, size=(24, 20)))
 
 
 # --- the real kernel on a GPU --------------------------------------------------------------
@@ -416,8 +471,9 @@ def test_composite_gpu_matches_the_twin(cfg):
     import cupy
 
     rng = np.random.default_rng(11)
-    images, soft, fills, boxes = make_batch(rng, 16, 96, 80, 16, 32)
-    p = params_for(rng, soft, cfg, 96, 80)
-    twin = composite_cpu(images, soft, fills, boxes, p, cfg)
-    dev = composite_gpu(*(cupy.asarray(a) for a in (images, soft, fills, boxes)), p, cfg)
+    images, soft, fills, boxes = ragged_batch(rng, 16, 16)
+    p = params_for(rng, soft, cfg, 96, 80, augment=AugmentConfig())
+    twin = composite_cpu(images, soft, fills, boxes, p, cfg, size=(96, 80))
+    dev = composite_gpu([cupy.asarray(a) for a in images], cupy.asarray(soft), [cupy.asarray(a) for a in fills],
+                        cupy.asarray(boxes), p, cfg, size=(96, 80))
     assert mismatch(twin, cupy.asnumpy(dev)) < 1e-3

@@ -15,10 +15,10 @@ import pytest
 
 from dali_abs.loader import native
 from dali_abs.loader.composite import composite_cpu, composite_host
-from dali_abs.loader.params import SwapConfig, SwapError
+from dali_abs.loader.params import AugmentConfig, SwapConfig, SwapError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_loader_composite import CASES, make_batch, params_for  # noqa: E402
+from test_loader_composite import CASES, make_batch, params_for, ragged_batch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
@@ -64,6 +64,12 @@ def test_native_equals_the_twin_pixel_for_pixel(built, cfg):
         assert got.dtype == np.uint8 and got.shape == images.shape and got is not images
         assert int((got != twin).any(-1).sum()) == 0, f"{cfg.fill}: {(got != twin).any(-1).sum()} pixels differ"
         assert np.array_equal(composite_host(images, soft, fills, boxes, p, cfg), twin)
+    # a ragged batch (as DALI hands it over) resized, cropped and flipped to 61 x 47
+    images, soft, fills, boxes = ragged_batch(rng, 9, 8)
+    p = params_for(rng, soft, cfg, 61, 47, augment=AugmentConfig(area=(0.3, 1.0)))
+    twin = composite_cpu(images, soft, fills, boxes, p, cfg, size=(61, 47))
+    got = native.composite_native(images, soft, fills, boxes, p, cfg, size=(61, 47), threads=2)
+    assert got.shape == (9, 61, 47, 3) and np.array_equal(got, twin)
 
 
 @needs_gxx

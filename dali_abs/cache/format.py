@@ -187,7 +187,8 @@ class Cache:
     order), :attr:`indices` (their dataset sample index), :attr:`relpaths` (path under the dataset
     root), :attr:`labels`, :attr:`masks` (uint8 [N, R, R], ``round(p * 255)``), :attr:`boxes`
     (int32 [N, 4] grid-cell boxes ``r0, c0, r1, c1``; all zero = nothing filled), :attr:`fill_spans`
-    (int64 [N, 3]: chunk number, byte offset in its fills file, byte size; size 0 = no fill).
+    (int64 [N, 3]: chunk number, byte offset in its fills file, byte size; size 0 = no fill),
+    :attr:`sizes` (int32 [N, 2]: rows, columns of each source image).
     """
 
     root: Path
@@ -199,6 +200,7 @@ class Cache:
     masks: np.ndarray
     boxes: np.ndarray
     fill_spans: np.ndarray
+    sizes: np.ndarray
 
     @property
     def grid(self) -> int:
@@ -316,7 +318,7 @@ def open_cache(path: str | os.PathLike) -> Cache:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise CacheError(f"{mpath}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
                          f"this version reads {FORMAT!r} version {FORMAT_VERSION}. Rebuild the cache.")
-    ids, idx, rel, lab, masks, boxes, spans = [], [], [], [], [], [], []
+    ids, idx, rel, lab, masks, boxes, spans, sizes = [], [], [], [], [], [], [], []
     for k in range(int(manifest["chunks"])):
         rec = read_chunk_record(root, k)
         if rec is None:
@@ -333,7 +335,9 @@ def open_cache(path: str | os.PathLike) -> Cache:
             lab.append(e["label"])
             boxes.append(e["box"])
             spans.append((k, *(e["fill"] or (0, 0))))
+            sizes.append(tuple(e["size"])[::-1])  # stored as (w, h)
     R = int(manifest["grid"])
     return Cache(root, manifest, ids, np.asarray(idx, np.int64), rel, np.asarray(lab, np.int64),
                  np.concatenate(masks) if masks else np.zeros((0, R, R), np.uint8),
-                 np.asarray(boxes, np.int32).reshape(-1, 4), np.asarray(spans, np.int64).reshape(-1, 3))
+                 np.asarray(boxes, np.int32).reshape(-1, 4), np.asarray(spans, np.int64).reshape(-1, 3),
+                 np.asarray(sizes, np.int32).reshape(-1, 2))

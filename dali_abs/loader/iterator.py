@@ -27,17 +27,8 @@ from dali_abs.cache.format import Cache, open_cache
 from dali_abs.dataset import Dataset, load_dataset
 from dali_abs.errors import DaliAbsError
 from dali_abs.loader.ops import READER_NAME, background_swap, cache_reader
-from dali_abs.loader.params import SwapConfig
+from dali_abs.loader.params import AugmentConfig, SwapConfig
 from dali_abs.training import MEAN, STD
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The usual training augmentations, applied inside DALI after the swap."""
-
-    random_resized_crop: bool = True
-    area: tuple[float, float] = (0.7, 1.0)  # fraction of the image a crop keeps (paper: 0.7-1)
-    flip: float = 0.5  # horizontal flip probability
 
 
 @dataclass(frozen=True)
@@ -46,11 +37,11 @@ class LoaderConfig:
 
     batch_size: int = 64
     size: int = 224  # output side in px
-    device: str = "gpu"  # "gpu" (DALI mixed decode + CuPy kernel) or "cpu" (NumPy twin)
+    device: str = "gpu"  # "gpu" (DALI mixed decode + CuPy kernel) or "cpu" (the kernel compiled for the CPU)
     split: str = "train"  # dataset split to read
     ids: tuple[str, ...] | None = None  # only these image ids of the split (default: all of it)
     swap: SwapConfig | None = field(default_factory=SwapConfig)  # None: no swapping
-    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: resize only (eval)
+    augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # crop + flip; None: resize only (eval)
     dtype: str = "float32"  # output images: "float32" or "float16"
     shuffle: bool = True  # reshuffle every epoch (fn.readers.file shuffle_after_epoch)
     seed: int = 0  # same seed, same batches (CPU)
@@ -60,8 +51,11 @@ class LoaderConfig:
     num_shards: int | None = None  # default: torch.distributed world size, else WORLD_SIZE, else 1
     last_batch_policy: str = "PARTIAL"  # a nvidia.dali.plugin.base_iterator.LastBatchPolicy name
     auto_reset: bool = True
-    compose_size: int | None = None  # side of the composite before cropping (default: size)
-    fill_tile: int | None = None  # side of decoded fill tiles (default: compose_size // 2)
+    # Where the swap draws: None = one fused pass (swap, crop, flip, resize to `size`); an int S =
+    # a composite of S x S, then DALI's random resized crop and flip; "auto" = S = the median
+    # short side of the cached images when that is at most 3/4 of `size` (small images are
+    # cheaper to composite before upsampling; 1.4x on 2 CPU cores, 128 px to 224 px), else None.
+    compose_size: int | str | None = "auto"
     prefetch_queue_depth: int = 2
     output_map: tuple[str, str] = ("images", "labels")
 
@@ -105,6 +99,18 @@ def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards
                                f"metadata.csv); {ds.root} has none")
 
 
+def _compose_side(cfg: LoaderConfig, cache: Cache, rows: list[int]) -> int | None:
+    c = cfg.compose_size
+    if c is None:
+        return None
+    if c == "auto":
+        side = int(np.median(cache.sizes[rows].min(axis=1)))
+        return side if side <= 0.75 * cfg.size else None
+    if isinstance(c, str) or int(c) < 2:
+        raise DaliAbsError(f"compose_size must be None, 'auto' or a side of at least 2 px, got {c!r}")
+    return int(c)
+
+
 def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
     """The DALI pipeline behind :func:`create_loader` (exposed for inspection and benchmarks)."""
     from nvidia.dali import fn, pipeline_def, types
@@ -142,28 +148,33 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
 
     gpu = cfg.device == "gpu"
     device_id = cfg.device_id if cfg.device_id is not None else (int(os.environ.get("LOCAL_RANK", 0)) if gpu else None)
-    compose = cfg.compose_size or cfg.size
-    tile = cfg.fill_tile or max(8, compose // 2)
     batches_per_epoch = -(-len(rows) // shards // cfg.batch_size)
+    compose = _compose_side(cfg, cache, rows)
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=cfg.seed,
                   prefetch_queue_depth=cfg.prefetch_queue_depth)
     def pipe():
-        s = cache_reader(cache, rows, data_root=ds.root, groups=groups, fill_tile=tile, fill_device="mixed" if gpu else "cpu",
+        s = cache_reader(cache, rows, data_root=ds.root, groups=groups, fill_device="mixed" if gpu else "cpu",
                          shard_id=shard, num_shards=shards, shuffle_after_epoch=cfg.shuffle, seed=cfg.seed,
                          pad_last_batch=True, name=READER_NAME)
         images = fn.decoders.image(s.jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
-        images = fn.resize(images, size=[compose, compose], interp_type=types.INTERP_LINEAR, antialias=False)
-        if cfg.swap is not None:
-            images = background_swap(images, s, cfg.swap, device=cfg.device, seed=cfg.seed,
-                                     batches_per_epoch=batches_per_epoch)
         aug = cfg.augment
-        if aug is not None and aug.random_resized_crop:
-            images = fn.random_resized_crop(images, size=[cfg.size, cfg.size], random_area=list(aug.area),
-                                            antialias=False)
-        else:
-            images = fn.resize(images, size=[cfg.size, cfg.size], antialias=False)
-        mirror = fn.random.coin_flip(probability=aug.flip) if aug is not None and aug.flip > 0 else 0
+        if cfg.swap is not None and compose is None:
+            # one pass: swap, random resized crop, flip and resize to the output size
+            images = background_swap(images, s, cfg.swap, size=cfg.size, augment=aug, device=cfg.device,
+                                     seed=cfg.seed, batches_per_epoch=batches_per_epoch)
+            mirror = 0
+        else:  # DALI's own crop and flip: after a composite of compose x compose, or the plain pipeline
+            if cfg.swap is not None:
+                images = background_swap(images, s, cfg.swap, size=compose, device=cfg.device, seed=cfg.seed,
+                                         batches_per_epoch=batches_per_epoch)
+            if aug is not None and aug.random_resized_crop:
+                images = fn.random_resized_crop(images, size=[cfg.size, cfg.size], random_area=list(aug.area),
+                                                random_aspect_ratio=list(aug.ratio), antialias=False)
+            else:
+                images = fn.resize(images, size=[cfg.size, cfg.size], interp_type=types.INTERP_LINEAR,
+                                   antialias=False)
+            mirror = fn.random.coin_flip(probability=aug.flip) if aug is not None and aug.flip > 0 else 0
         images = fn.crop_mirror_normalize(
             images, mirror=mirror, mean=[m * 255 for m in MEAN], std=[s_ * 255 for s_ in STD],
             dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT, output_layout="CHW")
@@ -188,6 +199,13 @@ def create_loader(cache: str | os.PathLike | Cache, data: str | os.PathLike | Da
     from nvidia.dali.plugin.base_iterator import LastBatchPolicy
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+    from dataclasses import fields
+
+    known = {f.name for f in fields(LoaderConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise DaliAbsError(f"create_loader got unknown option(s) {', '.join(unknown)}; LoaderConfig has "
+                           f"{', '.join(sorted(known))}")
     cfg = replace(config or LoaderConfig(), **overrides)
     cache = cache if isinstance(cache, Cache) else open_cache(cache)
     if isinstance(data, Dataset):

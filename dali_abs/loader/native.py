@@ -2,9 +2,9 @@
 
 The CUDA kernel text is compiled with the C++ compiler (g++ by default) through
 ``kernels/cpu_shim.cuh``, which turns the CUDA qualifiers into nothing and the built-in
-thread indices into per-thread globals. A small host launcher runs one "CUDA thread" per
-output pixel, the pixel range split into contiguous chunks over a few host threads (the kernel
-body is per pixel and stateless, so any partition gives the same output). Float arithmetic is
+thread indices into per-thread globals. A small host launcher calls the kernel's per-pixel
+body for every output pixel, the output rows split into contiguous chunks over a few host
+threads (the body is per pixel and stateless, so any partition gives the same output). Float arithmetic is
 kept IEEE-exact (``-ffp-contract=off``, no ``-ffast-math``), so the result equals
 :func:`dali_abs.loader.composite.composite_cpu`, the NumPy twin, pixel for pixel.
 
@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.errors import DaliAbsError
-from dali_abs.loader.composite import _check, _mean_colour
+from dali_abs.loader.composite import check_batch, launch_args, mean_colour
 from dali_abs.loader.params import FILLS, SwapConfig, SwapError
 
-_ABI = 2  # bump when the launcher's C signature changes
+_ABI = 3  # bump when the launcher's C signature changes
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno",
          "-fvisibility=hidden", "-Wall")
 
@@ -49,60 +49,46 @@ _LAUNCHER = r"""
 #define ABS_EXPORT extern "C" __attribute__((visibility("default")))
 ABS_EXPORT int abs_native_abi() { return %(abi)d; }
 
-// Runs the CUDA threads first..last-1 on the calling host thread. A plain function (not a
-// lambda with captures): its arguments are locals, so the compiler can keep the kernel's
-// per-launch values in registers across the per-pixel calls.
+// Output rows first..last-1 (row = s * h + y) on the calling host thread: the kernel's
+// per-pixel body called directly, no index division per pixel.
 // x86-64 with glibc (ifunc): also a clone for CPUs with SSE4.1, picked at load time by the
 // dynamic linker. There floorf is one roundss instead of a long SSE2 sequence (same IEEE
-// results; ~1.5x faster overall). No -march=native: the cached library must run on any x86-64.
+// results). No -march=native: the cached library must run on any x86-64.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) && \
     !defined(ABS_NATIVE_NO_CLONES)
 __attribute__((target_clones("sse4.1", "default")))
 #endif
-static void abs_run_range(long long first, long long last, long long grid, long long block,
-    const unsigned char* images, const float* soft, const unsigned char* fills, const float* boxes,
-    const int* partner, const unsigned char* swap, const float* affine, const unsigned int* noise_seed,
-    const int* perm, const float* mean_colour, const float* fg_box, unsigned char* out, int n, int h, int w, int r, int f,
-    float tight, float loose, float feather, int fill_mode) {
-  ABS_SHIM_RUN_RANGE(first, last, grid, block,
-                     abs_composite(images, soft, fills, boxes, partner, swap, affine, noise_seed, perm,
-                                   mean_colour, fg_box, out, n, h, w, r, f, tight, loose, feather, fill_mode));
+static void abs_run_rows(long long first, long long last, ABS_COMPOSITE_PARAMS) {
+  for (long long row = first; row < last; ++row) {
+    const int s = (int)(row / h), y = (int)(row - (long long)s * h);
+    for (int x = 0; x < w; ++x) abs_composite_pixel(ABS_COMPOSITE_ARGS, s, y, x);
+  }
 }
 
-// One CUDA thread per output pixel: blocks of 2^20 threads, enough blocks to cover the batch,
-// so every thread's grid-stride loop runs exactly once. Host thread t runs the CUDA threads of
-// the t-th contiguous chunk of the pixel range.
-ABS_EXPORT int abs_composite_host(
-    const unsigned char* images, const float* soft, const unsigned char* fills, const float* boxes,
-    const int* partner, const unsigned char* swap, const float* affine, const unsigned int* noise_seed,
-    const int* perm, const float* mean_colour, const float* fg_box, unsigned char* out, int n, int h, int w, int r, int f,
-    float tight, float loose, float feather, int fill_mode, int threads) {
-  const long long total = (long long)n * h * w;
-  const long long block = 1LL << 20, grid = (total + block - 1) / block;
-  auto run = [=](long long first, long long last) {
-    abs_run_range(first, last, grid, block, images, soft, fills, boxes, partner, swap, affine, noise_seed, perm,
-                  mean_colour, fg_box, out, n, h, w, r, f, tight, loose, feather, fill_mode);
-  };
-  const long long min_chunk = 16384;  // pixels; below that a thread costs more than it saves
+// The output rows split into contiguous chunks, one per host thread (the body is per pixel and
+// stateless, so any partition gives the same output). Returns the number of threads used.
+ABS_EXPORT int abs_composite_host(ABS_COMPOSITE_PARAMS, int threads) {
+  const long long rows = (long long)n * h;
+  const long long min_rows = (16384 + w - 1) / w;  // below ~16k px a thread costs more than it saves
   long long t = threads < 1 ? 1 : threads;
-  if (t > (total + min_chunk - 1) / min_chunk) t = (total + min_chunk - 1) / min_chunk;
+  if (t > (rows + min_rows - 1) / min_rows) t = (rows + min_rows - 1) / min_rows;
+  auto run = [=](long long first, long long last) { abs_run_rows(first, last, ABS_COMPOSITE_ARGS); };
   if (t <= 1) {
-    run(0, total);
+    run(0, rows);
     return 1;
   }
-  // chunk bounds on multiples of 64 px (192 bytes of output): no cache line written by two threads
-  const long long chunk = ((total + t - 1) / t + 63) / 64 * 64;
+  const long long chunk = (rows + t - 1) / t;
   std::vector<std::thread> pool;
   long long first = 0;
   int used = 1;
   try {
-    for (; first + chunk < total; first += chunk) {
+    for (; first + chunk < rows; first += chunk) {
       pool.emplace_back(run, first, first + chunk);
       ++used;
     }
   } catch (...) {  // could not start a thread: the calling thread does the rest
   }
-  run(first, total);
+  run(first, rows);
   for (auto& th : pool) th.join();
   return used;
 }
@@ -122,8 +108,6 @@ def translation_unit() -> str:
     from dali_abs.kernels import source
 
     return "\n".join([
-        # kernels become always-inline functions: inlined into the launcher's per-pixel loop
-        "#define ABS_SHIM_GLOBAL __attribute__((always_inline)) inline",
         '#line 1 "cpu_shim.cuh"', source("cpu_shim.cuh"),
         '#line 1 "composite.cu"', source("composite.cu"),
         '#line 1 "native_launcher.cpp"', _LAUNCHER % {"abi": _ABI},
@@ -175,7 +159,7 @@ def _open(path: Path):
         raise NativeUnavailable(f"{path}: wrong launcher ABI")
     fn = lib.abs_composite_host
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 12 + [ctypes.c_int] * 5 + [ctypes.c_float] * 3 + [ctypes.c_int] * 2
+    fn.argtypes = [ctypes.c_void_p] * 15 + [ctypes.c_int] * 4 + [ctypes.c_float] * 3 + [ctypes.c_int] * 2
     return lib
 
 
@@ -238,16 +222,17 @@ def default_threads() -> int:
     return max(1, min(cpus, MAX_DEFAULT_THREADS))
 
 
-def composite_native(images: np.ndarray, soft: np.ndarray, fills: np.ndarray, boxes: np.ndarray,
-                     params: dict, cfg: SwapConfig, *, threads: int | None = None) -> np.ndarray:
+def composite_native(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None, *,
+                     threads: int | None = None) -> np.ndarray:
     """:func:`~dali_abs.loader.composite.composite_cpu` computed by the kernel text on the CPU
     (same inputs, same checks, same output: a new uint8 [N,H,W,3] array). ``threads``: host
     threads (default :func:`default_threads`). Raises :class:`NativeUnavailable` if the
     library cannot be built; use :func:`~dali_abs.loader.composite.composite_host` to fall back."""
-    n, h, w, r, f, p = _check(images, soft, fills, boxes, params, cfg)
-    for name, a in (("images", images), ("soft", soft), ("fills", fills), ("boxes", boxes)):
-        if not isinstance(a, np.ndarray):
-            raise SwapError(f"composite_native needs NumPy arrays, got {name} of type {type(a).__name__}")
+    b = check_batch(images, soft, fills, boxes, params, cfg, size)
+    for name, arrays in (("images", b.images), ("fills", b.fills), ("soft", [soft]), ("boxes", [boxes])):
+        for a in arrays:
+            if not isinstance(a, np.ndarray):
+                raise SwapError(f"composite_native needs NumPy arrays, got {name} of type {type(a).__name__}")
     lib = _load()
     if lib is None:
         raise NativeUnavailable(f"native compositing unavailable: {_STATE.get('why')}")
@@ -255,13 +240,10 @@ def composite_native(images: np.ndarray, soft: np.ndarray, fills: np.ndarray, bo
         threads = default_threads()
     elif int(threads) < 1:
         raise SwapError(f"threads must be >= 1, got {threads}")
-    if not p["swap"].any():
-        return images.copy()
-    mean = _mean_colour(np, fills) if cfg.fill == "mean" else np.zeros((n, 3), np.float32)
-    out = np.empty_like(images)
-    lib.abs_composite_host(
-        images.ctypes.data, soft.ctypes.data, fills.ctypes.data, boxes.ctypes.data, p["partner"].ctypes.data,
-        p["swap"].ctypes.data, p["affine"].ctypes.data, p["noise_seed"].ctypes.data, p["perm"].ctypes.data,
-        mean.ctypes.data, p["fg_box"].ctypes.data, out.ctypes.data, n, h, w, r, f, cfg.tight, cfg.loose, cfg.feather,
-        FILLS.index(cfg.fill), int(threads))
+    mean = mean_colour(np, b.fills) if cfg.fill == "mean" else np.zeros((b.n, 3), np.float32)
+    out = np.empty((b.n, b.h, b.w, 3), np.uint8)
+    ptr = lambda a: a.ctypes.data
+    args = (np.array([ptr(a) for a in b.images], np.uint64), b.image_hw, *launch_args(b, cfg, np, ptr, mean, out))
+    lib.abs_composite_host(*(a.ctypes.data for a in args), b.n, b.h, b.w, b.r, cfg.tight, cfg.loose, cfg.feather,
+                           FILLS.index(cfg.fill), int(threads))
     return out

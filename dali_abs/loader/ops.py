@@ -4,7 +4,7 @@ Use inside a pipeline, before your own crop / flip / normalise::
 
     from dali_abs.cache.format import open_cache
     from dali_abs.loader.ops import background_swap, cache_reader
-    from dali_abs.loader.params import SwapConfig
+    from dali_abs.loader.params import AugmentConfig, SwapConfig, SwapError
 
     cache = open_cache("cache")
 
@@ -12,14 +12,15 @@ Use inside a pipeline, before your own crop / flip / normalise::
     def train_pipe():
         s = cache_reader(cache, shard_id=0, num_shards=1, random_shuffle=True, name="Reader")
         images = fn.decoders.image(s.jpegs, device="mixed")
-        images = fn.resize(images, size=[256, 256])
-        images = background_swap(images, s, SwapConfig(), device="gpu", seed=0)
+        images = background_swap(images, s, SwapConfig(), size=256, device="gpu", seed=0)
         ...  # your random_resized_crop, flip, crop_mirror_normalize
         return images, s.labels
 
-Data conventions: images entering :func:`background_swap` are uint8 HWC RGB 0..255, all of
-one size S x S in the batch (resize first); it returns the same layout and size. The soft
-masks are float32 [R, R] foreground probability (1 = foreground).
+Data conventions: images entering :func:`background_swap` are uint8 HWC RGB 0..255 of any
+sizes (straight from the decoder); it returns uint8 HWC RGB of ``size`` x ``size``. Pass
+``augment`` to have the random resized crop and the flip done in the same pass (what
+:func:`~dali_abs.loader.iterator.create_loader` does); then only normalising is left. The
+soft masks are float32 [R, R] foreground probability (1 = foreground).
 
 Backgrounds are paired **inside the batch**: sample n gets the clean background of another
 sample j of the same batch (chosen by the policy in :class:`SwapConfig`), rebuilt from
@@ -37,7 +38,7 @@ import numpy as np
 
 from dali_abs.cache.format import Cache
 from dali_abs.errors import DaliAbsError
-from dali_abs.loader.params import SwapConfig
+from dali_abs.loader.params import AugmentConfig, SwapConfig, SwapError
 
 READER_NAME = "Reader"
 
@@ -50,7 +51,7 @@ class CacheSamples:
     - ``labels``: int64 class label, shape ().
     - ``rows``: int32 row of the sample in the cache arrays, shape (1,).
     - ``soft``: float32 [R, R] foreground probability.
-    - ``fills``: uint8 HWC fill tile, decoded on ``fill_device`` and resized to F x F.
+    - ``fills``: uint8 HWC fill tile, decoded on ``fill_device`` (its own size).
     - ``boxes``: float32 [4] ``(y0, x0, y1, x1)`` in 0..1 image coordinates covered by the fill.
     - ``groups``: int32 group (``y * n_places + place``; -1 without places), shape ().
     """
@@ -98,7 +99,7 @@ class _CacheLookup:
 
 
 def cache_reader(cache: Cache, rows: Sequence[int] | None = None, *, data_root: str | None = None,
-                 groups: np.ndarray | None = None, fill_tile: int = 64, fill_device: str = "cpu",
+                 groups: np.ndarray | None = None, fill_device: str = "cpu",
                  name: str = READER_NAME, **reader_kwargs) -> CacheSamples:
     """Read source images and their cache entries, aligned per sample.
 
@@ -113,8 +114,6 @@ def cache_reader(cache: Cache, rows: Sequence[int] | None = None, *, data_root: 
     rows = list(range(len(cache))) if rows is None else [int(r) for r in rows]
     if not rows:
         raise DaliAbsError(f"{cache.root}: no cache rows to read")
-    if fill_tile < 2:
-        raise DaliAbsError(f"fill_tile must be at least 2 px, got {fill_tile}")
     root = cache.data_root if data_root is None else Path(data_root)
     files = [str(root / cache.relpaths[r]) for r in rows]
     groups = np.full(len(cache), -1, np.int32) if groups is None else np.asarray(groups, np.int32)
@@ -122,15 +121,16 @@ def cache_reader(cache: Cache, rows: Sequence[int] | None = None, *, data_root: 
     labels, soft, fill_bytes, boxes, grp = fn.python_function(
         row_ids, function=_CacheLookup(cache, groups), batch_processing=True, num_outputs=5)
     fills = fn.decoders.image(fill_bytes, device=fill_device, output_type=types.RGB)
-    fills = fn.resize(fills, size=[fill_tile, fill_tile], interp_type=types.INTERP_LINEAR, antialias=False)
     return CacheSamples(jpegs, labels, row_ids, soft, fills, boxes, grp)
 
 
 class _Swap:
-    """Per batch: sample the swap parameters (as data), then one compositing call."""
+    """Per batch: sample the swap, crop and flip parameters (as data), then one compositing call."""
 
-    def __init__(self, cfg: SwapConfig, seed: int, batches_per_epoch: int, device: str):
+    def __init__(self, cfg: SwapConfig, seed: int, batches_per_epoch: int, device: str, size, augment):
         self.cfg = cfg
+        self.size = size
+        self.augment = augment
         self.seed = seed
         self.batches_per_epoch = max(1, batches_per_epoch)
         self.device = device
@@ -149,33 +149,47 @@ class _Swap:
             xp, composite, host = cp, composite_gpu, cp.asnumpy
         else:
             xp, composite, host = np, composite_host, np.asarray
-        # Stack each input once; on the GPU, one device-to-host copy each for what the
-        # (host-side) parameter sampling reads: labels, groups, soft masks.
-        imgs, soft_b = xp.stack(images), xp.stack(soft)
+        size = self.size
+        if size is None:
+            sizes = {tuple(a.shape[:2]) for a in images}
+            if len(sizes) != 1:
+                raise SwapError(f"background_swap got images of {len(sizes)} sizes (e.g. {sorted(sizes)[:3]}) and no "
+                                "size=; pass size=S for an S x S output")
+            size = sizes.pop()
+        size = (int(size), int(size)) if np.isscalar(size) else tuple(int(v) for v in size)
+        # Stack the small per-sample inputs once; on the GPU, one device-to-host copy each for
+        # what the (host-side) parameter sampling reads: labels, groups, soft masks.
+        soft_b = xp.stack(soft)
         lab = host(xp.stack(labels)).reshape(-1).astype(np.int64)
         grp = host(xp.stack(groups)).reshape(-1).astype(np.int64)
         params = sample_params(lab, rng, self.cfg, groups=grp if (grp >= 0).all() else None, epoch=epoch,
-                               image_size=tuple(imgs.shape[1:3]), soft=host(soft_b))
-        out = composite(imgs, soft_b, xp.stack(fills), xp.stack(boxes), params, self.cfg)
+                               image_size=size, soft=host(soft_b), augment=self.augment)
+        out = composite(list(images), soft_b, list(fills), xp.stack(boxes), params, self.cfg, size=size)
         return [out[i] for i in range(out.shape[0])]
 
 
-def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, device: str = "cpu",
-                    seed: int = 0, batches_per_epoch: int = 1):
+def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, size=None,
+                    augment: AugmentConfig | None = None, device: str = "cpu", seed: int = 0,
+                    batches_per_epoch: int = 1):
     """Composite each sample's foreground onto a clean background of another sample of the batch.
 
-    ``images``: data node of uint8 HWC RGB, one size for the whole batch, on ``device``
-    ("cpu" or "gpu"). ``batches_per_epoch`` lets a swap-probability schedule follow epochs.
-    Returns a data node of the same layout, size and device.
+    ``images``: data node of uint8 HWC RGB of any sizes, on ``device`` ("cpu" or "gpu").
+    ``size``: output side S (or (H, W)); default: the images' size, which must then be one
+    for the whole batch. ``augment``: also apply the random resized crop and flip of an
+    :class:`~dali_abs.loader.params.AugmentConfig` in the same pass (None: the whole image,
+    unmirrored). ``batches_per_epoch`` lets a swap-probability schedule follow epochs.
+    Returns a data node of uint8 HWC RGB, S x S, on ``device``.
     """
     from nvidia.dali import fn
 
     if device not in ("cpu", "gpu"):
         raise DaliAbsError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    if size is not None and (min(np.atleast_1d(size)) < 1):
+        raise DaliAbsError(f"size must be a positive side or (H, W), got {size!r}")
     soft, fills, boxes = samples.soft, samples.fills, samples.boxes
     labels, groups = samples.labels, samples.groups
     if device == "gpu":
         soft, fills, boxes, labels, groups = (x.gpu() for x in (soft, fills, boxes, labels, groups))
     return fn.python_function(images, soft, fills, boxes, labels, groups,
-                              function=_Swap(cfg, seed, batches_per_epoch, device),
+                              function=_Swap(cfg, seed, batches_per_epoch, device, size, augment),
                               batch_processing=True, num_outputs=1, device=device)

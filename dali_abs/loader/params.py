@@ -7,12 +7,13 @@ replayed by passing the same dict again.
 
 Conventions shared with :mod:`dali_abs.loader.composite`:
 
-* images are HWC uint8 RGB 0..255, ``H x W`` fixed for the batch;
+* the canvas is ``H x W`` canvas px (the output size); images of any size are stretched
+  over it;
 * ``soft`` is the cached soft patch mask, float32 ``[N,R,R]``, **foreground** probability
-  (1 = foreground); patch ``(r, c)`` covers rows ``[r*H/R, (r+1)*H/R)`` and columns
+  (1 = foreground); patch ``(r, c)`` covers canvas rows ``[r*H/R, (r+1)*H/R)`` and columns
   ``[c*W/R, (c+1)*W/R)``;
-* pixel ``(i, j)`` (row, column) has its centre at ``(x, y) = (j + 0.5, i + 0.5)``;
-* ``affine`` is the INVERSE map output pixel centre -> foreground source coordinates:
+* canvas pixel ``(i, j)`` (row, column) has its centre at ``(x, y) = (j + 0.5, i + 0.5)``;
+* ``affine`` is the INVERSE map canvas point -> foreground source canvas point:
   ``xs = a0*x + a1*y + a2``, ``ys = a3*x + a4*y + a5``; identity = ``(1, 0, 0, 0, 1, 0)``.
 """
 
@@ -121,6 +122,54 @@ class SwapConfig:
         return float(self.p_start + (self.p - self.p_start) * t)
 
 
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The usual training augmentations after the swap (DALI's / torchvision's defaults).
+
+    ``random_resized_crop``: a window of ``area`` = (lo, hi) of the canvas area (paper: 0.7-1)
+    and aspect ratio (w/h) in ``ratio``, log-uniform, placed uniformly; 10 tries, else the
+    whole canvas (as DALI's ``random_resized_crop``). Off: the whole canvas. ``flip``:
+    horizontal flip probability.
+    """
+
+    random_resized_crop: bool = True
+    area: tuple[float, float] = (0.7, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip: float = 0.5
+
+    def __post_init__(self):
+        lo, hi = (float(v) for v in self.area)
+        if not 0.0 < lo <= hi <= 1.0:
+            raise SwapError(f"AugmentConfig.area must be (lo, hi) with 0 < lo <= hi <= 1, got {self.area!r}")
+        lo, hi = (float(v) for v in self.ratio)
+        if not 0.0 < lo <= hi:
+            raise SwapError(f"AugmentConfig.ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio!r}")
+        if not 0.0 <= float(self.flip) <= 1.0:
+            raise SwapError(f"AugmentConfig.flip is a probability in [0, 1], got {self.flip!r}")
+
+
+def sample_crops(rng: np.random.Generator, n: int, augment: AugmentConfig | None, image_size: tuple[int, int],
+                 tries: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """``crop`` float32 (N,4) = (x0, y0, x1, y1) canvas px and ``flip`` uint8 (N,)."""
+    h, w = image_size
+    crop = np.tile(np.array([0.0, 0.0, w, h]), (n, 1))
+    if augment is None:
+        return crop.astype(np.float32), np.zeros(n, np.uint8)
+    if augment.random_resized_crop:
+        area = rng.uniform(augment.area[0], augment.area[1], (n, tries)) * (h * w)
+        ratio = np.exp(rng.uniform(np.log(augment.ratio[0]), np.log(augment.ratio[1]), (n, tries)))
+        cw, ch = np.sqrt(area * ratio), np.sqrt(area / ratio)
+        ok = (cw <= w) & (ch <= h)
+        first = ok.argmax(axis=1)
+        cw, ch = cw[np.arange(n), first], ch[np.arange(n), first]
+        x0 = rng.random(n) * (w - cw)
+        y0 = rng.random(n) * (h - ch)
+        hit = ok.any(axis=1)
+        crop[hit] = np.stack([x0, y0, x0 + cw, y0 + ch], 1)[hit]
+    flip = (rng.random(n) < augment.flip).astype(np.uint8)
+    return crop.astype(np.float32), flip
+
+
 def _choice(name, value, allowed):
     if value not in allowed:
         raise SwapError(f"SwapConfig.{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -155,7 +204,7 @@ def _as_host(a):
 
 
 def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None, epoch: int = 0, *,
-                  image_size: tuple[int, int], soft) -> dict[str, np.ndarray]:
+                  image_size: tuple[int, int], soft, augment: AugmentConfig | None = None) -> dict[str, np.ndarray]:
     """Draw the random choices of one batch.
 
     ``labels``: int (N,) class of each sample. ``groups``: int (N,) or None (needed by
@@ -165,9 +214,11 @@ def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None
 
     Returns (per sample, N rows): ``partner`` int32 (N,) — the sample whose background
     sample n gets; ``swap`` uint8 (N,) — 1 = composite, 0 = keep the original image;
-    ``affine`` float32 (N,6) — inverse map output pixel centre -> source (module docstring);
+    ``affine`` float32 (N,6) — inverse map canvas point -> source canvas point (module docstring);
     ``noise_seed`` uint32 (N,); ``perm`` int32 (N,R*R) — a permutation of the patch indices;
-    ``fg_box`` float32 (N,4) — see :func:`foreground_box`.
+    ``fg_box`` float32 (N,4) — see :func:`foreground_box`; ``crop`` float32 (N,4) and ``flip``
+    uint8 (N,) — the window each output shows and its mirroring (:func:`sample_crops`; the
+    whole canvas, unmirrored, when ``augment`` is None).
     """
     labels = _as_host(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
@@ -250,17 +301,18 @@ def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None
     noise_seed = rng.integers(0, 2**32, n, dtype=np.uint32)
     perm = np.argsort(rng.random((n, r * r)), axis=1).astype(np.int32)
     fg_box = foreground_box(soft, affine, cfg, (h, w))
+    crop, flip = sample_crops(rng, n, augment, (h, w))
     return {"partner": partner, "swap": swap, "affine": affine, "noise_seed": noise_seed, "perm": perm,
-            "fg_box": fg_box}
+            "fg_box": fg_box, "crop": crop, "flip": flip}
 
 
 def foreground_box(soft: np.ndarray, affine: np.ndarray, cfg: SwapConfig, image_size: tuple[int, int]) -> np.ndarray:
-    """float32 (N,4) = (x0, y0, x1, y1) in output pixels: outside it alpha is 0 for sure.
+    """float32 (N,4) = (x0, y0, x1, y1) in canvas px: outside it alpha is 0 for sure.
 
     Not randomness but derived data that lets the kernel skip the foreground mask lookup for
     most pixels. Conservative by construction: a bilinear value can exceed ``tight`` only
     within one patch spacing of a cell at or above it (the cells' source box, widened by half
-    a patch on each side), mapped to output pixels through the forward map and widened by 2 px.
+    a patch on each side), mapped to canvas px through the forward map and widened by 2 px.
     With feathering, alpha reaches below the threshold: the box is the whole image.
     """
     h, w = image_size
