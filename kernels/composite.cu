@@ -177,17 +177,47 @@ ABS_INLINE void abs_composite_pixel(ABS_COMPOSITE_PARAMS, int s, int y, int x) {
     return;
   }
 
-  // background: the partner's image, its fill inside its loose region
+  // foreground first: sample s itself, moved by the inverse affine map. Where alpha is 1 the
+  // background is not needed at all (alpha*fg + (1-alpha)*bg is exactly fg there).
+  // fg_box: canvas points outside it have alpha 0 (a conservative box from sample_params), so
+  // most pixels skip the foreground mask lookup.
+  float dgx, dgy;
+  const float* a = affine + s * 6;
+  const float* fb = fg_box + s * 4;
+  float alpha = 0.0f;
+  if (px >= fb[0] && px < fb[2] && py >= fb[1] && py < fb[3]) {
+    const float xs = a[0] * px + a[1] * py + a[2];
+    const float ys = a[3] * px + a[4] * py + a[5];
+    if (xs >= 0.0f && xs < fw && ys >= 0.0f && ys < fh) {
+      const float pt = abs_grid_bilerp(soft + (long long)s * r * r, r, xs * sx - 0.5f, ys * sy - 0.5f, &dgx, &dgy);
+      alpha = pt > tight ? 1.0f : 0.0f;
+      if (feather > 0.0f) {
+        const float gx = dgx * sx, gy = dgy * sy;
+        const float gm = sqrtf(gx * gx + gy * gy);
+        if (gm > 0.0f) {
+          alpha = 0.5f + (pt - tight) / (2.0f * feather * gm);
+          alpha = alpha < 0.0f ? 0.0f : (alpha > 1.0f ? 1.0f : alpha);
+        }
+      }
+      if (alpha > 0.0f) abs_canvas_sample(img_s, hs, ws, gs, xs, ys, fg);
+    }
+  }
+  if (alpha == 1.0f) {
+    o[0] = abs_round_u8(fg[0]); o[1] = abs_round_u8(fg[1]); o[2] = abs_round_u8(fg[2]);
+    return;
+  }
+
+  // background: the partner's fill inside its loose region, else its image
   const int j = partner[s];
   const unsigned char* img_j = (const unsigned char*)image_ptrs[j];
   const int hj = image_hw[j * 2], wj = image_hw[j * 2 + 1];
   const float* gj = geo + j * ABS_GEO;
-  abs_canvas_sample(img_j, hj, wj, gj, px, py, bg);
-  float dgx, dgy;
   // The box test (canvas px) comes first: most pixels lie outside the fill box and skip the mask lookup.
   const bool in_box = py >= gj[ABS_GEO_BOX_Y0] && py < gj[ABS_GEO_BOX_Y1] && px >= gj[ABS_GEO_BOX_X0] &&
                       px < gj[ABS_GEO_BOX_X1];
-  if (in_box && abs_grid_bilerp(soft + (long long)j * r * r, r, px * sx - 0.5f, py * sy - 0.5f, &dgx, &dgy) > loose) {
+  if (!(in_box && abs_grid_bilerp(soft + (long long)j * r * r, r, px * sx - 0.5f, py * sy - 0.5f, &dgx, &dgy) > loose)) {
+    abs_canvas_sample(img_j, hj, wj, gj, px, py, bg);
+  } else {
     // the canvas pixel under the point, for the fills defined per pixel
     const int cy = abs_clampi((int)floorf(py), 0, h - 1), cx = abs_clampi((int)floorf(px), 0, w - 1);
     const unsigned int pix = (unsigned int)(cy * w + cx);
@@ -219,30 +249,6 @@ ABS_INLINE void abs_composite_pixel(ABS_COMPOSITE_PARAMS, int s, int y, int x) {
       const int ix = (int)(((long long)(2 * xs + 1) * wj) / (2LL * w));
       const unsigned char* qq = img_j + ((long long)iy * wj + ix) * 3;
       bg[0] = (float)qq[0]; bg[1] = (float)qq[1]; bg[2] = (float)qq[2];
-    }
-  }
-
-  // foreground: sample s itself, moved by the inverse affine map
-  // fg_box: canvas points outside it have alpha 0 (a conservative box from sample_params),
-  // so most pixels skip the foreground mask lookup.
-  const float* a = affine + s * 6;
-  const float* fb = fg_box + s * 4;
-  float alpha = 0.0f;
-  if (px >= fb[0] && px < fb[2] && py >= fb[1] && py < fb[3]) {
-    const float xs = a[0] * px + a[1] * py + a[2];
-    const float ys = a[3] * px + a[4] * py + a[5];
-    if (xs >= 0.0f && xs < fw && ys >= 0.0f && ys < fh) {
-      const float pt = abs_grid_bilerp(soft + (long long)s * r * r, r, xs * sx - 0.5f, ys * sy - 0.5f, &dgx, &dgy);
-      alpha = pt > tight ? 1.0f : 0.0f;
-      if (feather > 0.0f) {
-        const float gx = dgx * sx, gy = dgy * sy;
-        const float gm = sqrtf(gx * gx + gy * gy);
-        if (gm > 0.0f) {
-          alpha = 0.5f + (pt - tight) / (2.0f * feather * gm);
-          alpha = alpha < 0.0f ? 0.0f : (alpha > 1.0f ? 1.0f : alpha);
-        }
-      }
-      if (alpha > 0.0f) abs_canvas_sample(img_s, hs, ws, gs, xs, ys, fg);
     }
   }
   if (alpha > 0.0f) {
