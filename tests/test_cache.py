@@ -258,6 +258,9 @@ def test_bad_inputs_are_processed_or_skipped_and_reported(tmp_path, tiny_models)
     assert snapshot(root) == before
     cache = open_cache(out)
     m = cache.manifest
+    # the source sizes (rows, columns) the loader plans with
+    assert tuple(cache.sizes[cache.relpaths.index("a/good0.jpg")]) == (70, 90)
+    assert tuple(cache.sizes[cache.relpaths.index("b/rgba.png")]) == (64, 64)
     skipped = {s["path"]: s["reason"] for s in m["skipped"]}
     assert set(skipped) >= {"a/truncated.jpg", "a/text.jpg", "b/tiny.png"}
     assert "truncated" in skipped["a/truncated.jpg"]
