@@ -168,7 +168,7 @@ def check_dali_loader(res, rows, skip, rng, gpu_ok) -> None:
         def plain():
             jpegs, labels = fn.readers.file(files=files, labels=[0] * len(files), random_shuffle=True, name="Reader")
             images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB)
-            images = fn.random_resized_crop(images, size=[224, 224], random_area=[0.7, 1.0])
+            images = fn.random_resized_crop(images, size=[224, 224], random_area=[0.7, 1.0], antialias=False)
             images = fn.crop_mirror_normalize(images, mirror=fn.random.coin_flip(), dtype=types.FLOAT,
                                               mean=[m * 255 for m in MEAN], std=[s * 255 for s in STD],
                                               output_layout="CHW")

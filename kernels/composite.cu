@@ -29,7 +29,7 @@
 #define ABS_FILL_PATCHES 5
 
 // The per-pixel body is inlined into the CUDA kernel and into the CPU launcher's row loop.
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define ABS_INLINE static __device__ __forceinline__
 #else
 #define ABS_INLINE static inline __attribute__((always_inline))
@@ -77,7 +77,7 @@ ABS_INLINE void abs_bilerp_setup(int ih, int iw, float gx, float gy, int* ix0, i
   *iy1 = abs_clampi((int)fy0 + 1, 0, ih - 1);
 }
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 ABS_INLINE void abs_rgb_bilerp(const unsigned char* __restrict__ img, int ih, int iw, float gx, float gy,
                                float* rgb) {
   int ix0, ix1, iy0, iy1;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -44,15 +45,24 @@ def test_same_seed_same_batches(tiny_cache):
     assert not torch.equal(a[0], c[0])
 
 
-@pytest.mark.parametrize("compose_size", [None, 64, "auto"], ids=["fused", "compose-64", "auto"])
-def test_no_swap_is_the_plain_pipeline_and_swap_changes_images(tiny_cache, compose_size):
-    plain = dict(batch_size=32, size=96, device="cpu", seed=2, augment=None, shuffle=True, compose_size=compose_size)
+@pytest.mark.parametrize("compose_size, size, resolved", [(None, 96, None), (64, 96, 64), ("auto", 96, 64),
+                                                          ("auto", 64, None)],
+                         ids=["fused", "compose-64", "auto-small-images", "auto-fused"])
+def test_no_swap_is_the_plain_pipeline_and_swap_changes_images(tiny_cache, compose_size, size, resolved):
+    from dali_abs.loader.iterator import LoaderConfig, _compose_side
+
+    cache = open_cache(tiny_cache)
+    cfg = LoaderConfig(size=size, device="cpu", compose_size=compose_size)
+    assert _compose_side(cfg, cache, list(range(len(cache)))) == resolved  # 64 px images
+    assert _compose_side(replace(cfg, device="gpu"), cache, list(range(len(cache)))) == \
+        (None if compose_size == "auto" else resolved)
+    plain = dict(batch_size=32, size=size, device="cpu", seed=2, augment=None, shuffle=True, compose_size=compose_size)
     a = _epoch(create_loader(tiny_cache, swap=None, **plain))
     b = _epoch(create_loader(tiny_cache, swap=SwapConfig(p=0.0), **plain))
     c = _epoch(create_loader(tiny_cache, swap=SwapConfig(p=1.0, translate=0.0), **plain))
     # 64 px images resized to 96: our bilinear resampling and DALI's agree within 1 LSB
     # (= 1/(255 * std) after normalising); through a 64 px composite, exactly
-    tol = 0.0 if compose_size is not None else 1.01 / (255 * 0.224)
+    tol = 0.0 if resolved is not None or size == 64 else 1.01 / (255 * 0.224)
     assert float((a[0] - b[0]).abs().max()) <= tol
     changed = (a[0] != c[0]).flatten(1).any(1).float().mean()
     assert changed > 0.5
@@ -97,6 +107,8 @@ def test_user_pipeline_with_the_operators(tiny_cache):
     p.build()
     images, labels = p.run()
     assert images.as_array().shape == (8, 56, 56, 3) and images.as_array().dtype == np.uint8
+    with pytest.raises(DaliAbsError, match=r"size must be a positive int S or a pair \(H, W\) of them, got \(1, 2, 3\)"):
+        pipe((1, 2, 3))
     p = pipe(None)  # no size and images of several sizes: our error, naming the fix
     p.build()
     with pytest.raises(Exception, match="background_swap got images of .* sizes .* pass size=S"):

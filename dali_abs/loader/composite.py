@@ -130,8 +130,9 @@ def check_batch(images, soft, fills, boxes, params, cfg, size=None) -> Batch:
     image_hw = np.array([x.shape[:2] for x in imgs], np.int32)
     if size is None:
         if (image_hw != image_hw[0]).any():
-            raise SwapError(f"images differ in size ({', '.join(f'{a}x{b}' for a, b in np.unique(image_hw, axis=0)[:4])}"
-                            "...); pass size=(H, W) for the output")
+            sizes = np.unique(image_hw, axis=0)
+            raise SwapError(f"images differ in size ({', '.join(f'{a}x{b}' for a, b in sizes[:4])}"
+                            f"{', ...' if len(sizes) > 4 else ''}); pass size=(H, W) for the output")
         h, w = (int(v) for v in image_hw[0])
     else:
         try:
@@ -386,11 +387,12 @@ def _kernel():
 
 def prepare_gpu(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None, out=None, block: int = 256):
     """Check a batch of CuPy arrays and upload its per-batch arguments; returns ``(launch, out)``
-    where ``launch()`` runs the kernel once on CuPy's current stream (timing: launch alone)."""
+    where ``launch()`` runs the kernel once on CuPy's current stream (timing: launch alone).
+    ``boxes`` may be NumPy or CuPy: only the host reads them (:func:`geometry`)."""
     import cupy
 
     b = check_batch(images, soft, fills, boxes, params, cfg, size)
-    for name, arrays in (("images", b.images), ("fills", b.fills), ("soft", [soft]), ("boxes", [boxes])):
+    for name, arrays in (("images", b.images), ("fills", b.fills), ("soft", [soft])):
         for a in arrays:
             if not isinstance(a, cupy.ndarray):
                 raise SwapError(f"composite_gpu needs CuPy arrays, got {name} of type {type(a).__name__}")
@@ -407,7 +409,13 @@ def prepare_gpu(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=
             np.float32(cfg.tight), np.float32(cfg.loose), np.float32(cfg.feather), np.int32(FILLS.index(cfg.fill)))
     grid = min((b.n * b.h * b.w + block - 1) // block, 65535 * 4)
     kernel = _kernel()
-    return (lambda: kernel((grid,), (block,), args)), out
+    keep = (b.images, b.fills)  # the pointer tables point into these: keep them alive while launch() can run
+
+    def launch():
+        kernel((grid,), (block,), args)
+        return keep
+
+    return launch, out
 
 
 def composite_gpu(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None, out=None, block: int = 256):

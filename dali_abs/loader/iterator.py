@@ -52,9 +52,10 @@ class LoaderConfig:
     last_batch_policy: str = "PARTIAL"  # a nvidia.dali.plugin.base_iterator.LastBatchPolicy name
     auto_reset: bool = True
     # Where the swap draws: None = one fused pass (swap, crop, flip, resize to `size`); an int S =
-    # a composite of S x S, then DALI's random resized crop and flip; "auto" = S = the median
-    # short side of the cached images when that is at most 3/4 of `size` (small images are
-    # cheaper to composite before upsampling; 1.4x on 2 CPU cores, 128 px to 224 px), else None.
+    # an S x S composite (images stretched over it), then DALI's random resized crop and flip;
+    # "auto" = on the CPU, S = the median short side of the cached images when that is at most
+    # 3/4 of `size` (fewer pixels to composite before upsampling: 1.4x on 2 CPU cores, 128 px
+    # to 224 px), else None; on the GPU always None (one launch).
     compose_size: int | str | None = "auto"
     prefetch_queue_depth: int = 2
     output_map: tuple[str, str] = ("images", "labels")
@@ -104,6 +105,8 @@ def _compose_side(cfg: LoaderConfig, cache: Cache, rows: list[int]) -> int | Non
     if c is None:
         return None
     if c == "auto":
+        if cfg.device == "gpu":
+            return None
         side = int(np.median(cache.sizes[rows].min(axis=1)))
         return side if side <= 0.75 * cfg.size else None
     if isinstance(c, str) or int(c) < 2:

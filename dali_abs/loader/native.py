@@ -1,11 +1,10 @@
 """Native CPU compositing: ``kernels/composite.cu`` itself, compiled as C++ for the host.
 
 The CUDA kernel text is compiled with the C++ compiler (g++ by default) through
-``kernels/cpu_shim.cuh``, which turns the CUDA qualifiers into nothing and the built-in
-thread indices into per-thread globals. A small host launcher calls the kernel's per-pixel
-body for every output pixel, the output rows split into contiguous chunks over a few host
-threads (the body is per pixel and stateless, so any partition gives the same output). Float arithmetic is
-kept IEEE-exact (``-ffp-contract=off``, no ``-ffast-math``), so the result equals
+``kernels/cpu_shim.cuh``, which turns the CUDA qualifiers into nothing. A small host
+launcher calls the kernel's per-pixel body (``abs_composite_pixel``) for every output pixel,
+the output rows split into contiguous chunks over a few host threads (the body is per pixel
+and stateless, so any partition gives the same output). Float arithmetic is kept IEEE-exact (``-ffp-contract=off``, no ``-ffast-math``), so the result equals
 :func:`dali_abs.loader.composite.composite_cpu`, the NumPy twin, pixel for pixel.
 
 The shared library is built on first use and cached under ``$XDG_CACHE_HOME/dali-abs``

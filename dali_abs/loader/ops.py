@@ -146,9 +146,9 @@ class _Swap:
         if self.device == "gpu":
             import cupy as cp
 
-            xp, composite, host = cp, composite_gpu, cp.asnumpy
+            xp, composite = cp, composite_gpu
         else:
-            xp, composite, host = np, composite_host, np.asarray
+            xp, composite = np, composite_host
         size = self.size
         if size is None:
             sizes = {tuple(a.shape[:2]) for a in images}
@@ -157,14 +157,16 @@ class _Swap:
                                 "size=; pass size=S for an S x S output")
             size = sizes.pop()
         size = (int(size), int(size)) if np.isscalar(size) else tuple(int(v) for v in size)
-        # Stack the small per-sample inputs once; on the GPU, one device-to-host copy each for
-        # what the (host-side) parameter sampling reads: labels, groups, soft masks.
+        # Stack the small per-sample inputs once, with one device-to-host copy each on the GPU
+        # for what only the host reads (labels, groups, boxes: parameter sampling and geometry).
         soft_b = xp.stack(soft)
-        lab = host(xp.stack(labels)).reshape(-1).astype(np.int64)
-        grp = host(xp.stack(groups)).reshape(-1).astype(np.int64)
+        host = (lambda xs: cp.asnumpy(cp.stack(xs))) if self.device == "gpu" else np.stack
+        lab = host(labels).reshape(-1).astype(np.int64)
+        grp = host(groups).reshape(-1).astype(np.int64)
+        soft_host = cp.asnumpy(soft_b) if self.device == "gpu" else soft_b
         params = sample_params(lab, rng, self.cfg, groups=grp if (grp >= 0).all() else None, epoch=epoch,
-                               image_size=size, soft=host(soft_b), augment=self.augment)
-        out = composite(list(images), soft_b, list(fills), xp.stack(boxes), params, self.cfg, size=size)
+                               image_size=size, soft=soft_host, augment=self.augment)
+        out = composite(list(images), soft_b, list(fills), host(boxes), params, self.cfg, size=size)
         return [out[i] for i in range(out.shape[0])]
 
 
@@ -184,11 +186,13 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
 
     if device not in ("cpu", "gpu"):
         raise DaliAbsError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    if size is not None and (min(np.atleast_1d(size)) < 1):
-        raise DaliAbsError(f"size must be a positive side or (H, W), got {size!r}")
+    if size is not None:
+        sides = [size] if isinstance(size, (int, np.integer)) else list(size) if isinstance(size, (tuple, list)) else []
+        if len(sides) not in (1, 2) or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in sides):
+            raise DaliAbsError(f"size must be a positive int S or a pair (H, W) of them, got {size!r}")
     soft, fills, boxes = samples.soft, samples.fills, samples.boxes
     labels, groups = samples.labels, samples.groups
-    if device == "gpu":
+    if device == "gpu":  # a GPU operator takes GPU inputs
         soft, fills, boxes, labels, groups = (x.gpu() for x in (soft, fills, boxes, labels, groups))
     return fn.python_function(images, soft, fills, boxes, labels, groups,
                               function=_Swap(cfg, seed, batches_per_epoch, device, size, augment),
