@@ -72,6 +72,33 @@ def test_native_equals_the_twin_pixel_for_pixel(built, cfg):
     assert got.shape == (9, 61, 47, 3) and np.array_equal(got, twin)
 
 
+ROW_CASES = [SwapConfig(), SwapConfig(p=0.5, scale=(0.6, 1.4)), SwapConfig(tight=0.3, loose=0.0, translate=0.5),
+             SwapConfig.waterbirds(fill="cached")]  # the last: rotated samples take the per-pixel body
+
+
+@pytest.mark.parametrize("cfg", ROW_CASES, ids=["default", "scaled-p0.5", "loose0", "rotated"])
+def test_the_row_path_equals_the_per_pixel_body(built, cfg):
+    """kernels/composite_rows.h (eight pixels a step from per-sample tables) gives the same bytes
+    as the per-pixel body and the twin: widths below, at and above 8, crops, flips, ragged
+    sources, every image's last row and column sampled."""
+    rng = np.random.default_rng(700 + ROW_CASES.index(cfg))
+    for n, h, w, r, f in ((5, 9, 5, 4, 3), (7, 33, 8, 8, 16), (6, 31, 45, 16, 12)):
+        images, soft, fills, boxes = make_batch(rng, n, h, w, r, f)
+        p = params_for(rng, soft, cfg, h, w)
+        twin = composite_cpu(images, soft, fills, boxes, p, cfg)
+        rows = native.composite_native(images, soft, fills, boxes, p, cfg, threads=2)
+        body = native.composite_native(images, soft, fills, boxes, p, cfg, threads=2, vector=False)
+        assert np.array_equal(rows, body) and np.array_equal(rows, twin)
+    images, soft, fills, boxes = ragged_batch(rng, 10, 16)
+    for size in ((61, 47), (128, 96), (17, 9)):
+        p = params_for(rng, soft, cfg, *size, augment=AugmentConfig(area=(0.2, 1.0)))
+        twin = composite_cpu(images, soft, fills, boxes, p, cfg, size=size)
+        rows = native.composite_native(images, soft, fills, boxes, p, cfg, size=size, threads=3)
+        assert np.array_equal(rows, twin), f"{size}: {(rows != twin).any(-1).sum()} pixels differ"
+        assert np.array_equal(rows, native.composite_native(images, soft, fills, boxes, p, cfg, size=size,
+                                                            vector=False))
+
+
 @needs_gxx
 def test_the_plain_x86_64_build_equals_the_twin_too(fresh, monkeypatch):
     """Without the SSE4.1 clone (what a CPU without SSE4.1 runs) the output is the same."""

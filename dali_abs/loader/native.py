@@ -37,7 +37,7 @@ from dali_abs.errors import DaliAbsError
 from dali_abs.loader.composite import check_batch, launch_args, mean_colour
 from dali_abs.loader.params import FILLS, SwapConfig, SwapError
 
-_ABI = 3  # bump when the launcher's C signature changes
+_ABI = 4  # bump when the launcher's C signature changes
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno",
          "-fvisibility=hidden", "-Wall")
 
@@ -57,21 +57,43 @@ ABS_EXPORT int abs_native_abi() { return %(abi)d; }
     !defined(ABS_NATIVE_NO_CLONES)
 __attribute__((target_clones("sse4.1", "default")))
 #endif
-static void abs_run_rows(long long first, long long last, ABS_COMPOSITE_PARAMS) {
-  for (long long row = first; row < last; ++row) {
-    const int s = (int)(row / h), y = (int)(row - (long long)s * h);
-    for (int x = 0; x < w; ++x) abs_composite_pixel(ABS_COMPOSITE_ARGS, s, y, x);
-  }
+static void abs_pixel_row(ABS_COMPOSITE_PARAMS, int s, int y) {
+  for (int x = 0; x < w; ++x) abs_composite_pixel(ABS_COMPOSITE_ARGS, s, y, x);
 }
 
-// The output rows split into contiguous chunks, one per host thread (the body is per pixel and
-// stateless, so any partition gives the same output). Returns the number of threads used.
-ABS_EXPORT int abs_composite_host(ABS_COMPOSITE_PARAMS, int threads) {
+#if ABS_HAVE_ROWS
+// With `vector` and an AVX2 CPU, whole rows from per-sample tables (composite_rows.h) where
+// the sample allows it; the per-pixel body for the rest.
+static void abs_run_rows(long long first, long long last, int vector, ABS_COMPOSITE_PARAMS) {
+  abs_rows::Tables t;
+  std::vector<unsigned char> scratch;
+  const bool rows_ok = vector && __builtin_cpu_supports("avx2");
+  for (long long row = first; row < last; ++row) {
+    const int s = (int)(row / h), y = (int)(row - (long long)s * h);
+    if (rows_ok && t.s != s) abs_rows::build_tables(t, ABS_COMPOSITE_ARGS, s);
+    if (rows_ok && t.fast) abs_rows::render_row(t, scratch, ABS_COMPOSITE_ARGS, s, y);
+    else abs_pixel_row(ABS_COMPOSITE_ARGS, s, y);
+  }
+}
+#else
+static void abs_run_rows(long long first, long long last, int vector, ABS_COMPOSITE_PARAMS) {
+  (void)vector;
+  for (long long row = first; row < last; ++row) {
+    const int s = (int)(row / h);
+    abs_pixel_row(ABS_COMPOSITE_ARGS, s, (int)(row - (long long)s * h));
+  }
+}
+#endif
+
+// The output rows split into contiguous chunks, one per host thread (every pixel is computed
+// independently of the others, so any partition gives the same output). Returns the number of
+// threads used.
+ABS_EXPORT int abs_composite_host(ABS_COMPOSITE_PARAMS, int threads, int vector) {
   const long long rows = (long long)n * h;
   const long long min_rows = (16384 + w - 1) / w;  // below ~16k px a thread costs more than it saves
   long long t = threads < 1 ? 1 : threads;
   if (t > (rows + min_rows - 1) / min_rows) t = (rows + min_rows - 1) / min_rows;
-  auto run = [=](long long first, long long last) { abs_run_rows(first, last, ABS_COMPOSITE_ARGS); };
+  auto run = [=](long long first, long long last) { abs_run_rows(first, last, vector, ABS_COMPOSITE_ARGS); };
   if (t <= 1) {
     run(0, rows);
     return 1;
@@ -109,6 +131,9 @@ def translation_unit() -> str:
     return "\n".join([
         '#line 1 "cpu_shim.cuh"', source("cpu_shim.cuh"),
         '#line 1 "composite.cu"', source("composite.cu"),
+        "#if defined(__x86_64__) && defined(__GNUC__)\n#define ABS_HAVE_ROWS 1",
+        '#line 1 "composite_rows.h"', source("composite_rows.h"),
+        "#else\n#define ABS_HAVE_ROWS 0\n#endif",
         '#line 1 "native_launcher.cpp"', _LAUNCHER % {"abi": _ABI},
     ])
 
@@ -158,7 +183,7 @@ def _open(path: Path):
         raise NativeUnavailable(f"{path}: wrong launcher ABI")
     fn = lib.abs_composite_host
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 15 + [ctypes.c_int] * 4 + [ctypes.c_float] * 3 + [ctypes.c_int] * 2
+    fn.argtypes = [ctypes.c_void_p] * 15 + [ctypes.c_int] * 4 + [ctypes.c_float] * 3 + [ctypes.c_int] * 3
     return lib
 
 
@@ -222,9 +247,11 @@ def default_threads() -> int:
 
 
 def composite_native(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None, *,
-                     threads: int | None = None) -> np.ndarray:
+                     threads: int | None = None, vector: bool = True) -> np.ndarray:
     """:func:`~dali_abs.loader.composite.composite_cpu` computed by the kernel text on the CPU
-    (same inputs, same checks, same output: a new uint8 [N,H,W,3] array). ``threads``: host
+    (same inputs, same checks, same output: a new uint8 [N,H,W,3] array). ``vector``: whole
+    rows eight pixels at a time (``kernels/composite_rows.h``) where the CPU has AVX2 and the
+    sample allows it (False: the per-pixel body everywhere; same output). ``threads``: host
     threads (default :func:`default_threads`). Raises :class:`NativeUnavailable` if the
     library cannot be built; use :func:`~dali_abs.loader.composite.composite_host` to fall back."""
     b = check_batch(images, soft, fills, boxes, params, cfg, size)
@@ -244,5 +271,5 @@ def composite_native(images, soft, fills, boxes, params: dict, cfg: SwapConfig, 
     ptr = lambda a: a.ctypes.data
     args = (np.array([ptr(a) for a in b.images], np.uint64), b.image_hw, *launch_args(b, cfg, np, ptr, mean, out))
     lib.abs_composite_host(*(a.ctypes.data for a in args), b.n, b.h, b.w, b.r, cfg.tight, cfg.loose, cfg.feather,
-                           FILLS.index(cfg.fill), int(threads))
+                           FILLS.index(cfg.fill), int(threads), int(bool(vector)))
     return out

@@ -1,0 +1,294 @@
+// CPU row renderer for kernels/composite.cu: whole output rows, eight pixels per step (AVX2),
+// with the same float32 arithmetic in the same order as abs_composite_pixel, so the output is
+// the same byte for byte (the tests compare it with the per-pixel body and the NumPy twin).
+//
+// Why it is fast: with the default swap (no rotation or scaling, hard masks, cached fills)
+// every coordinate the body computes per pixel is a function of the output column alone or of
+// the output row alone. So each sample's column quantities (canvas x, source columns and
+// weights of the three sources, the patch-grid columns) go into tables once per sample, each
+// row's into a few scalars, and a pixel is a table lookup, two mask tests, a blend of
+// offsets and one bilinear gather. Samples the tables cannot express (rotation or shear,
+// feathered alpha, fills other than "cached") and CPUs without AVX2 run the per-pixel body.
+//
+// Needs: composite.cu (its helpers, ABS_GEO_*, ABS_COMPOSITE_PARAMS) included before this file.
+#pragma once
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <vector>
+
+namespace abs_rows {
+
+// Sampling of a uint8 RGB source of n px along one axis at coordinate g (pixel centres at
+// +0.5, edge-clamped): byte offsets of the two neighbours and the weight of the second,
+// exactly as abs_bilerp_setup computes them.
+static inline void axis_setup(float g, int n, int32_t* off0, int32_t* off1, float* a, int stride) {
+  const float f0 = floorf(g);
+  *a = g - f0;
+  *off0 = abs_clampi((int)f0, 0, n - 1) * stride;
+  *off1 = abs_clampi((int)f0 + 1, 0, n - 1) * stride;
+}
+
+// Column tables of one sample, each padded to a multiple of 8 entries with copies of the last.
+struct Tables {
+  int s = -1;
+  bool fast = false, swapped = false;
+  int w8 = 0;
+  // plain source (sample s's image unswapped, its partner's image swapped) at canvas x
+  std::vector<int32_t> p_off0, p_off1;
+  std::vector<float> p_ax;
+  // foreground (swapped): -1 where the column can hold foreground, source columns, grid columns
+  std::vector<int32_t> f_ok, f_off0, f_off1, fg_ix0, fg_ix1;
+  std::vector<float> f_ax, fg_fx;
+  // the partner's fill: -1 inside its box, grid columns of its mask, tile columns
+  std::vector<int32_t> j_in, jg_ix0, jg_ix1, t_off0, t_off1;
+  std::vector<float> jg_fx, t_ax;
+  // horizontal lerps of the r mask-grid rows (r x w8, computed when a row first needs them)
+  std::vector<float> hs, hj;
+  std::vector<char> hs_done, hj_done;
+};
+
+// The sample's canvas x of output column x (as the body: flip, crop origin and scale).
+static inline float canvas_x(const float* gs, int w, bool flip, int x) {
+  const int xm = flip ? w - 1 - x : x;
+  return gs[ABS_GEO_CROP_X0] + ((float)xm + 0.5f) * gs[ABS_GEO_CROP_SX];
+}
+
+static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
+  t.s = s;
+  t.w8 = (w + 7) / 8 * 8;
+  t.swapped = swap[s] != 0;
+  const float* a = affine + s * 6;
+  t.fast = !t.swapped || (fill_mode == ABS_FILL_CACHED && !(feather > 0.0f) && a[1] == 0.0f && a[3] == 0.0f);
+  if (!t.fast) return;
+  const int W = t.w8;
+  const float fw = (float)w, sx = (float)r / fw;
+  const float* gs = geo + s * ABS_GEO;
+  const bool fl = flip[s] != 0;
+  const int j = t.swapped ? partner[s] : s;
+  const float* gj = geo + j * ABS_GEO;
+  const int wj = image_hw[j * 2 + 1];
+  t.p_off0.resize(W); t.p_off1.resize(W); t.p_ax.resize(W);
+  for (int x = 0; x < W; ++x) {
+    const float px = canvas_x(gs, w, fl, x < w ? x : w - 1);
+    axis_setup(px * gj[ABS_GEO_IMG_SX] - 0.5f, wj, &t.p_off0[x], &t.p_off1[x], &t.p_ax[x], 3);
+  }
+  if (!t.swapped) return;
+  const int ws = image_hw[s * 2 + 1], tw = fill_hw[j * 2 + 1];
+  const float* fb = fg_box + s * 4;
+  for (auto* v : {&t.f_ok, &t.f_off0, &t.f_off1, &t.fg_ix0, &t.fg_ix1, &t.j_in, &t.jg_ix0, &t.jg_ix1, &t.t_off0,
+                  &t.t_off1})
+    v->resize(W);
+  for (auto* v : {&t.f_ax, &t.fg_fx, &t.jg_fx, &t.t_ax}) v->resize(W);
+  for (int x = 0; x < W; ++x) {
+    const float px = canvas_x(gs, w, fl, x < w ? x : w - 1);
+    // a[1] and a[3] are zero: a[1] * py adds a (signed) zero, which changes no later result
+    const float xs = a[0] * px + a[2];
+    t.f_ok[x] = (px >= fb[0] && px < fb[2] && xs >= 0.0f && xs < fw) ? -1 : 0;
+    axis_setup(xs * gs[ABS_GEO_IMG_SX] - 0.5f, ws, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], 3);
+    axis_setup(xs * sx - 0.5f, r, &t.fg_ix0[x], &t.fg_ix1[x], &t.fg_fx[x], 1);
+    t.j_in[x] = (px >= gj[ABS_GEO_BOX_X0] && px < gj[ABS_GEO_BOX_X1]) ? -1 : 0;
+    axis_setup(px * sx - 0.5f, r, &t.jg_ix0[x], &t.jg_ix1[x], &t.jg_fx[x], 1);
+    axis_setup((px - gj[ABS_GEO_BOX_X0]) * gj[ABS_GEO_TILE_SX] - 0.5f, tw, &t.t_off0[x], &t.t_off1[x], &t.t_ax[x], 3);
+  }
+  t.hs.resize((size_t)r * W); t.hj.resize((size_t)r * W);
+  t.hs_done.assign(r, 0); t.hj_done.assign(r, 0);
+}
+
+// Row iy of an r x r grid interpolated along x: the `top` (or `bot`) of abs_grid_bilerp.
+static const float* grid_row(std::vector<float>& h, std::vector<char>& done, const float* g, int r, int iy,
+                             const int32_t* ix0, const int32_t* ix1, const float* fx, int W) {
+  float* o = h.data() + (size_t)iy * W;
+  if (!done[iy]) {
+    const float* gr = g + iy * r;
+    for (int x = 0; x < W; ++x) {
+      const float v0 = gr[ix0[x]], v1 = gr[ix1[x]];
+      o[x] = v0 + (v1 - v0) * fx[x];
+    }
+    done[iy] = 1;
+  }
+  return o;
+}
+
+// One source's two rows for the current output row: pointers, bytes per row, weight.
+struct RowPair {
+  const unsigned char* r0;
+  const unsigned char* r1;
+  int bytes;
+  bool last;  // one of the rows is the image's last: a 4-byte load at its end reads past the buffer
+  float a;
+};
+
+static inline RowPair row_pair(const unsigned char* img, int ih, int iw, float gy) {
+  int32_t o0, o1;
+  RowPair p;
+  axis_setup(gy, ih, &o0, &o1, &p.a, 1);
+  p.r0 = img + (long long)o0 * iw * 3;
+  p.r1 = img + (long long)o1 * iw * 3;
+  p.bytes = iw * 3;
+  p.last = o1 == ih - 1;  // o0 <= o1
+  return p;
+}
+
+// The row's sources as int32 byte offsets from one base: the rows in place when all lie within
+// reach of a 32-bit gather index and none is an image's last row, else copied (padded) into
+// `scratch`.
+static const unsigned char* gather_base(RowPair* src, int k, std::vector<unsigned char>& scratch, int32_t* b0,
+                                        int32_t* b1) {
+  const unsigned char* base = src[0].r0;
+  bool copy = false;
+  for (int i = 0; i < k && !copy; ++i) {
+    const long long d0 = src[i].r0 - base, d1 = src[i].r1 - base;
+    copy = src[i].last || d0 < -(1LL << 30) || d0 > (1LL << 30) || d1 < -(1LL << 30) || d1 > (1LL << 30);
+    b0[i] = (int32_t)d0;
+    b1[i] = (int32_t)d1;
+  }
+  if (!copy) return base;
+  size_t need = 0;
+  for (int i = 0; i < k; ++i) need += 2 * ((size_t)src[i].bytes + 16);
+  if (scratch.size() < need) scratch.resize(need);
+  size_t at = 0;
+  for (int i = 0; i < k; ++i) {
+    memcpy(scratch.data() + at, src[i].r0, src[i].bytes);
+    b0[i] = (int32_t)at;
+    at += src[i].bytes + 16;
+    memcpy(scratch.data() + at, src[i].r1, src[i].bytes);
+    b1[i] = (int32_t)at;
+    at += src[i].bytes + 16;
+  }
+  return scratch.data();
+}
+
+__attribute__((target("avx2"))) static inline __m256i load_i(const int32_t* p) {
+  return _mm256_loadu_si256((const __m256i*)p);
+}
+
+// Eight output pixels from byte offsets of their four neighbours (from `base`) and weights.
+__attribute__((target("avx2"))) static inline void bilerp8(const unsigned char* base, __m256i o00, __m256i o01,
+                                                           __m256i o10, __m256i o11, __m256 ax, __m256 ay,
+                                                           unsigned char* o, int count) {
+  const int* b = (const int*)base;
+  const __m256i v00 = _mm256_i32gather_epi32(b, o00, 1), v01 = _mm256_i32gather_epi32(b, o01, 1);
+  const __m256i v10 = _mm256_i32gather_epi32(b, o10, 1), v11 = _mm256_i32gather_epi32(b, o11, 1);
+  const __m256i m = _mm256_set1_epi32(0xff);
+  const __m256 half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps(), top255 = _mm256_set1_ps(255.0f);
+  __m256i packed = _mm256_setzero_si256();
+  for (int c = 0; c < 3; ++c) {
+    const __m256 a00 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v00, 8 * c), m));
+    const __m256 a01 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v01, 8 * c), m));
+    const __m256 a10 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v10, 8 * c), m));
+    const __m256 a11 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v11, 8 * c), m));
+    const __m256 top = _mm256_add_ps(a00, _mm256_mul_ps(_mm256_sub_ps(a01, a00), ax));
+    const __m256 bot = _mm256_add_ps(a10, _mm256_mul_ps(_mm256_sub_ps(a11, a10), ax));
+    const __m256 v = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), ay));
+    // abs_round_u8: floor(v + 0.5) clamped to 0..255
+    const __m256 rv = _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(v, half)), zero), top255);
+    packed = _mm256_or_si256(packed, _mm256_slli_epi32(_mm256_cvttps_epi32(rv), 8 * c));
+  }
+  // RGBx RGBx ... -> 24 contiguous bytes
+  const __m256i shuf = _mm256_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, 0, 1, 2, 4, 5, 6, 8,
+                                        9, 10, 12, 13, 14, -1, -1, -1, -1);
+  const __m256i tight = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(packed, shuf),
+                                                    _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 3, 7));
+  if (count == 8) {
+    _mm_storeu_si128((__m128i*)o, _mm256_castsi256_si128(tight));
+    _mm_storel_epi64((__m128i*)(o + 16), _mm256_extracti128_si256(tight, 1));
+  } else {
+    alignas(32) unsigned char tmp[32];
+    _mm256_store_si256((__m256i*)tmp, tight);
+    memcpy(o, tmp, (size_t)count * 3);
+  }
+}
+
+// Output row y of sample s from its tables (t.fast).
+__attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<unsigned char>& scratch,
+                                                       ABS_COMPOSITE_PARAMS, int s, int y) {
+  const float* gs = geo + s * ABS_GEO;
+  const float py = gs[ABS_GEO_CROP_Y0] + ((float)y + 0.5f) * gs[ABS_GEO_CROP_SY];
+  unsigned char* orow = out + ((long long)s * h + y) * w * 3;
+  const int j = t.swapped ? partner[s] : s;
+  const float* gj = geo + j * ABS_GEO;
+  const int hj = image_hw[j * 2], wj = image_hw[j * 2 + 1];
+  RowPair src[3];  // 0: plain, 1: fill tile, 2: foreground
+  src[0] = row_pair((const unsigned char*)image_ptrs[j], hj, wj, py * gj[ABS_GEO_IMG_SY] - 0.5f);
+  int k = 1;
+  bool fg_row = false, j_row = false;
+  const float *hs0 = nullptr, *hs1 = nullptr, *hj0 = nullptr, *hj1 = nullptr;
+  float gfy_s = 0.0f, gfy_j = 0.0f;
+  if (t.swapped) {
+    const float fh = (float)h, sy = (float)r / fh;
+    const float* a = affine + s * 6;
+    const float* fb = fg_box + s * 4;
+    const float ys = a[4] * py + a[5];  // a[3] is zero (see build_tables)
+    fg_row = py >= fb[1] && py < fb[3] && ys >= 0.0f && ys < fh;
+    j_row = py >= gj[ABS_GEO_BOX_Y0] && py < gj[ABS_GEO_BOX_Y1];
+    const int W = t.w8;
+    if (j_row) {
+      int32_t i0, i1;
+      axis_setup(py * sy - 0.5f, r, &i0, &i1, &gfy_j, 1);
+      const float* g = soft + (long long)j * r * r;
+      hj0 = grid_row(t.hj, t.hj_done, g, r, i0, t.jg_ix0.data(), t.jg_ix1.data(), t.jg_fx.data(), W);
+      hj1 = grid_row(t.hj, t.hj_done, g, r, i1, t.jg_ix0.data(), t.jg_ix1.data(), t.jg_fx.data(), W);
+      src[1] = row_pair((const unsigned char*)fill_ptrs[j], fill_hw[j * 2], fill_hw[j * 2 + 1],
+                        (py - gj[ABS_GEO_BOX_Y0]) * gj[ABS_GEO_TILE_SY] - 0.5f);
+      k = 2;
+    }
+    if (fg_row) {
+      int32_t i0, i1;
+      axis_setup(ys * sy - 0.5f, r, &i0, &i1, &gfy_s, 1);
+      const float* g = soft + (long long)s * r * r;
+      hs0 = grid_row(t.hs, t.hs_done, g, r, i0, t.fg_ix0.data(), t.fg_ix1.data(), t.fg_fx.data(), W);
+      hs1 = grid_row(t.hs, t.hs_done, g, r, i1, t.fg_ix0.data(), t.fg_ix1.data(), t.fg_fx.data(), W);
+      if (k == 1) src[1] = src[0];  // keep the foreground in slot 2
+      src[2] = row_pair((const unsigned char*)image_ptrs[s], image_hw[s * 2], image_hw[s * 2 + 1],
+                        ys * gs[ABS_GEO_IMG_SY] - 0.5f);
+      k = 3;
+    }
+  }
+  int32_t b0[3], b1[3];
+  const unsigned char* base = gather_base(src, k, scratch, b0, b1);
+  const __m256 tight_v = _mm256_set1_ps(tight), loose_v = _mm256_set1_ps(loose);
+  const __m256 gfys = _mm256_set1_ps(gfy_s), gfyj = _mm256_set1_ps(gfy_j);
+  for (int x = 0; x < w; x += 8) {
+    __m256i o0 = _mm256_add_epi32(load_i(&t.p_off0[x]), _mm256_set1_epi32(b0[0]));
+    __m256i o1 = _mm256_add_epi32(load_i(&t.p_off1[x]), _mm256_set1_epi32(b0[0]));
+    __m256i o2 = _mm256_add_epi32(load_i(&t.p_off0[x]), _mm256_set1_epi32(b1[0]));
+    __m256i o3 = _mm256_add_epi32(load_i(&t.p_off1[x]), _mm256_set1_epi32(b1[0]));
+    __m256 ax = _mm256_loadu_ps(&t.p_ax[x]);
+    __m256 ay = _mm256_set1_ps(src[0].a);
+    __m256 fg = _mm256_setzero_ps();
+    if (fg_row) {  // alpha = soft(s) at the source point > tight, where the column allows foreground
+      const __m256 top = _mm256_loadu_ps(hs0 + x), bot = _mm256_loadu_ps(hs1 + x);
+      const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfys));
+      fg = _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.f_ok[x])), _mm256_cmp_ps(pt, tight_v, _CMP_GT_OQ));
+    }
+    if (j_row) {  // not foreground, inside the partner's box and its loose region: the fill tile
+      const __m256 top = _mm256_loadu_ps(hj0 + x), bot = _mm256_loadu_ps(hj1 + x);
+      const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfyj));
+      const __m256 fill = _mm256_andnot_ps(
+          fg, _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.j_in[x])), _mm256_cmp_ps(pt, loose_v, _CMP_GT_OQ)));
+      if (_mm256_movemask_ps(fill)) {
+        const __m256i ts0 = load_i(&t.t_off0[x]), ts1 = load_i(&t.t_off1[x]);
+        o0 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o0), _mm256_castsi256_ps(_mm256_add_epi32(ts0, _mm256_set1_epi32(b0[1]))), fill));
+        o1 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o1), _mm256_castsi256_ps(_mm256_add_epi32(ts1, _mm256_set1_epi32(b0[1]))), fill));
+        o2 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o2), _mm256_castsi256_ps(_mm256_add_epi32(ts0, _mm256_set1_epi32(b1[1]))), fill));
+        o3 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o3), _mm256_castsi256_ps(_mm256_add_epi32(ts1, _mm256_set1_epi32(b1[1]))), fill));
+        ax = _mm256_blendv_ps(ax, _mm256_loadu_ps(&t.t_ax[x]), fill);
+        ay = _mm256_blendv_ps(ay, _mm256_set1_ps(src[1].a), fill);
+      }
+    }
+    if (fg_row && _mm256_movemask_ps(fg)) {
+      const __m256i fs0 = load_i(&t.f_off0[x]), fs1 = load_i(&t.f_off1[x]);
+      o0 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o0), _mm256_castsi256_ps(_mm256_add_epi32(fs0, _mm256_set1_epi32(b0[2]))), fg));
+      o1 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o1), _mm256_castsi256_ps(_mm256_add_epi32(fs1, _mm256_set1_epi32(b0[2]))), fg));
+      o2 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o2), _mm256_castsi256_ps(_mm256_add_epi32(fs0, _mm256_set1_epi32(b1[2]))), fg));
+      o3 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o3), _mm256_castsi256_ps(_mm256_add_epi32(fs1, _mm256_set1_epi32(b1[2]))), fg));
+      ax = _mm256_blendv_ps(ax, _mm256_loadu_ps(&t.f_ax[x]), fg);
+      ay = _mm256_blendv_ps(ay, _mm256_set1_ps(src[2].a), fg);
+    }
+    bilerp8(base, o0, o1, o2, o3, ax, ay, orow + x * 3, w - x < 8 ? w - x : 8);
+  }
+}
+
+}  // namespace abs_rows
