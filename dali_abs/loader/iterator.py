@@ -51,12 +51,10 @@ class LoaderConfig:
     num_shards: int | None = None  # default: torch.distributed world size, else WORLD_SIZE, else 1
     last_batch_policy: str = "PARTIAL"  # a nvidia.dali.plugin.base_iterator.LastBatchPolicy name
     auto_reset: bool = True
-    # Where the swap draws: None = one fused pass (swap, crop, flip, resize to `size`); an int S =
-    # an S x S composite (images stretched over it), then DALI's random resized crop and flip;
-    # "auto" = on the CPU, S = the median short side of the cached images when that is at most
-    # 3/4 of `size` (fewer pixels to composite before upsampling: 1.4x on 2 CPU cores, 128 px
-    # to 224 px), else None; on the GPU always None (one launch).
-    compose_size: int | str | None = "auto"
+    # Where the swap draws: None = one pass (swap, crop, flip and resize to `size`; the fastest
+    # on the CPU and the GPU); an int S = an S x S composite (images stretched over it), then
+    # DALI's own random resized crop and flip.
+    compose_size: int | None = None
     prefetch_queue_depth: int = 2
     output_map: tuple[str, str] = ("images", "labels")
 
@@ -100,17 +98,12 @@ def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards
                                f"metadata.csv); {ds.root} has none")
 
 
-def _compose_side(cfg: LoaderConfig, cache: Cache, rows: list[int]) -> int | None:
+def _compose_side(cfg: LoaderConfig) -> int | None:
     c = cfg.compose_size
     if c is None:
         return None
-    if c == "auto":
-        if cfg.device == "gpu":
-            return None
-        side = int(np.median(cache.sizes[rows].min(axis=1)))
-        return side if side <= 0.75 * cfg.size else None
-    if isinstance(c, str) or int(c) < 2:
-        raise DaliAbsError(f"compose_size must be None, 'auto' or a side of at least 2 px, got {c!r}")
+    if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 2:
+        raise DaliAbsError(f"compose_size must be None or a side of at least 2 px, got {c!r}")
     return int(c)
 
 
@@ -152,7 +145,7 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
     gpu = cfg.device == "gpu"
     device_id = cfg.device_id if cfg.device_id is not None else (int(os.environ.get("LOCAL_RANK", 0)) if gpu else None)
     batches_per_epoch = -(-len(rows) // shards // cfg.batch_size)
-    compose = _compose_side(cfg, cache, rows)
+    compose = _compose_side(cfg)
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=cfg.seed,
                   prefetch_queue_depth=cfg.prefetch_queue_depth)
