@@ -2,13 +2,15 @@
 // with the same float32 arithmetic in the same order as abs_composite_pixel, so the output is
 // the same byte for byte (the tests compare it with the per-pixel body and the NumPy twin).
 //
-// Why it is fast: with the default swap (no rotation or scaling, hard masks, cached fills)
+// Why it is fast: with the default swap (no rotation, hard masks, cached fills)
 // every coordinate the body computes per pixel is a function of the output column alone or of
 // the output row alone. So each sample's column quantities (canvas x, source columns and
 // weights of the three sources, the patch-grid columns) go into tables once per sample, each
 // row's into a few scalars, and a pixel is a table lookup, two mask tests, a blend of
-// offsets and one bilinear gather. Samples the tables cannot express (rotation or shear,
-// feathered alpha, fills other than "cached") and CPUs without AVX2 run the per-pixel body.
+// offsets and one bilinear gather. A rotated or sheared foreground is not separable: there
+// each lane maps its point through the affine map itself (the same float operations as the
+// body) and gathers from the mask grid and the image. Feathered alpha, fills other than
+// "cached" and CPUs without AVX2 take the per-pixel body.
 //
 // Needs: composite.cu (its helpers, ABS_GEO_*, ABS_COMPOSITE_PARAMS) included before this file.
 #pragma once
@@ -34,6 +36,10 @@ static inline void axis_setup(float g, int n, int32_t* off0, int32_t* off1, floa
 struct Tables {
   int s = -1;
   bool fast = false, swapped = false;
+  bool fg_tables = false;  // the foreground from the column tables (axis-aligned map)
+  bool fg_affine = false;  // else per lane through the affine map
+  std::vector<float> px;  // canvas x of each output column
+  std::vector<int32_t> f_box;  // -1 where the column lies inside the foreground box
   int w8 = 0;
   // plain source (sample s's image unswapped, its partner's image swapped) at canvas x
   std::vector<int32_t> p_off0, p_off1;
@@ -60,7 +66,11 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   t.w8 = (w + 7) / 8 * 8;
   t.swapped = swap[s] != 0;
   const float* a = affine + s * 6;
-  t.fast = !t.swapped || (fill_mode == ABS_FILL_CACHED && !(feather > 0.0f) && a[1] == 0.0f && a[3] == 0.0f);
+  t.fg_tables = t.swapped && a[1] == 0.0f && a[3] == 0.0f;
+  t.fg_affine = t.swapped && !t.fg_tables;
+  // feathered alpha and the per-pixel fills: the body; per-lane gathers index image s by int32 offsets
+  t.fast = !t.swapped || (fill_mode == ABS_FILL_CACHED && !(feather > 0.0f) &&
+                          (t.fg_tables || (long long)image_hw[s * 2] * image_hw[s * 2 + 1] * 3 < (1LL << 31) - 64));
   if (!t.fast) return;
   const int W = t.w8;
   const float fw = (float)w, sx = (float)r / fw;
@@ -78,11 +88,13 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   const int ws = image_hw[s * 2 + 1], tw = fill_hw[j * 2 + 1];
   const float* fb = fg_box + s * 4;
   for (auto* v : {&t.f_ok, &t.f_off0, &t.f_off1, &t.fg_ix0, &t.fg_ix1, &t.j_in, &t.jg_ix0, &t.jg_ix1, &t.t_off0,
-                  &t.t_off1})
+                  &t.t_off1, &t.f_box})
     v->resize(W);
-  for (auto* v : {&t.f_ax, &t.fg_fx, &t.jg_fx, &t.t_ax}) v->resize(W);
+  for (auto* v : {&t.f_ax, &t.fg_fx, &t.jg_fx, &t.t_ax, &t.px}) v->resize(W);
   for (int x = 0; x < W; ++x) {
     const float px = canvas_x(gs, w, fl, x < w ? x : w - 1);
+    t.px[x] = px;
+    t.f_box[x] = (px >= fb[0] && px < fb[2]) ? -1 : 0;
     // a[1] and a[3] are zero: a[1] * py adds a (signed) zero, which changes no later result
     const float xs = a[0] * px + a[2];
     t.f_ok[x] = (px >= fb[0] && px < fb[2] && xs >= 0.0f && xs < fw) ? -1 : 0;
@@ -164,41 +176,64 @@ __attribute__((target("avx2"))) static inline __m256i load_i(const int32_t* p) {
   return _mm256_loadu_si256((const __m256i*)p);
 }
 
-// Eight output pixels from byte offsets of their four neighbours (from `base`) and weights.
-__attribute__((target("avx2"))) static inline void bilerp8(const unsigned char* base, __m256i o00, __m256i o01,
-                                                           __m256i o10, __m256i o11, __m256 ax, __m256 ay,
-                                                           unsigned char* o, int count) {
+// Eight pixels (RGBx in the lanes, rounded to 0..255) from the byte offsets of their four
+// neighbours from `base` and the weights; abs_rgb_bilerp and abs_round_u8 lane by lane.
+// `from_below`: each 4-byte load ends at the pixel's last byte (starts one byte early) except
+// at offset 0, so that no load passes the end of an image (a pixel is 3 bytes).
+template <bool from_below>
+__attribute__((target("avx2"))) static inline __m256i sample8(const unsigned char* base, __m256i o00, __m256i o01,
+                                                              __m256i o10, __m256i o11, __m256 ax, __m256 ay) {
   const int* b = (const int*)base;
-  const __m256i v00 = _mm256_i32gather_epi32(b, o00, 1), v01 = _mm256_i32gather_epi32(b, o01, 1);
-  const __m256i v10 = _mm256_i32gather_epi32(b, o10, 1), v11 = _mm256_i32gather_epi32(b, o11, 1);
+  __m256i v[4] = {o00, o01, o10, o11};
+  for (int i = 0; i < 4; ++i) {
+    if (from_below) {
+      const __m256i back = _mm256_cmpgt_epi32(v[i], _mm256_setzero_si256());  // -1 where offset > 0
+      v[i] = _mm256_srlv_epi32(_mm256_i32gather_epi32(b, _mm256_add_epi32(v[i], back), 1),
+                               _mm256_and_si256(back, _mm256_set1_epi32(8)));
+    } else {
+      v[i] = _mm256_i32gather_epi32(b, v[i], 1);
+    }
+  }
   const __m256i m = _mm256_set1_epi32(0xff);
   const __m256 half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps(), top255 = _mm256_set1_ps(255.0f);
   __m256i packed = _mm256_setzero_si256();
   for (int c = 0; c < 3; ++c) {
-    const __m256 a00 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v00, 8 * c), m));
-    const __m256 a01 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v01, 8 * c), m));
-    const __m256 a10 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v10, 8 * c), m));
-    const __m256 a11 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v11, 8 * c), m));
+    const __m256 a00 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[0], 8 * c), m));
+    const __m256 a01 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[1], 8 * c), m));
+    const __m256 a10 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[2], 8 * c), m));
+    const __m256 a11 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[3], 8 * c), m));
     const __m256 top = _mm256_add_ps(a00, _mm256_mul_ps(_mm256_sub_ps(a01, a00), ax));
     const __m256 bot = _mm256_add_ps(a10, _mm256_mul_ps(_mm256_sub_ps(a11, a10), ax));
-    const __m256 v = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), ay));
-    // abs_round_u8: floor(v + 0.5) clamped to 0..255
-    const __m256 rv = _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(v, half)), zero), top255);
+    const __m256 val = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), ay));
+    const __m256 rv = _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(val, half)), zero), top255);
     packed = _mm256_or_si256(packed, _mm256_slli_epi32(_mm256_cvttps_epi32(rv), 8 * c));
   }
-  // RGBx RGBx ... -> 24 contiguous bytes
+  return packed;
+}
+
+// The first `count` (1..8) pixels of RGBx lanes as contiguous RGB bytes at o.
+__attribute__((target("avx2"))) static inline void store8(__m256i packed, unsigned char* o, int count) {
   const __m256i shuf = _mm256_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, 0, 1, 2, 4, 5, 6, 8,
                                         9, 10, 12, 13, 14, -1, -1, -1, -1);
-  const __m256i tight = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(packed, shuf),
-                                                    _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 3, 7));
+  const __m256i rgb = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(packed, shuf),
+                                                  _mm256_setr_epi32(0, 1, 2, 4, 5, 6, 3, 7));
   if (count == 8) {
-    _mm_storeu_si128((__m128i*)o, _mm256_castsi256_si128(tight));
-    _mm_storel_epi64((__m128i*)(o + 16), _mm256_extracti128_si256(tight, 1));
+    _mm_storeu_si128((__m128i*)o, _mm256_castsi256_si128(rgb));
+    _mm_storel_epi64((__m128i*)(o + 16), _mm256_extracti128_si256(rgb, 1));
   } else {
     alignas(32) unsigned char tmp[32];
-    _mm256_store_si256((__m256i*)tmp, tight);
+    _mm256_store_si256((__m256i*)tmp, rgb);
     memcpy(o, tmp, (size_t)count * 3);
   }
+}
+
+// Floor, fraction and the two clamped neighbours of eight coordinates (abs_bilerp_setup).
+__attribute__((target("avx2"))) static inline void axis8(__m256 g, int n, __m256i* i0, __m256i* i1, __m256* a) {
+  const __m256 f0 = _mm256_floor_ps(g);
+  *a = _mm256_sub_ps(g, f0);
+  const __m256i k = _mm256_cvttps_epi32(f0), lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(n - 1);
+  *i0 = _mm256_min_epi32(_mm256_max_epi32(k, lo), hi);
+  *i1 = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(1)), lo), hi);
 }
 
 // Output row y of sample s from its tables (t.fast).
@@ -220,8 +255,8 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
     const float fh = (float)h, sy = (float)r / fh;
     const float* a = affine + s * 6;
     const float* fb = fg_box + s * 4;
-    const float ys = a[4] * py + a[5];  // a[3] is zero (see build_tables)
-    fg_row = py >= fb[1] && py < fb[3] && ys >= 0.0f && ys < fh;
+    const float ys = a[4] * py + a[5];  // a[3] is zero when t.fg_tables (see build_tables)
+    fg_row = t.fg_tables && py >= fb[1] && py < fb[3] && ys >= 0.0f && ys < fh;
     j_row = py >= gj[ABS_GEO_BOX_Y0] && py < gj[ABS_GEO_BOX_Y1];
     const int W = t.w8;
     if (j_row) {
@@ -248,6 +283,18 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   }
   int32_t b0[3], b1[3];
   const unsigned char* base = gather_base(src, k, scratch, b0, b1);
+  // per-lane foreground (t.fg_affine): the map's constants and the row's terms a[1]*py, a[4]*py
+  const float* aff = affine + s * 6;
+  const bool aff_row = t.fg_affine && py >= fg_box[s * 4 + 1] && py < fg_box[s * 4 + 3];
+  const __m256 A[6] = {_mm256_set1_ps(aff[0]), _mm256_set1_ps(aff[1]), _mm256_set1_ps(aff[2]),
+                       _mm256_set1_ps(aff[3]), _mm256_set1_ps(aff[4]), _mm256_set1_ps(aff[5])};
+  const __m256 a1py = _mm256_set1_ps(aff[1] * py), a4py = _mm256_set1_ps(aff[4] * py);
+  const __m256 fw_v = _mm256_set1_ps((float)w), fh_v = _mm256_set1_ps((float)h);
+  const __m256 sx_v = _mm256_set1_ps((float)r / (float)w), sy_v = _mm256_set1_ps((float)r / (float)h);
+  const __m256 isx_v = _mm256_set1_ps(gs[ABS_GEO_IMG_SX]), isy_v = _mm256_set1_ps(gs[ABS_GEO_IMG_SY]);
+  const float* grid_s = soft + (long long)s * r * r;
+  const unsigned char* img_s = (const unsigned char*)image_ptrs[s];
+  const int hs_s = image_hw[s * 2], ws_s = image_hw[s * 2 + 1];
   const __m256 tight_v = _mm256_set1_ps(tight), loose_v = _mm256_set1_ps(loose);
   const __m256 gfys = _mm256_set1_ps(gfy_s), gfyj = _mm256_set1_ps(gfy_j);
   for (int x = 0; x < w; x += 8) {
@@ -287,7 +334,48 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
       ax = _mm256_blendv_ps(ax, _mm256_loadu_ps(&t.f_ax[x]), fg);
       ay = _mm256_blendv_ps(ay, _mm256_set1_ps(src[2].a), fg);
     }
-    bilerp8(base, o0, o1, o2, o3, ax, ay, orow + x * 3, w - x < 8 ? w - x : 8);
+    __m256i packed = sample8<false>(base, o0, o1, o2, o3, ax, ay);
+    if (aff_row) {  // rotated / sheared foreground: each lane through the affine map
+      const __m256 px = _mm256_loadu_ps(&t.px[x]);
+      const __m256 xs = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(A[0], px), a1py), A[2]);
+      const __m256 ys = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(A[3], px), a4py), A[5]);
+      const __m256 zero = _mm256_setzero_ps();
+      __m256 ok = _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.f_box[x])),
+                                _mm256_and_ps(_mm256_cmp_ps(xs, zero, _CMP_GE_OQ), _mm256_cmp_ps(xs, fw_v, _CMP_LT_OQ)));
+      ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(ys, zero, _CMP_GE_OQ), _mm256_cmp_ps(ys, fh_v, _CMP_LT_OQ)));
+      if (_mm256_movemask_ps(ok)) {
+        const __m256 half = _mm256_set1_ps(0.5f);
+        __m256i gx0, gx1, gy0, gy1;
+        __m256 gfx, gfy;
+        axis8(_mm256_sub_ps(_mm256_mul_ps(xs, sx_v), half), r, &gx0, &gx1, &gfx);
+        axis8(_mm256_sub_ps(_mm256_mul_ps(ys, sy_v), half), r, &gy0, &gy1, &gfy);
+        const __m256i rr = _mm256_set1_epi32(r);
+        const __m256i y0 = _mm256_mullo_epi32(gy0, rr), y1 = _mm256_mullo_epi32(gy1, rr);
+        const __m256 v00 = _mm256_i32gather_ps(grid_s, _mm256_add_epi32(y0, gx0), 4);
+        const __m256 v01 = _mm256_i32gather_ps(grid_s, _mm256_add_epi32(y0, gx1), 4);
+        const __m256 v10 = _mm256_i32gather_ps(grid_s, _mm256_add_epi32(y1, gx0), 4);
+        const __m256 v11 = _mm256_i32gather_ps(grid_s, _mm256_add_epi32(y1, gx1), 4);
+        const __m256 top = _mm256_add_ps(v00, _mm256_mul_ps(_mm256_sub_ps(v01, v00), gfx));
+        const __m256 bot = _mm256_add_ps(v10, _mm256_mul_ps(_mm256_sub_ps(v11, v10), gfx));
+        const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfy));
+        const __m256 fgm = _mm256_and_ps(ok, _mm256_cmp_ps(pt, tight_v, _CMP_GT_OQ));
+        if (_mm256_movemask_ps(fgm)) {
+          __m256i ix0, ix1, iy0, iy1;
+          __m256 iax, iay;
+          axis8(_mm256_sub_ps(_mm256_mul_ps(xs, isx_v), half), ws_s, &ix0, &ix1, &iax);
+          axis8(_mm256_sub_ps(_mm256_mul_ps(ys, isy_v), half), hs_s, &iy0, &iy1, &iay);
+          const __m256i three = _mm256_set1_epi32(3), rowb = _mm256_set1_epi32(ws_s * 3);
+          ix0 = _mm256_mullo_epi32(ix0, three);
+          ix1 = _mm256_mullo_epi32(ix1, three);
+          iy0 = _mm256_mullo_epi32(iy0, rowb);
+          iy1 = _mm256_mullo_epi32(iy1, rowb);
+          const __m256i fgp = sample8<true>(img_s, _mm256_add_epi32(iy0, ix0), _mm256_add_epi32(iy0, ix1),
+                                            _mm256_add_epi32(iy1, ix0), _mm256_add_epi32(iy1, ix1), iax, iay);
+          packed = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(packed), _mm256_castsi256_ps(fgp), fgm));
+        }
+      }
+    }
+    store8(packed, orow + x * 3, w - x < 8 ? w - x : 8);
   }
 }
 

@@ -73,10 +73,11 @@ def test_native_equals_the_twin_pixel_for_pixel(built, cfg):
 
 
 ROW_CASES = [SwapConfig(), SwapConfig(p=0.5, scale=(0.6, 1.4)), SwapConfig(tight=0.3, loose=0.0, translate=0.5),
-             SwapConfig.waterbirds(fill="cached")]  # the last: rotated samples take the per-pixel body
+             SwapConfig.waterbirds(), SwapConfig.waterbirds(feather=1.5), SwapConfig(fill="noise")]
 
 
-@pytest.mark.parametrize("cfg", ROW_CASES, ids=["default", "scaled-p0.5", "loose0", "rotated"])
+@pytest.mark.parametrize("cfg", ROW_CASES, ids=["default", "scaled-p0.5", "loose0", "rotated", "rotated-feathered",
+                                                "noise-fill"])
 def test_the_row_path_equals_the_per_pixel_body(built, cfg):
     """kernels/composite_rows.h (eight pixels a step from per-sample tables) gives the same bytes
     as the per-pixel body and the twin: widths below, at and above 8, crops, flips, ragged
