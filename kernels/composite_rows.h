@@ -69,8 +69,10 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   t.fg_tables = t.swapped && a[1] == 0.0f && a[3] == 0.0f;
   t.fg_affine = t.swapped && !t.fg_tables;
   // feathered alpha and the per-pixel fills: the body; per-lane gathers index image s by int32 offsets
+  // (and a 1 x 1 image is 3 bytes, less than one 4-byte load: sample8<true> needs 2 px or more)
+  const long long px_s = (long long)image_hw[s * 2] * image_hw[s * 2 + 1];
   t.fast = !t.swapped || (fill_mode == ABS_FILL_CACHED && !(feather > 0.0f) &&
-                          (t.fg_tables || (long long)image_hw[s * 2] * image_hw[s * 2 + 1] * 3 < (1LL << 31) - 64));
+                          (t.fg_tables || (px_s >= 2 && px_s * 3 < (1LL << 31) - 64)));
   if (!t.fast) return;
   const int W = t.w8;
   const float fw = (float)w, sx = (float)r / fw;
@@ -179,7 +181,7 @@ __attribute__((target("avx2"))) static inline __m256i load_i(const int32_t* p) {
 // Eight pixels (RGBx in the lanes, rounded to 0..255) from the byte offsets of their four
 // neighbours from `base` and the weights; abs_rgb_bilerp and abs_round_u8 lane by lane.
 // `from_below`: each 4-byte load ends at the pixel's last byte (starts one byte early) except
-// at offset 0, so that no load passes the end of an image (a pixel is 3 bytes).
+// at offset 0, so that no load passes the end of an image of 2 px or more (a pixel is 3 bytes).
 template <bool from_below>
 __attribute__((target("avx2"))) static inline __m256i sample8(const unsigned char* base, __m256i o00, __m256i o01,
                                                               __m256i o10, __m256i o11, __m256 ax, __m256 ay) {
@@ -234,6 +236,20 @@ __attribute__((target("avx2"))) static inline void axis8(__m256 g, int n, __m256
   const __m256i k = _mm256_cvttps_epi32(f0), lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(n - 1);
   *i0 = _mm256_min_epi32(_mm256_max_epi32(k, lo), hi);
   *i1 = _mm256_min_epi32(_mm256_max_epi32(_mm256_add_epi32(k, _mm256_set1_epi32(1)), lo), hi);
+}
+
+// Lanes of `m` take a source's neighbours: columns c0 / c1 (byte offsets in a row) from the
+// rows at b0 / b1, column weights cax, row weight ay_k; o[4] = offsets of v00, v01, v10, v11.
+__attribute__((target("avx2"))) static inline void take(__m256 m, const int32_t* c0, const int32_t* c1,
+                                                        const float* cax, int32_t b0, int32_t b1, float ay_k,
+                                                        __m256i* o, __m256* ax, __m256* ay) {
+  const __m256i k0 = load_i(c0), k1 = load_i(c1), r0 = _mm256_set1_epi32(b0), r1 = _mm256_set1_epi32(b1);
+  const __m256i v[4] = {_mm256_add_epi32(k0, r0), _mm256_add_epi32(k1, r0), _mm256_add_epi32(k0, r1),
+                        _mm256_add_epi32(k1, r1)};
+  for (int i = 0; i < 4; ++i)
+    o[i] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o[i]), _mm256_castsi256_ps(v[i]), m));
+  *ax = _mm256_blendv_ps(*ax, _mm256_loadu_ps(cax), m);
+  *ay = _mm256_blendv_ps(*ay, _mm256_set1_ps(ay_k), m);
 }
 
 // Output row y of sample s from its tables (t.fast).
@@ -298,12 +314,12 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   const __m256 tight_v = _mm256_set1_ps(tight), loose_v = _mm256_set1_ps(loose);
   const __m256 gfys = _mm256_set1_ps(gfy_s), gfyj = _mm256_set1_ps(gfy_j);
   for (int x = 0; x < w; x += 8) {
-    __m256i o0 = _mm256_add_epi32(load_i(&t.p_off0[x]), _mm256_set1_epi32(b0[0]));
-    __m256i o1 = _mm256_add_epi32(load_i(&t.p_off1[x]), _mm256_set1_epi32(b0[0]));
-    __m256i o2 = _mm256_add_epi32(load_i(&t.p_off0[x]), _mm256_set1_epi32(b1[0]));
-    __m256i o3 = _mm256_add_epi32(load_i(&t.p_off1[x]), _mm256_set1_epi32(b1[0]));
-    __m256 ax = _mm256_loadu_ps(&t.p_ax[x]);
-    __m256 ay = _mm256_set1_ps(src[0].a);
+    // the four neighbours' byte offsets and the weights: the plain source, then the lanes that
+    // take the fill tile or the foreground
+    __m256i o[4];
+    __m256 ax = _mm256_setzero_ps(), ay = _mm256_setzero_ps();
+    take(_mm256_castsi256_ps(_mm256_set1_epi32(-1)), &t.p_off0[x], &t.p_off1[x], &t.p_ax[x], b0[0], b1[0], src[0].a,
+         o, &ax, &ay);
     __m256 fg = _mm256_setzero_ps();
     if (fg_row) {  // alpha = soft(s) at the source point > tight, where the column allows foreground
       const __m256 top = _mm256_loadu_ps(hs0 + x), bot = _mm256_loadu_ps(hs1 + x);
@@ -315,26 +331,12 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
       const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfyj));
       const __m256 fill = _mm256_andnot_ps(
           fg, _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.j_in[x])), _mm256_cmp_ps(pt, loose_v, _CMP_GT_OQ)));
-      if (_mm256_movemask_ps(fill)) {
-        const __m256i ts0 = load_i(&t.t_off0[x]), ts1 = load_i(&t.t_off1[x]);
-        o0 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o0), _mm256_castsi256_ps(_mm256_add_epi32(ts0, _mm256_set1_epi32(b0[1]))), fill));
-        o1 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o1), _mm256_castsi256_ps(_mm256_add_epi32(ts1, _mm256_set1_epi32(b0[1]))), fill));
-        o2 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o2), _mm256_castsi256_ps(_mm256_add_epi32(ts0, _mm256_set1_epi32(b1[1]))), fill));
-        o3 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o3), _mm256_castsi256_ps(_mm256_add_epi32(ts1, _mm256_set1_epi32(b1[1]))), fill));
-        ax = _mm256_blendv_ps(ax, _mm256_loadu_ps(&t.t_ax[x]), fill);
-        ay = _mm256_blendv_ps(ay, _mm256_set1_ps(src[1].a), fill);
-      }
+      if (_mm256_movemask_ps(fill))
+        take(fill, &t.t_off0[x], &t.t_off1[x], &t.t_ax[x], b0[1], b1[1], src[1].a, o, &ax, &ay);
     }
-    if (fg_row && _mm256_movemask_ps(fg)) {
-      const __m256i fs0 = load_i(&t.f_off0[x]), fs1 = load_i(&t.f_off1[x]);
-      o0 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o0), _mm256_castsi256_ps(_mm256_add_epi32(fs0, _mm256_set1_epi32(b0[2]))), fg));
-      o1 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o1), _mm256_castsi256_ps(_mm256_add_epi32(fs1, _mm256_set1_epi32(b0[2]))), fg));
-      o2 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o2), _mm256_castsi256_ps(_mm256_add_epi32(fs0, _mm256_set1_epi32(b1[2]))), fg));
-      o3 = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(o3), _mm256_castsi256_ps(_mm256_add_epi32(fs1, _mm256_set1_epi32(b1[2]))), fg));
-      ax = _mm256_blendv_ps(ax, _mm256_loadu_ps(&t.f_ax[x]), fg);
-      ay = _mm256_blendv_ps(ay, _mm256_set1_ps(src[2].a), fg);
-    }
-    __m256i packed = sample8<false>(base, o0, o1, o2, o3, ax, ay);
+    if (fg_row && _mm256_movemask_ps(fg))
+      take(fg, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], b0[2], b1[2], src[2].a, o, &ax, &ay);
+    __m256i packed = sample8<false>(base, o[0], o[1], o[2], o[3], ax, ay);
     if (aff_row) {  // rotated / sheared foreground: each lane through the affine map
       const __m256 px = _mm256_loadu_ps(&t.px[x]);
       const __m256 xs = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(A[0], px), a1py), A[2]);

@@ -53,6 +53,20 @@ def params_for(rng, soft, cfg, h, w, labels=None, augment=None):
 
 # --- CPU twin semantics ---------------------------------------------------------------------
 
+def test_a_one_patch_grid_is_a_valid_batch():
+    """R = 1 (one soft value per image): perm is (N, 1), as sample_params draws it."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (4, 12, 10, 3), dtype=np.uint8)
+    soft = np.array([0.9, 0.2, 0.9, 0.0], np.float32).reshape(4, 1, 1)
+    fills = rng.integers(0, 256, (4, 2, 2, 3), dtype=np.uint8)
+    boxes = np.tile(np.array([0, 0, 1, 1], np.float32), (4, 1))
+    cfg = SwapConfig(translate=0.0)
+    p = params_for(rng, soft, cfg, 12, 10)
+    assert p["perm"].shape == (4, 1)
+    out = composite_cpu(images, soft, fills, boxes, p, cfg)
+    assert out.shape == images.shape
+
+
 def test_swap_probability_zero_returns_the_input_exactly():
     rng = np.random.default_rng(0)
     images, soft, fills, boxes = make_batch(rng)

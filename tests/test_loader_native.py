@@ -100,6 +100,43 @@ def test_the_row_path_equals_the_per_pixel_body(built, cfg):
                                                             vector=False))
 
 
+def _at_page_end(x: np.ndarray, keep: list) -> np.ndarray:
+    """A copy of x whose last byte sits right before an unreadable page: a read past it faults."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    pages = (x.nbytes + page - 1) // page + 1
+    m = mmap.mmap(-1, pages * page)
+    buf = (ctypes.c_char * (pages * page)).from_buffer(m)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(ctypes.addressof(buf) + (pages - 1) * page, page, 0) == 0  # PROT_NONE
+    a = np.frombuffer(m, np.uint8, count=x.nbytes, offset=(pages - 1) * page - x.nbytes).reshape(x.shape)
+    a[...] = x
+    keep.append((m, buf))
+    return a
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="guard pages through libc mprotect")
+@pytest.mark.parametrize("cfg", [SwapConfig(), SwapConfig(rotation=(-180.0, 180.0), scale=(0.5, 2.0))],
+                         ids=["axis-aligned", "rotated"])
+def test_no_read_passes_the_end_of_an_image_or_tile(built, cfg):
+    """Sources of 1 x 1 px and up, each ending right before an unreadable page (the row
+    renderer reads four bytes per RGB pixel): no fault, the twin's bytes."""
+    rng = np.random.default_rng(41)
+    keep: list = []
+    _, soft, _, boxes = make_batch(rng, 6, 8, 8, 4, 4, degenerate_box=False)
+    soft[:3] = 1.0  # whole-image foregrounds: every lane gathers from the foreground image
+    sides = [(1, 1), (1, 2), (2, 1), (1, 1), (3, 5), (2, 2)]
+    images = [_at_page_end(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), keep) for h, w in sides]
+    fills = [_at_page_end(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), keep) for h, w in reversed(sides)]
+    for size in ((16, 16), (9, 13)):
+        p = params_for(rng, soft, cfg, *size)
+        got = native.composite_native(images, soft, fills, boxes, p, cfg, size=size, threads=2)
+        assert np.array_equal(got, composite_cpu(images, soft, fills, boxes, p, cfg, size=size))
+
+
 @needs_gxx
 def test_the_plain_x86_64_build_equals_the_twin_too(fresh, monkeypatch):
     """Without the SSE4.1 clone (what a CPU without SSE4.1 runs) the output is the same."""

@@ -162,8 +162,7 @@ def check_batch(images, soft, fills, boxes, params, cfg, size=None) -> Batch:
     p = {}
     for key, dtype, cols in _PARAMS:
         a = np.ascontiguousarray(_host(params[key]))
-        cols = r * r if cols is None else cols
-        shape = (n,) if cols == 1 else (n, cols)
+        shape = (n, r * r) if cols is None else (n,) if cols == 1 else (n, cols)  # perm: (N, R*R) even for R = 1
         if a.dtype != dtype or a.shape != shape:
             raise SwapError(f"params[{key!r}] must be {np.dtype(dtype).name} {shape}, got {_desc(a)}")
         p[key] = a

@@ -65,14 +65,25 @@ static void abs_pixel_row(ABS_COMPOSITE_PARAMS, int s, int y) {
 // With `vector` and an AVX2 CPU, whole rows from per-sample tables (composite_rows.h) where
 // the sample allows it; the per-pixel body for the rest.
 static void abs_run_rows(long long first, long long last, int vector, ABS_COMPOSITE_PARAMS) {
-  abs_rows::Tables t;
-  std::vector<unsigned char> scratch;
-  const bool rows_ok = vector && __builtin_cpu_supports("avx2");
-  for (long long row = first; row < last; ++row) {
-    const int s = (int)(row / h), y = (int)(row - (long long)s * h);
-    if (rows_ok && t.s != s) abs_rows::build_tables(t, ABS_COMPOSITE_ARGS, s);
-    if (rows_ok && t.fast) abs_rows::render_row(t, scratch, ABS_COMPOSITE_ARGS, s, y);
-    else abs_pixel_row(ABS_COMPOSITE_ARGS, s, y);
+  long long row = first;
+  if (vector && __builtin_cpu_supports("avx2")) {
+    // The tables and scratch rows allocate: should that fail, the per-pixel body (which does
+    // not) finishes the rows, rather than an exception ending the process from a thread.
+    try {
+      abs_rows::Tables t;
+      std::vector<unsigned char> scratch;
+      for (; row < last; ++row) {
+        const int s = (int)(row / h), y = (int)(row - (long long)s * h);
+        if (t.s != s) abs_rows::build_tables(t, ABS_COMPOSITE_ARGS, s);
+        if (t.fast) abs_rows::render_row(t, scratch, ABS_COMPOSITE_ARGS, s, y);
+        else abs_pixel_row(ABS_COMPOSITE_ARGS, s, y);
+      }
+    } catch (...) {
+    }
+  }
+  for (; row < last; ++row) {
+    const int s = (int)(row / h);
+    abs_pixel_row(ABS_COMPOSITE_ARGS, s, (int)(row - (long long)s * h));
   }
 }
 #else
