@@ -97,11 +97,13 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
     const float px = canvas_x(gs, w, fl, x < w ? x : w - 1);
     t.px[x] = px;
     t.f_box[x] = (px >= fb[0] && px < fb[2]) ? -1 : 0;
-    // a[1] and a[3] are zero: a[1] * py adds a (signed) zero, which changes no later result
-    const float xs = a[0] * px + a[2];
-    t.f_ok[x] = (px >= fb[0] && px < fb[2] && xs >= 0.0f && xs < fw) ? -1 : 0;
-    axis_setup(xs * gs[ABS_GEO_IMG_SX] - 0.5f, ws, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], 3);
-    axis_setup(xs * sx - 0.5f, r, &t.fg_ix0[x], &t.fg_ix1[x], &t.fg_fx[x], 1);
+    if (t.fg_tables) {
+      // a[1] and a[3] are zero: a[1] * py adds a (signed) zero, which changes no later result
+      const float xs = a[0] * px + a[2];
+      t.f_ok[x] = (px >= fb[0] && px < fb[2] && xs >= 0.0f && xs < fw) ? -1 : 0;
+      axis_setup(xs * gs[ABS_GEO_IMG_SX] - 0.5f, ws, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], 3);
+      axis_setup(xs * sx - 0.5f, r, &t.fg_ix0[x], &t.fg_ix1[x], &t.fg_fx[x], 1);
+    }
     t.j_in[x] = (px >= gj[ABS_GEO_BOX_X0] && px < gj[ABS_GEO_BOX_X1]) ? -1 : 0;
     axis_setup(px * sx - 0.5f, r, &t.jg_ix0[x], &t.jg_ix1[x], &t.jg_fx[x], 1);
     axis_setup((px - gj[ABS_GEO_BOX_X0]) * gj[ABS_GEO_TILE_SX] - 0.5f, tw, &t.t_off0[x], &t.t_off1[x], &t.t_ax[x], 3);
