@@ -77,7 +77,6 @@ ABS_INLINE void abs_bilerp_setup(int ih, int iw, float gx, float gy, int* ix0, i
   *iy1 = abs_clampi((int)fy0 + 1, 0, ih - 1);
 }
 
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 ABS_INLINE void abs_rgb_bilerp(const unsigned char* __restrict__ img, int ih, int iw, float gx, float gy,
                                float* rgb) {
   int ix0, ix1, iy0, iy1;
@@ -92,30 +91,6 @@ ABS_INLINE void abs_rgb_bilerp(const unsigned char* __restrict__ img, int ih, in
     rgb[c] = top + (bot - top) * ay;
   }
 }
-#else
-// On the CPU the three channels are the lanes of one SSE vector: the same IEEE operations lane
-// by lane, so the same results as the CUDA loop above and the NumPy twin.
-typedef float abs_f4 __attribute__((vector_size(16)));
-ABS_INLINE abs_f4 abs_load_rgb(const unsigned char* p) {
-  const abs_f4 v = {(float)p[0], (float)p[1], (float)p[2], 0.0f};
-  return v;
-}
-ABS_INLINE void abs_rgb_bilerp(const unsigned char* __restrict__ img, int ih, int iw, float gx, float gy,
-                               float* rgb) {
-  int ix0, ix1, iy0, iy1;
-  float ax, ay;
-  abs_bilerp_setup(ih, iw, gx, gy, &ix0, &ix1, &iy0, &iy1, &ax, &ay);
-  const unsigned char* r0 = img + (long long)iy0 * iw * 3;
-  const unsigned char* r1 = img + (long long)iy1 * iw * 3;
-  const abs_f4 v00 = abs_load_rgb(r0 + ix0 * 3), v01 = abs_load_rgb(r0 + ix1 * 3);
-  const abs_f4 v10 = abs_load_rgb(r1 + ix0 * 3), v11 = abs_load_rgb(r1 + ix1 * 3);
-  const abs_f4 top = v00 + (v01 - v00) * ax, bot = v10 + (v11 - v10) * ax;
-  const abs_f4 res = top + (bot - top) * ay;
-  rgb[0] = res[0];
-  rgb[1] = res[1];
-  rgb[2] = res[2];
-}
-#endif
 
 // geo columns (see dali_abs.loader.composite.geometry)
 #define ABS_GEO 12

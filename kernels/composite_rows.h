@@ -112,19 +112,33 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   t.hs_done.assign(r, 0); t.hj_done.assign(r, 0);
 }
 
-// Row iy of an r x r grid interpolated along x: the `top` (or `bot`) of abs_grid_bilerp.
-static const float* grid_row(std::vector<float>& h, std::vector<char>& done, const float* g, int r, int iy,
-                             const int32_t* ix0, const int32_t* ix1, const float* fx, int W) {
-  float* o = h.data() + (size_t)iy * W;
-  if (!done[iy]) {
-    const float* gr = g + iy * r;
-    for (int x = 0; x < W; ++x) {
-      const float v0 = gr[ix0[x]], v1 = gr[ix1[x]];
-      o[x] = v0 + (v1 - v0) * fx[x];
+// The two rows of an r x r grid around grid row coordinate gy, each interpolated along x (the
+// `top` and `bot` of abs_grid_bilerp, computed the first time a sample needs them), and the
+// weight between them.
+struct GridRows {
+  const float* top;
+  const float* bot;
+  float fy;
+};
+
+static GridRows grid_rows(std::vector<float>& h, std::vector<char>& done, const float* g, int r, float gy,
+                          const int32_t* ix0, const int32_t* ix1, const float* fx, int W) {
+  int32_t iy[2];
+  GridRows out;
+  axis_setup(gy, r, &iy[0], &iy[1], &out.fy, 1);
+  for (int k = 0; k < 2; ++k) {
+    float* o = h.data() + (size_t)iy[k] * W;
+    if (!done[iy[k]]) {
+      const float* gr = g + iy[k] * r;
+      for (int x = 0; x < W; ++x) {
+        const float v0 = gr[ix0[x]], v1 = gr[ix1[x]];
+        o[x] = v0 + (v1 - v0) * fx[x];
+      }
+      done[iy[k]] = 1;
     }
-    done[iy] = 1;
+    (k == 0 ? out.top : out.bot) = o;
   }
-  return o;
+  return out;
 }
 
 // One source's two rows for the current output row: pointers, bytes per row, weight.
@@ -267,8 +281,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   src[0] = row_pair((const unsigned char*)image_ptrs[j], hj, wj, py * gj[ABS_GEO_IMG_SY] - 0.5f);
   int k = 1;
   bool fg_row = false, j_row = false;
-  const float *hs0 = nullptr, *hs1 = nullptr, *hj0 = nullptr, *hj1 = nullptr;
-  float gfy_s = 0.0f, gfy_j = 0.0f;
+  GridRows gs_rows = {nullptr, nullptr, 0.0f}, gj_rows = {nullptr, nullptr, 0.0f};  // s's mask, j's mask
   if (t.swapped) {
     const float fh = (float)h, sy = (float)r / fh;
     const float* a = affine + s * 6;
@@ -278,21 +291,15 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
     j_row = py >= gj[ABS_GEO_BOX_Y0] && py < gj[ABS_GEO_BOX_Y1];
     const int W = t.w8;
     if (j_row) {
-      int32_t i0, i1;
-      axis_setup(py * sy - 0.5f, r, &i0, &i1, &gfy_j, 1);
-      const float* g = soft + (long long)j * r * r;
-      hj0 = grid_row(t.hj, t.hj_done, g, r, i0, t.jg_ix0.data(), t.jg_ix1.data(), t.jg_fx.data(), W);
-      hj1 = grid_row(t.hj, t.hj_done, g, r, i1, t.jg_ix0.data(), t.jg_ix1.data(), t.jg_fx.data(), W);
+      gj_rows = grid_rows(t.hj, t.hj_done, soft + (long long)j * r * r, r, py * sy - 0.5f, t.jg_ix0.data(),
+                          t.jg_ix1.data(), t.jg_fx.data(), W);
       src[1] = row_pair((const unsigned char*)fill_ptrs[j], fill_hw[j * 2], fill_hw[j * 2 + 1],
                         (py - gj[ABS_GEO_BOX_Y0]) * gj[ABS_GEO_TILE_SY] - 0.5f);
       k = 2;
     }
     if (fg_row) {
-      int32_t i0, i1;
-      axis_setup(ys * sy - 0.5f, r, &i0, &i1, &gfy_s, 1);
-      const float* g = soft + (long long)s * r * r;
-      hs0 = grid_row(t.hs, t.hs_done, g, r, i0, t.fg_ix0.data(), t.fg_ix1.data(), t.fg_fx.data(), W);
-      hs1 = grid_row(t.hs, t.hs_done, g, r, i1, t.fg_ix0.data(), t.fg_ix1.data(), t.fg_fx.data(), W);
+      gs_rows = grid_rows(t.hs, t.hs_done, soft + (long long)s * r * r, r, ys * sy - 0.5f, t.fg_ix0.data(),
+                          t.fg_ix1.data(), t.fg_fx.data(), W);
       if (k == 1) src[1] = src[0];  // keep the foreground in slot 2
       src[2] = row_pair((const unsigned char*)image_ptrs[s], image_hw[s * 2], image_hw[s * 2 + 1],
                         ys * gs[ABS_GEO_IMG_SY] - 0.5f);
@@ -314,7 +321,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   const unsigned char* img_s = (const unsigned char*)image_ptrs[s];
   const int hs_s = image_hw[s * 2], ws_s = image_hw[s * 2 + 1];
   const __m256 tight_v = _mm256_set1_ps(tight), loose_v = _mm256_set1_ps(loose);
-  const __m256 gfys = _mm256_set1_ps(gfy_s), gfyj = _mm256_set1_ps(gfy_j);
+  const __m256 gfys = _mm256_set1_ps(gs_rows.fy), gfyj = _mm256_set1_ps(gj_rows.fy);
   for (int x = 0; x < w; x += 8) {
     // the four neighbours' byte offsets and the weights: the plain source, then the lanes that
     // take the fill tile or the foreground
@@ -324,12 +331,12 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
          o, &ax, &ay);
     __m256 fg = _mm256_setzero_ps();
     if (fg_row) {  // alpha = soft(s) at the source point > tight, where the column allows foreground
-      const __m256 top = _mm256_loadu_ps(hs0 + x), bot = _mm256_loadu_ps(hs1 + x);
+      const __m256 top = _mm256_loadu_ps(gs_rows.top + x), bot = _mm256_loadu_ps(gs_rows.bot + x);
       const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfys));
       fg = _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.f_ok[x])), _mm256_cmp_ps(pt, tight_v, _CMP_GT_OQ));
     }
     if (j_row) {  // not foreground, inside the partner's box and its loose region: the fill tile
-      const __m256 top = _mm256_loadu_ps(hj0 + x), bot = _mm256_loadu_ps(hj1 + x);
+      const __m256 top = _mm256_loadu_ps(gj_rows.top + x), bot = _mm256_loadu_ps(gj_rows.bot + x);
       const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfyj));
       const __m256 fill = _mm256_andnot_ps(
           fg, _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.j_in[x])), _mm256_cmp_ps(pt, loose_v, _CMP_GT_OQ)));
