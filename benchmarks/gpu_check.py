@@ -1,21 +1,20 @@
 """GPU check for a machine with an NVIDIA GPU (a few minutes at most).
 
-1. ``composite_gpu`` (kernels/composite.cu through CuPy) against its NumPy twin
+1. ``composite_gpu`` (dali_abs/swap/composite.cu through CuPy) against its NumPy twin
    ``composite_cpu`` on random batches, for every fill mode, the Waterbirds jitter and a
    feathered edge, each on one-size images and on a ragged batch with random resized crops and
    flips: fraction of pixels that differ, and that differ by more than 1 LSB;
-2. ``normalize.cu`` against ``dali_abs.training.normalize`` (max abs difference);
-3. kernel time of the compositing kernel alone and of the whole ``composite_gpu`` call, and the
+2. kernel time of the compositing kernel alone and of the whole ``composite_gpu`` call, and the
    effective bandwidth (bytes read + written / kernel time: images read twice — foreground and
    background — plus soft masks, fill tiles and the output) against a device-to-device copy
    (CuPy array copy) of the same number of bytes;
-4. the CPU loader's compositing (the kernel text compiled for the host) on this machine's CPU,
+3. the CPU loader's compositing (the kernel text compiled for the host) on this machine's CPU,
    for reference: 128 px images to 224 px, batch 64.
 
-5. onnxruntime: the exported segmenter (untrained default network, 16 x 16 at 224 px) and the
+4. onnxruntime: the exported segmenter (untrained default network, 16 x 16 at 224 px) and the
    push-pull fill on the CUDA provider against the CPU provider (max abs difference) and
    their images/s on each;
-6. where DALI is installed: the GPU loader (``create_loader(device="gpu")``, swap p = 1) against
+5. where DALI is installed: the GPU loader (``create_loader(device="gpu")``, swap p = 1) against
    a plain GPU DALI pipeline (mixed decode, random resized crop, flip, normalise) on a small
    built-in dataset, images/s side by side.
 
@@ -152,7 +151,7 @@ def check_dali_loader(res, rows, skip, rng, gpu_ok) -> None:
     from dali_abs.models import inpainter as inet
     from dali_abs.models import segmenter as snet
     from dali_abs.synthetic import SyntheticConfig, make_dataset
-    from dali_abs.training import MEAN, STD
+    from dali_abs.constants import MEAN, STD
 
     with tempfile.TemporaryDirectory() as tmp:
         data = make_dataset(Path(tmp) / "data", SyntheticConfig(size=224, train=1024, val=16, test=16), progress=False)
@@ -209,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from dali_abs.loader.composite import composite_cpu, composite_host
-    from dali_abs.loader.params import FILLS, AugmentConfig, SwapConfig, sample_params
+    from dali_abs.swap.config import FILLS, AugmentConfig, SwapConfig
+    from dali_abs.swap.cpu import composite_host
+    from dali_abs.swap.sampling import sample_params
+    from dali_abs.swap.twin import composite_cpu
 
     rng = np.random.default_rng(args.seed)
     res: dict = {"args": vars(args), "skipped": {}, "parity": {}, "timing": {}}
@@ -231,12 +232,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ok, why = gpu_available()
     if not ok:
-        for what in ("composite_gpu parity", "normalize.cu parity", "kernel timing and bandwidth"):
+        for what in ("composite_gpu parity", "kernel timing and bandwidth"):
             skip(what, why)
     else:
         import cupy
 
-        from dali_abs.loader import composite as comp
+        from dali_abs.swap import gpu as comp
 
         dev = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         res["device"] = dev["name"].decode() if isinstance(dev["name"], bytes) else str(dev["name"])
@@ -264,27 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((f"parity {name}", f"differ {res['parity'][name]['differ']:.2e}, "
                                            f">1 LSB {res['parity'][name]['over_1_lsb']:.2e}"))
 
-        # 2. normalize.cu
-        try:
-            import torch
-
-            from dali_abs.kernels import source
-            from dali_abs.training import MEAN, STD, normalize
-
-            x = rng.integers(0, 256, (8, 96, 80, 3), dtype=np.uint8)
-            ref = normalize(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
-            kern = cupy.RawModule(code=source("normalize.cu")).get_function("normalize_hwc_u8_to_nchw_f32")
-            xd = cupy.asarray(x)
-            yd = cupy.empty((8, 3, 96, 80), cupy.float32)
-            kern(((yd.size + 255) // 256,), (256,), (xd, yd, np.int32(8), np.int32(96), np.int32(80),
-                                                     *map(np.float32, MEAN), *map(np.float32, STD)))
-            err = float(np.abs(cupy.asnumpy(yd) - ref).max())
-            res["parity"]["normalize"] = {"max_abs": err}
-            rows.append(("parity normalize.cu", f"max abs diff {err:.2e}"))
-        except ImportError as e:
-            skip("normalize.cu parity", f"torch unavailable ({e})")
-
-        # 3. timing and bandwidth
+        # 2. timing and bandwidth
         n, h = args.batch, args.size
         images, soft, fills, boxes = random_batch(rng, n, h, h, r, args.tile)
         cfg = SwapConfig()

@@ -37,7 +37,7 @@ from dali_abs.loader.iterator import create_loader
 from dali_abs.models import inpainter as inet
 from dali_abs.segmenter.train import train_segmenter
 from dali_abs.synthetic import SyntheticConfig, make_dataset
-from dali_abs.training import MEAN, STD
+from dali_abs.constants import MEAN, STD
 
 CUB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cub-birds-300"
 

@@ -13,7 +13,7 @@ from dali_abs.cache.format import open_cache
 from dali_abs.dataset import load_dataset
 from dali_abs.errors import DaliAbsError
 from dali_abs.loader.iterator import create_loader
-from dali_abs.loader.params import SwapConfig
+from dali_abs.swap.config import SwapConfig
 
 
 def _epoch(loader):

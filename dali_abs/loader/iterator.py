@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.cache.format import Cache, open_cache
+from dali_abs.constants import MEAN, STD
 from dali_abs.dataset import Dataset, load_dataset
 from dali_abs.errors import DaliAbsError
 from dali_abs.loader.ops import READER_NAME, background_swap, cache_reader
-from dali_abs.loader.params import AugmentConfig, SwapConfig
-from dali_abs.training import MEAN, STD
+from dali_abs.swap.config import AugmentConfig, SwapConfig
 
 
 @dataclass(frozen=True)

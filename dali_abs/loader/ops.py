@@ -4,7 +4,7 @@ Use inside a pipeline, before your own crop / flip / normalise::
 
     from dali_abs.cache.format import open_cache
     from dali_abs.loader.ops import background_swap, cache_reader
-    from dali_abs.loader.params import AugmentConfig, SwapConfig, SwapError
+    from dali_abs.swap import AugmentConfig, SwapConfig, SwapError
 
     cache = open_cache("cache")
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from dali_abs.cache.format import Cache
 from dali_abs.errors import DaliAbsError
-from dali_abs.loader.params import AugmentConfig, SwapConfig, SwapError
+from dali_abs.swap.config import AugmentConfig, SwapConfig, SwapError
 
 READER_NAME = "Reader"
 
@@ -137,8 +137,9 @@ class _Swap:
         self.calls = 0
 
     def __call__(self, images, soft, fills, boxes, labels, groups):
-        from dali_abs.loader.composite import composite_gpu, composite_host
-        from dali_abs.loader.params import sample_params
+        from dali_abs.swap.cpu import composite_host
+        from dali_abs.swap.gpu import composite_gpu
+        from dali_abs.swap.sampling import sample_params
 
         epoch = self.calls // self.batches_per_epoch
         rng = np.random.default_rng([self.seed, self.calls])
@@ -178,7 +179,7 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     ``images``: data node of uint8 HWC RGB of any sizes, on ``device`` ("cpu" or "gpu").
     ``size``: output side S (or (H, W)); default: the images' size, which must then be one
     for the whole batch. ``augment``: also apply the random resized crop and flip of an
-    :class:`~dali_abs.loader.params.AugmentConfig` in the same pass (None: the whole image,
+    :class:`~dali_abs.swap.config.AugmentConfig` in the same pass (None: the whole image,
     unmirrored). ``batches_per_epoch`` lets a swap-probability schedule follow epochs.
     Returns a data node of uint8 HWC RGB, S x S, on ``device``.
     """

@@ -1,6 +1,6 @@
 // AutoBackSwap compositing, fused with the crop, flip and resize that follow it: every output
 // pixel of a batch in one launch.
-// CPU twin: dali_abs.loader.composite.composite_cpu (same float32 arithmetic, same order;
+// CPU twin: dali_abs.swap.twin.composite_cpu (same float32 arithmetic, same order;
 // compile with --fmad=false so no multiply-add is contracted, as the twin does not).
 //
 // Inputs are per-sample buffers of any size (DALI hands over batches of differently sized
@@ -11,7 +11,7 @@
 // float32 [N,6] (inverse map, canvas point -> foreground canvas point); noise_seed uint32 [N];
 // perm int32 [N,R*R]; mean_colour float32 [N,3]; fg_box float32 [N,4] (x0,y0,x1,y1) canvas px;
 // flip uint8 [N]; geo float32 [N,12] per-sample geometry derived on the host from the crop,
-// the image, tile and canvas sizes and the box (dali_abs.loader.composite.geometry: the
+// the image, tile and canvas sizes and the box (dali_abs.swap.batch.geometry: the
 // divisions done once per sample, in float32 as the twin does them); out uint8 [N,H,W,3].
 //
 // The canvas is H x W canvas px (the output size); every image is stretched over it. Output
@@ -92,7 +92,7 @@ ABS_INLINE void abs_rgb_bilerp(const unsigned char* __restrict__ img, int ih, in
   }
 }
 
-// geo columns (see dali_abs.loader.composite.geometry)
+// geo columns (see dali_abs.swap.batch.geometry)
 #define ABS_GEO 12
 #define ABS_GEO_CROP_X0 0
 #define ABS_GEO_CROP_Y0 1

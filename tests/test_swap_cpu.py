@@ -1,4 +1,4 @@
-"""The native CPU compositing (kernels/composite.cu compiled for the host, dali_abs.loader.native)
+"""The native CPU compositing (composite.cu compiled for the host, dali_abs.swap.cpu)
 against the NumPy twin, its thread partition, its build cache and its fallback."""
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dali_abs.loader import native
-from dali_abs.loader.composite import composite_cpu, composite_host
-from dali_abs.loader.params import AugmentConfig, SwapConfig, SwapError
+from dali_abs.swap import cpu as native
+from dali_abs.swap.cpu import composite_host
+from dali_abs.swap.twin import composite_cpu
+from dali_abs.swap.config import AugmentConfig, SwapConfig, SwapError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_loader_composite import CASES, make_batch, params_for, ragged_batch  # noqa: E402
+from test_swap_twin import CASES, make_batch, params_for, ragged_batch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
@@ -79,7 +80,7 @@ ROW_CASES = [SwapConfig(), SwapConfig(p=0.5, scale=(0.6, 1.4)), SwapConfig(tight
 @pytest.mark.parametrize("cfg", ROW_CASES, ids=["default", "scaled-p0.5", "loose0", "rotated", "rotated-feathered",
                                                 "noise-fill"])
 def test_the_row_path_equals_the_per_pixel_body(built, cfg):
-    """kernels/composite_rows.h (eight pixels a step from per-sample tables) gives the same bytes
+    """composite_rows.h (eight pixels a step from per-sample tables) gives the same bytes
     as the per-pixel body and the twin: widths below, at and above 8, crops, flips, ragged
     sources, every image's last row and column sampled."""
     rng = np.random.default_rng(700 + ROW_CASES.index(cfg))
@@ -209,7 +210,7 @@ def test_the_cached_library_is_reused_and_a_broken_one_rebuilt(fresh, monkeypatc
 
 @needs_gxx
 def test_concurrent_builds_leave_one_good_library(fresh):
-    code = "from dali_abs.loader import native; assert native.native_available(), native._STATE"
+    code = "from dali_abs.swap import cpu as native; assert native.native_available(), native._STATE"
     env = {**os.environ, "XDG_CACHE_HOME": str(fresh.parent)}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]

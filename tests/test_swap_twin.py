@@ -1,5 +1,5 @@
 """The background swap: parameter sampling, the NumPy twin, and the CUDA kernel text itself
-(compiled as C++ with g++ through the shipped kernels/cpu_shim.cuh) against the twin."""
+(compiled as C++ with g++ through the shipped cpu_shim.cuh) against the twin."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dali_abs.loader.composite import check_batch, composite_cpu, composite_gpu, launch_args, mean_colour
-from dali_abs.loader.params import FILLS, AugmentConfig, SwapConfig, SwapError, sample_crops, sample_params
+from dali_abs.swap.batch import check_batch, launch_args, mean_colour
+from dali_abs.swap.config import FILLS, AugmentConfig, SwapConfig, SwapError
+from dali_abs.swap.gpu import composite_gpu
+from dali_abs.swap.sampling import sample_crops, sample_params
+from dali_abs.swap.twin import composite_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -351,7 +354,7 @@ def kernel_lib(tmp_path_factory):
     (d / "wrap.cpp").write_text(WRAPPER)
     so = d / "libcomposite.so"
     r = subprocess.run(["g++", "-O2", "-shared", "-fPIC", "-ffp-contract=off", "-Wall", "-Werror",
-                        "-I", str(ROOT / "kernels"), str(d / "wrap.cpp"), "-o", str(so)],
+                        "-I", str(ROOT / "dali_abs" / "swap"), str(d / "wrap.cpp"), "-o", str(so)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     lib = ctypes.CDLL(str(so))
@@ -463,7 +466,7 @@ class _FakeCupy:
 def test_composite_gpu_host_code_drives_the_kernel_text(kernel_lib, monkeypatch, cfg):
     import sys
 
-    from dali_abs.loader import composite
+    from dali_abs.swap import gpu as composite
 
     fake = _FakeCupy(kernel_lib)
     monkeypatch.setitem(sys.modules, "cupy", fake)

@@ -1,4 +1,4 @@
-// CPU row renderer for kernels/composite.cu: whole output rows, eight pixels per step (AVX2),
+// CPU row renderer for composite.cu: whole output rows, eight pixels per step (AVX2),
 // with the same float32 arithmetic in the same order as abs_composite_pixel, so the output is
 // the same byte for byte (the tests compare it with the per-pixel body and the NumPy twin).
 //
