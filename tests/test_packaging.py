@@ -51,3 +51,15 @@ def test_import_does_not_load_gpu_libraries():
     code = "import sys, dali_abs, dali_abs.cli; print(sorted(m for m in ('cupy','onnxruntime','nvidia.dali') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_stages_import_only_what_they_need():
+    """Inference, the cache and the loader do not import torch (a training-stage dependency):
+    their ONNX names come from the torch-free contracts, MEAN/STD from dali_abs.constants."""
+    mods = ("dali_abs.segmenter.inference", "dali_abs.inpainter.inference", "dali_abs.inpainter.wrap",
+            "dali_abs.cache.precompute", "dali_abs.cache.verify", "dali_abs.loader.iterator", "dali_abs.loader.ops",
+            "dali_abs.swap.twin", "dali_abs.swap.cpu", "dali_abs.swap.gpu")
+    code = (f"import sys; import {', '.join(mods)}; "
+            "print(sorted(m for m in ('torch', 'cupy', 'onnxruntime', 'nvidia.dali') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

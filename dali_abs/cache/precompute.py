@@ -115,7 +115,7 @@ class GroundTruthMasks:
     kind = "ground-truth masks"
 
     def __init__(self, path: str | os.PathLike, grid: int = DEFAULT_MASK_GRID, input_size: int | None = None):
-        from dali_abs.segmenter.train import default_input_size
+        from dali_abs.models.segmenter_contract import default_input_size
 
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_dir():

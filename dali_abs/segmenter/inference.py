@@ -21,7 +21,7 @@ import numpy as np
 
 from dali_abs.errors import DaliAbsError
 from dali_abs.files import read_rgb
-from dali_abs.models import segmenter as net
+from dali_abs.models import segmenter_contract as net
 
 
 class SegmenterError(DaliAbsError, ValueError):

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 from dali_abs.dataset import Dataset
 from dali_abs.files import atomic_write_bytes
 from dali_abs.models import segmenter as net
+from dali_abs.models.segmenter_contract import default_input_size
 from dali_abs.segmenter.evaluate import confusion, scores
 from dali_abs.segmenter.inference import SegmenterError, read_batch
 
@@ -119,11 +120,6 @@ def apply_params(x: torch.Tensor, y: torch.Tensor, params: Mapping[str, torch.Te
     if g.any():
         x[g] = (x[g] * _LUMA).sum(1, keepdim=True).expand(-1, 3, -1, -1)
     return x.clamp_(0.0, 1.0), y
-
-
-def default_input_size(grid: int) -> int:
-    """224 px for the reference's 16 x 16 grid (14-px patches), else 16 px per patch."""
-    return 224 if grid == 16 else 16 * grid
 
 
 def _check_labels(dataset: Dataset, labels: Mapping[str, np.ndarray], source: str) -> int:
