@@ -1,10 +1,10 @@
 """GPU check for a machine with an NVIDIA GPU (a few minutes at most).
 
-1. ``composite_gpu`` (dali_abs/swap/composite.cu through CuPy) against its NumPy twin
-   ``composite_cpu`` on random batches, for every fill mode, the Waterbirds jitter and a
+1. the GPU backend (``dali_abs.swap.gpu``: composite.cu through CuPy) against the NumPy twin
+   (``dali_abs.swap.twin``) on random batches, for every fill mode, the Waterbirds jitter and a
    feathered edge, each on one-size images and on a ragged batch with random resized crops and
    flips: fraction of pixels that differ, and that differ by more than 1 LSB;
-2. kernel time of the compositing kernel alone and of the whole ``composite_gpu`` call, and the
+2. kernel time of the compositing kernel alone and of the whole ``dali_abs.swap.gpu.composite`` call, and the
    effective bandwidth (bytes read + written / kernel time: images read twice — foreground and
    background — plus soft masks, fill tiles and the output) against a device-to-device copy
    (CuPy array copy) of the same number of bytes;
@@ -42,22 +42,6 @@ def ragged(rng, images, fills):
     tiles = [np.ascontiguousarray(t[: int(rng.integers(2, t.shape[0] + 1)), : int(rng.integers(2, t.shape[1] + 1))])
              for t in fills]
     return imgs, tiles
-
-
-def random_batch(rng, n, h, w, r, f):
-    """Random images, blob-shaped foreground probabilities, fill tiles and the loose boxes."""
-    images = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[0:r, 0:r] + 0.5
-    cy, cx = rng.uniform(0.3 * r, 0.7 * r, (2, n, 1, 1))
-    rad = rng.uniform(0.15 * r, 0.35 * r, (n, 1, 1))
-    soft = np.clip(1.3 - np.hypot(yy - cy, xx - cx) / rad, 0, 1).astype(np.float32)
-    fills = rng.integers(0, 256, (n, f, f, 3), dtype=np.uint8)
-    loose = soft > 0.1
-    rows, cols = loose.any(2), loose.any(1)
-    idx = np.arange(r)
-    boxes = np.stack([np.where(rows, idx, r).min(1), np.where(cols, idx, r).min(1),
-                      np.where(rows, idx, -1).max(1) + 1, np.where(cols, idx, -1).max(1) + 1], 1)
-    return images, soft, fills, (boxes / r).astype(np.float32)
 
 
 def gpu_available() -> tuple[bool, str]:
@@ -208,10 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from dali_abs.swap.config import FILLS, AugmentConfig, SwapConfig
+    from dali_abs import swap
+    from dali_abs.swap import FILLS, AugmentConfig, SwapConfig, sample_params
     from dali_abs.swap.cpu import composite_host
-    from dali_abs.swap.sampling import sample_params
-    from dali_abs.swap.twin import composite_cpu
+    from dali_abs.swap.testing import random_batch
+    from dali_abs.swap.twin import composite as twin
 
     rng = np.random.default_rng(args.seed)
     res: dict = {"args": vars(args), "skipped": {}, "parity": {}, "timing": {}}
@@ -226,13 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     images, soft, fills, boxes = random_batch(rng, n, h, h, r, f)
     cfg = SwapConfig()
     prm = sample_params(np.arange(n) % 2, rng, cfg, image_size=(224, 224), soft=soft, augment=AugmentConfig())
-    ips = _rate(lambda: composite_host(images, soft, fills, boxes, prm, cfg, size=224), n, 2.0)
+    ips = _rate(lambda: composite_host(swap.batch(images, soft, fills, boxes, prm, cfg, size=224)), n, 2.0)
     res["timing"]["composite_host_128_to_224px_b64_img_per_s"] = ips
     rows.append(("composite_host 128 -> 224 px, batch 64 (CPU)", f"{ips:,.0f} img/s"))
 
     ok, why = gpu_available()
     if not ok:
-        for what in ("composite_gpu parity", "kernel timing and bandwidth"):
+        for what in ("GPU backend parity", "kernel timing and bandwidth"):
             skip(what, why)
     else:
         import cupy
@@ -255,10 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                 images, fills = ragged(rng, images, fills)
                 aug = AugmentConfig()
             prm = sample_params(np.arange(32) % 3, rng, c, image_size=(160, 144), soft=soft, augment=aug)
-            want = composite_cpu(images, soft, fills, boxes, prm, c, size=(160, 144))
-            dev = [cupy.asarray(a) for a in images], [cupy.asarray(a) for a in fills]
-            got = cupy.asnumpy(comp.composite_gpu(dev[0], cupy.asarray(soft), dev[1], cupy.asarray(boxes), prm, c,
-                                                  size=(160, 144)))
+            want = twin(swap.batch(images, soft, fills, boxes, prm, c, size=(160, 144)))
+            dev = swap.batch([cupy.asarray(a) for a in images], soft, [cupy.asarray(a) for a in fills], boxes, prm, c,
+                             size=(160, 144))
+            got = cupy.asnumpy(comp.composite(dev))
             d = np.abs(want.astype(np.int16) - got.astype(np.int16))
             res["parity"][name] = {"differ": float((d > 0).any(-1).mean()), "over_1_lsb": float((d > 1).any(-1).mean()),
                                    "max_abs": int(d.max())}
@@ -270,11 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         images, soft, fills, boxes = random_batch(rng, n, h, h, r, args.tile)
         cfg = SwapConfig()
         prm = sample_params(np.arange(n) % 2, rng, cfg, image_size=(h, h), soft=soft, augment=AugmentConfig())
-        di, ds, df, db = (cupy.asarray(a) for a in (images, soft, fills, boxes))
+        di, df = cupy.asarray(images), cupy.asarray(fills)
         out = cupy.empty_like(di)
-        launch, _ = comp.prepare_gpu(di, ds, df, db, prm, cfg, out=out)
+        # as the loader's GPU op gets it: device images, tiles and records (one per sample)
+        rec = cupy.asarray(swap.pack_samples(prm, soft, boxes, (h, h)).view(np.uint8).reshape(n, -1))
+        b = swap.batch_of_records(list(di), list(df), list(rec), cfg, (h, h), r)
+        launch, _ = comp.prepare(b, out=out)
         t_kernel = time_gpu(launch, args.repeats)
-        t_call = time_gpu(lambda: comp.composite_gpu(di, ds, df, db, prm, cfg, out=out), args.repeats)
+        t_call = time_gpu(lambda: comp.composite(b, out=out), args.repeats)
         nbytes = 2 * images.nbytes + soft.nbytes + fills.nbytes + images.nbytes
         src = cupy.empty(nbytes // 2, cupy.uint8)
         dst = cupy.empty_like(src)
@@ -283,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         res["timing"].update(batch=n, size=h, kernel_s=t_kernel, call_s=t_call, copy_s=t_copy, bytes=nbytes,
                              kernel_gb_s=bw, copy_gb_s=bw_copy, kernel_img_per_s=n / t_kernel, call_img_per_s=n / t_call)
         rows += [(f"kernel {h} px batch {n}", f"{t_kernel * 1e3:.3f} ms ({n / t_kernel:,.0f} img/s)"),
-                 ("composite_gpu call (validation + H2D params + launch)", f"{t_call * 1e3:.3f} ms ({n / t_call:,.0f} img/s)"),
+                 ("GPU op's call (checks + refs upload + launch)", f"{t_call * 1e3:.3f} ms ({n / t_call:,.0f} img/s)"),
                  ("effective bandwidth kernel / D2D copy", f"{bw:.0f} / {bw_copy:.0f} GB/s ({bw / bw_copy:.0%})")]
 
     for name, part in (("onnxruntime CUDA provider parity/speed", check_onnxruntime),

@@ -101,10 +101,8 @@ def test_user_pipeline_with_the_operators(tiny_cache):
     assert images.as_array().shape == (8, 56, 56, 3) and images.as_array().dtype == np.uint8
     with pytest.raises(DaliAbsError, match=r"size must be a positive int S or a pair \(H, W\) of them, got \(1, 2, 3\)"):
         pipe((1, 2, 3))
-    p = pipe(None)  # no size and images of several sizes: our error, naming the fix
-    p.build()
-    with pytest.raises(Exception, match="background_swap got images of .* sizes .* pass size=S"):
-        p.run()
+    with pytest.raises(DaliAbsError, match=r"background_swap needs size=S \(or \(H, W\)\)"):
+        pipe(None)  # the parameters are drawn before the images are decoded: the canvas must be known
 
 
 def test_resampling_matches_dali_resize(tiny_cache):
@@ -158,3 +156,35 @@ def test_ids_select_a_subset_of_the_split(tiny_cache, tiny_dataset):
     assert _epoch(loader)[0].shape[0] == len(ids) == 32
     with pytest.raises(DaliAbsError, match=r"ids not in split 'test'.*nope"):
         create_loader(tiny_cache, batch_size=8, device="cpu", split="test", ids=("nope",))
+
+
+def test_a_p_schedule_follows_the_readers_epochs_in_a_users_pipeline(tiny_cache):
+    """In a user's own pipeline_def the swap counts epochs from the reader (96 rows, batch 32,
+    pad_last_batch: 3 batches an epoch), so a linear schedule from 0 to 1 over 2 epochs swaps
+    nothing in epoch 0, about half in epoch 1 and everything from epoch 2; the parameters are
+    a CPU data node anyone can read."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_abs.loader.ops import background_swap, cache_reader, swap_parameters
+    from dali_abs.swap.signature import sample_dtype
+
+    cache = open_cache(tiny_cache)
+    cfg = SwapConfig(p=1.0, p_start=0.0, p_schedule="linear", schedule_epochs=2, background="other_class")
+
+    @pipeline_def(batch_size=32, num_threads=2, device_id=None, seed=0)
+    def pipe():
+        s = cache_reader(cache, rows=range(96), random_shuffle=True, seed=0, pad_last_batch=True)
+        images = fn.decoders.image(s.jpegs, device="cpu", output_type=types.RGB)
+        params = swap_parameters(s, cfg, size=32, seed=4)
+        return params, background_swap(images, s, cfg, size=32, params=params)
+
+    p = pipe()
+    p.build()
+    rate = []
+    for _ in range(9):
+        params, images = p.run()
+        rec = np.stack([np.asarray(params[i]) for i in range(32)]).view(sample_dtype(cache.grid)).reshape(32)
+        assert images.as_array().shape == (32, 32, 32, 3)
+        rate.append(float(rec["swap"].mean()))
+    per_epoch = [float(np.mean(rate[e * 3:(e + 1) * 3])) for e in range(3)]
+    assert per_epoch[0] == 0.0 and 0.3 < per_epoch[1] < 0.7 and per_epoch[2] == 1.0, rate

@@ -12,7 +12,7 @@
 // body) and gathers from the mask grid and the image. Feathered alpha, fills other than
 // "cached" and CPUs without AVX2 take the per-pixel body.
 //
-// Needs: composite.cu (its helpers, ABS_GEO_*, ABS_COMPOSITE_PARAMS) included before this file.
+// Needs: composite.cu (its helpers, AbsSample, AbsRefs, ABS_COMPOSITE_PARAMS) included before this file.
 #pragma once
 #include <immintrin.h>
 #include <stdint.h>
@@ -56,57 +56,59 @@ struct Tables {
 };
 
 // The sample's canvas x of output column x (as the body: flip, crop origin and scale).
-static inline float canvas_x(const float* gs, int w, bool flip, int x) {
+static inline float canvas_x(const AbsSample* ps, int w, bool flip, int x) {
   const int xm = flip ? w - 1 - x : x;
-  return gs[ABS_GEO_CROP_X0] + ((float)xm + 0.5f) * gs[ABS_GEO_CROP_SX];
+  return ps->crop_x0 + ((float)xm + 0.5f) * ps->crop_sx;
 }
 
 static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   t.s = s;
   t.w8 = (w + 7) / 8 * 8;
-  t.swapped = swap[s] != 0;
-  const float* a = affine + s * 6;
+  const AbsRefs& rs = refs[s];
+  const AbsSample* ps = rs.sample;
+  t.swapped = ps->swap != 0;
+  const float* a = ps->affine;
   t.fg_tables = t.swapped && a[1] == 0.0f && a[3] == 0.0f;
   t.fg_affine = t.swapped && !t.fg_tables;
   // feathered alpha and the per-pixel fills: the body; per-lane gathers index image s by int32 offsets
   // (and a 1 x 1 image is 3 bytes, less than one 4-byte load: sample8<true> needs 2 px or more)
-  const long long px_s = (long long)image_hw[s * 2] * image_hw[s * 2 + 1];
+  const long long px_s = (long long)rs.ih * rs.iw;
   t.fast = !t.swapped || (fill_mode == ABS_FILL_CACHED && !(feather > 0.0f) &&
                           (t.fg_tables || (px_s >= 2 && px_s * 3 < (1LL << 31) - 64)));
   if (!t.fast) return;
   const int W = t.w8;
   const float fw = (float)w, sx = (float)r / fw;
-  const float* gs = geo + s * ABS_GEO;
-  const bool fl = flip[s] != 0;
-  const int j = t.swapped ? partner[s] : s;
-  const float* gj = geo + j * ABS_GEO;
-  const int wj = image_hw[j * 2 + 1];
+  const bool fl = ps->flip != 0;
+  const int j = t.swapped ? abs_partner(ps, s, n) : s;
+  const AbsRefs& rj = refs[j];
+  const AbsSample* pj = rj.sample;
   t.p_off0.resize(W); t.p_off1.resize(W); t.p_ax.resize(W);
   for (int x = 0; x < W; ++x) {
-    const float px = canvas_x(gs, w, fl, x < w ? x : w - 1);
-    axis_setup(px * gj[ABS_GEO_IMG_SX] - 0.5f, wj, &t.p_off0[x], &t.p_off1[x], &t.p_ax[x], 3);
+    const float px = canvas_x(ps, w, fl, x < w ? x : w - 1);
+    axis_setup(px * rj.img_sx - 0.5f, rj.iw, &t.p_off0[x], &t.p_off1[x], &t.p_ax[x], 3);
   }
   if (!t.swapped) return;
-  const int ws = image_hw[s * 2 + 1], tw = fill_hw[j * 2 + 1];
-  const float* fb = fg_box + s * 4;
+  const int ws = rs.iw, tw = rj.tw;
+  const float tile_sx = (float)tw / (pj->box_x1 - pj->box_x0);  // as the body computes it
+  const float* fb = ps->fg_box;
   for (auto* v : {&t.f_ok, &t.f_off0, &t.f_off1, &t.fg_ix0, &t.fg_ix1, &t.j_in, &t.jg_ix0, &t.jg_ix1, &t.t_off0,
                   &t.t_off1, &t.f_box})
     v->resize(W);
   for (auto* v : {&t.f_ax, &t.fg_fx, &t.jg_fx, &t.t_ax, &t.px}) v->resize(W);
   for (int x = 0; x < W; ++x) {
-    const float px = canvas_x(gs, w, fl, x < w ? x : w - 1);
+    const float px = canvas_x(ps, w, fl, x < w ? x : w - 1);
     t.px[x] = px;
     t.f_box[x] = (px >= fb[0] && px < fb[2]) ? -1 : 0;
     if (t.fg_tables) {
       // a[1] and a[3] are zero: a[1] * py adds a (signed) zero, which changes no later result
       const float xs = a[0] * px + a[2];
       t.f_ok[x] = (px >= fb[0] && px < fb[2] && xs >= 0.0f && xs < fw) ? -1 : 0;
-      axis_setup(xs * gs[ABS_GEO_IMG_SX] - 0.5f, ws, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], 3);
+      axis_setup(xs * rs.img_sx - 0.5f, ws, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], 3);
       axis_setup(xs * sx - 0.5f, r, &t.fg_ix0[x], &t.fg_ix1[x], &t.fg_fx[x], 1);
     }
-    t.j_in[x] = (px >= gj[ABS_GEO_BOX_X0] && px < gj[ABS_GEO_BOX_X1]) ? -1 : 0;
+    t.j_in[x] = (px >= pj->box_x0 && px < pj->box_x1) ? -1 : 0;
     axis_setup(px * sx - 0.5f, r, &t.jg_ix0[x], &t.jg_ix1[x], &t.jg_fx[x], 1);
-    axis_setup((px - gj[ABS_GEO_BOX_X0]) * gj[ABS_GEO_TILE_SX] - 0.5f, tw, &t.t_off0[x], &t.t_off1[x], &t.t_ax[x], 3);
+    axis_setup((px - pj->box_x0) * tile_sx - 0.5f, tw, &t.t_off0[x], &t.t_off1[x], &t.t_ax[x], 3);
   }
   t.hs.resize((size_t)r * W); t.hj.resize((size_t)r * W);
   t.hs_done.assign(r, 0); t.hj_done.assign(r, 0);
@@ -271,55 +273,55 @@ __attribute__((target("avx2"))) static inline void take(__m256 m, const int32_t*
 // Output row y of sample s from its tables (t.fast).
 __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<unsigned char>& scratch,
                                                        ABS_COMPOSITE_PARAMS, int s, int y) {
-  const float* gs = geo + s * ABS_GEO;
-  const float py = gs[ABS_GEO_CROP_Y0] + ((float)y + 0.5f) * gs[ABS_GEO_CROP_SY];
+  const AbsRefs& rs = refs[s];
+  const AbsSample* ps = rs.sample;
+  const float py = ps->crop_y0 + ((float)y + 0.5f) * ps->crop_sy;
   unsigned char* orow = out + ((long long)s * h + y) * w * 3;
-  const int j = t.swapped ? partner[s] : s;
-  const float* gj = geo + j * ABS_GEO;
-  const int hj = image_hw[j * 2], wj = image_hw[j * 2 + 1];
+  const int j = t.swapped ? abs_partner(ps, s, n) : s;
+  const AbsRefs& rj = refs[j];
+  const AbsSample* pj = rj.sample;
   RowPair src[3];  // 0: plain, 1: fill tile, 2: foreground
-  src[0] = row_pair((const unsigned char*)image_ptrs[j], hj, wj, py * gj[ABS_GEO_IMG_SY] - 0.5f);
+  src[0] = row_pair(rj.image, rj.ih, rj.iw, py * rj.img_sy - 0.5f);
   int k = 1;
   bool fg_row = false, j_row = false;
   GridRows gs_rows = {nullptr, nullptr, 0.0f}, gj_rows = {nullptr, nullptr, 0.0f};  // s's mask, j's mask
   if (t.swapped) {
     const float fh = (float)h, sy = (float)r / fh;
-    const float* a = affine + s * 6;
-    const float* fb = fg_box + s * 4;
+    const float* a = ps->affine;
+    const float* fb = ps->fg_box;
     const float ys = a[4] * py + a[5];  // a[3] is zero when t.fg_tables (see build_tables)
     fg_row = t.fg_tables && py >= fb[1] && py < fb[3] && ys >= 0.0f && ys < fh;
-    j_row = py >= gj[ABS_GEO_BOX_Y0] && py < gj[ABS_GEO_BOX_Y1];
+    j_row = py >= pj->box_y0 && py < pj->box_y1;
     const int W = t.w8;
     if (j_row) {
-      gj_rows = grid_rows(t.hj, t.hj_done, soft + (long long)j * r * r, r, py * sy - 0.5f, t.jg_ix0.data(),
-                          t.jg_ix1.data(), t.jg_fx.data(), W);
-      src[1] = row_pair((const unsigned char*)fill_ptrs[j], fill_hw[j * 2], fill_hw[j * 2 + 1],
-                        (py - gj[ABS_GEO_BOX_Y0]) * gj[ABS_GEO_TILE_SY] - 0.5f);
+      gj_rows = grid_rows(t.hj, t.hj_done, abs_soft(pj), r, py * sy - 0.5f, t.jg_ix0.data(), t.jg_ix1.data(),
+                          t.jg_fx.data(), W);
+      const float tile_sy = (float)rj.th / (pj->box_y1 - pj->box_y0);  // as the body computes it
+      src[1] = row_pair(rj.tile, rj.th, rj.tw, (py - pj->box_y0) * tile_sy - 0.5f);
       k = 2;
     }
     if (fg_row) {
-      gs_rows = grid_rows(t.hs, t.hs_done, soft + (long long)s * r * r, r, ys * sy - 0.5f, t.fg_ix0.data(),
-                          t.fg_ix1.data(), t.fg_fx.data(), W);
+      gs_rows = grid_rows(t.hs, t.hs_done, abs_soft(ps), r, ys * sy - 0.5f, t.fg_ix0.data(), t.fg_ix1.data(),
+                          t.fg_fx.data(), W);
       if (k == 1) src[1] = src[0];  // keep the foreground in slot 2
-      src[2] = row_pair((const unsigned char*)image_ptrs[s], image_hw[s * 2], image_hw[s * 2 + 1],
-                        ys * gs[ABS_GEO_IMG_SY] - 0.5f);
+      src[2] = row_pair(rs.image, rs.ih, rs.iw, ys * rs.img_sy - 0.5f);
       k = 3;
     }
   }
   int32_t b0[3], b1[3];
   const unsigned char* base = gather_base(src, k, scratch, b0, b1);
   // per-lane foreground (t.fg_affine): the map's constants and the row's terms a[1]*py, a[4]*py
-  const float* aff = affine + s * 6;
-  const bool aff_row = t.fg_affine && py >= fg_box[s * 4 + 1] && py < fg_box[s * 4 + 3];
+  const float* aff = ps->affine;
+  const bool aff_row = t.fg_affine && py >= ps->fg_box[1] && py < ps->fg_box[3];
   const __m256 A[6] = {_mm256_set1_ps(aff[0]), _mm256_set1_ps(aff[1]), _mm256_set1_ps(aff[2]),
                        _mm256_set1_ps(aff[3]), _mm256_set1_ps(aff[4]), _mm256_set1_ps(aff[5])};
   const __m256 a1py = _mm256_set1_ps(aff[1] * py), a4py = _mm256_set1_ps(aff[4] * py);
   const __m256 fw_v = _mm256_set1_ps((float)w), fh_v = _mm256_set1_ps((float)h);
   const __m256 sx_v = _mm256_set1_ps((float)r / (float)w), sy_v = _mm256_set1_ps((float)r / (float)h);
-  const __m256 isx_v = _mm256_set1_ps(gs[ABS_GEO_IMG_SX]), isy_v = _mm256_set1_ps(gs[ABS_GEO_IMG_SY]);
-  const float* grid_s = soft + (long long)s * r * r;
-  const unsigned char* img_s = (const unsigned char*)image_ptrs[s];
-  const int hs_s = image_hw[s * 2], ws_s = image_hw[s * 2 + 1];
+  const __m256 isx_v = _mm256_set1_ps(rs.img_sx), isy_v = _mm256_set1_ps(rs.img_sy);
+  const float* grid_s = abs_soft(ps);
+  const unsigned char* img_s = rs.image;
+  const int hs_s = rs.ih, ws_s = rs.iw;
   const __m256 tight_v = _mm256_set1_ps(tight), loose_v = _mm256_set1_ps(loose);
   const __m256 gfys = _mm256_set1_ps(gs_rows.fy), gfyj = _mm256_set1_ps(gj_rows.fy);
   for (int x = 0; x < w; x += 8) {

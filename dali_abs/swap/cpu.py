@@ -34,10 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.errors import DaliAbsError
-from dali_abs.swap.batch import check_batch, launch_args, mean_colour
-from dali_abs.swap.config import FILLS, SwapConfig, SwapError
+from dali_abs.swap import signature
+from dali_abs.swap.batch import Batch, mean_colour
+from dali_abs.swap.config import SwapError
 
-_ABI = 4  # bump when the launcher's C signature changes
+_ABI = 5  # bump when the launcher's C signature changes
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno",
          "-fvisibility=hidden", "-Wall")
 
@@ -110,7 +111,7 @@ def _open(path: Path):
         raise NativeUnavailable(f"{path}: wrong launcher ABI")
     fn = lib.abs_composite_host
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 15 + [ctypes.c_int] * 4 + [ctypes.c_float] * 3 + [ctypes.c_int] * 3
+    fn.argtypes = signature.argtypes(extra=(ctypes.c_int, ctypes.c_int))  # ABS_COMPOSITE_PARAMS, threads, vector
     return lib
 
 
@@ -173,19 +174,15 @@ def default_threads() -> int:
     return max(1, min(cpus, MAX_DEFAULT_THREADS))
 
 
-def composite_native(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None, *,
-                     threads: int | None = None, vector: bool = True) -> np.ndarray:
-    """:func:`~dali_abs.swap.twin.composite_cpu` computed by the kernel text on the CPU
-    (same inputs, same checks, same output: a new uint8 [N,H,W,3] array). ``vector``: whole
-    rows eight pixels at a time (``composite_rows.h``) where the CPU has AVX2 and the
-    sample allows it (False: the per-pixel body everywhere; same output). ``threads``: host
-    threads (default :func:`default_threads`). Raises :class:`NativeUnavailable` if the
-    library cannot be built; use :func:`composite_host` to fall back."""
-    b = check_batch(images, soft, fills, boxes, params, cfg, size)
-    for name, arrays in (("images", b.images), ("fills", b.fills), ("soft", [soft]), ("boxes", [boxes])):
-        for a in arrays:
-            if not isinstance(a, np.ndarray):
-                raise SwapError(f"composite_native needs NumPy arrays, got {name} of type {type(a).__name__}")
+def composite(b: Batch, *, threads: int | None = None, vector: bool = True) -> np.ndarray:
+    """The batch composited by the kernel text on the CPU: a new uint8 [N,H,W,3] array, equal to
+    :func:`dali_abs.swap.twin.composite` byte for byte. ``vector``: whole rows eight pixels at a
+    time (``composite_rows.h``) where the CPU has AVX2 and the sample allows it (False: the
+    per-pixel body everywhere; same output). ``threads``: host threads (default
+    :func:`default_threads`). Raises :class:`NativeUnavailable` if the library cannot be built;
+    :func:`composite_host` falls back to the twin instead."""
+    if b.on_gpu:
+        raise SwapError("the CPU backend composites host (NumPy) batches; this one holds CuPy arrays")
     lib = _load()
     if lib is None:
         raise NativeUnavailable(f"native compositing unavailable: {_STATE.get('why')}")
@@ -193,21 +190,20 @@ def composite_native(images, soft, fills, boxes, params: dict, cfg: SwapConfig, 
         threads = default_threads()
     elif int(threads) < 1:
         raise SwapError(f"threads must be >= 1, got {threads}")
-    mean = mean_colour(np, b.fills) if cfg.fill == "mean" else np.zeros((b.n, 3), np.float32)
+    mean = mean_colour(np, b.fills) if b.cfg.fill == "mean" else np.zeros((b.n, 3), np.float32)
     out = np.empty((b.n, b.h, b.w, 3), np.uint8)
-    ptr = lambda a: a.ctypes.data
-    args = (np.array([ptr(a) for a in b.images], np.uint64), b.image_hw, *launch_args(b, cfg, np, ptr, mean, out))
-    lib.abs_composite_host(*(a.ctypes.data for a in args), b.n, b.h, b.w, b.r, cfg.tight, cfg.loose, cfg.feather,
-                           FILLS.index(cfg.fill), int(threads), int(bool(vector)))
+    values = b.kernel_values(b.refs(lambda a: a.ctypes.data), mean, out)
+    signature.check(values, b.dims())
+    lib.abs_composite_host(*signature.ctypes_args(values), int(threads), int(bool(vector)))
     return out
 
 
-def composite_host(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None) -> np.ndarray:
-    """The CPU loader's compositing: :func:`composite_native` (the kernel text compiled for the
-    host, multi-threaded, same output) when it builds, else the twin
-    :func:`~dali_abs.swap.twin.composite_cpu` (after one warning)."""
+def composite_host(b: Batch) -> np.ndarray:
+    """The CPU loader's compositing: :func:`composite` (the kernel text compiled for the host,
+    multi-threaded) when it builds, else the twin :func:`dali_abs.swap.twin.composite` (after one
+    warning); the same bytes either way."""
     if native_available():
-        return composite_native(images, soft, fills, boxes, params, cfg, size=size)
-    from dali_abs.swap.twin import composite_cpu
+        return composite(b)
+    from dali_abs.swap import twin
 
-    return composite_cpu(images, soft, fills, boxes, params, cfg, size=size)
+    return twin.composite(b)

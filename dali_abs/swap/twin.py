@@ -1,12 +1,14 @@
-"""Background swap of one batch, fused with the crop, flip and resize that follow it: the
-foreground of image n over the clean background of image ``partner[n]``, seen through sample
-n's crop window. :func:`composite_gpu` (:mod:`dali_abs.swap.gpu`) launches ``composite.cu`` once per batch;
-:func:`composite_cpu` is its NumPy twin (the reference the kernel is tested against: same
-float32 arithmetic in the same order). :func:`composite_host` is the CPU loader's hot path:
-the same kernel text compiled for the CPU (:mod:`dali_abs.swap.cpu`), falling back to
-:func:`composite_cpu` where no C++ compiler is available.
+"""The compositing rule, and its NumPy reference twin.
 
-Inputs (one batch of N samples):
+Background swap of one batch, fused with the crop, flip and resize that follow it: the
+foreground of image n over the clean background of image ``partner[n]``, seen through sample
+n's crop window. The rule is written once as kernel text, ``composite.cu``, which the GPU
+backend launches (:mod:`dali_abs.swap.gpu`) and the CPU backend compiles for the host
+(:mod:`dali_abs.swap.cpu`). :func:`composite` here is its twin: the same float32 arithmetic in
+the same order on the same records, the reference both backends are tested against
+(:func:`composite_cpu` takes the kornia-style inputs below).
+
+Inputs (one batch of N samples, checked and packed by :func:`dali_abs.swap.batch.batch`):
 
 * ``images``: N uint8 HWC RGB 0..255 images, each C-contiguous, **of any sizes** (a list, as
   DALI hands a batch to ``python_function``, or one ``[N,H,W,3]`` array): the foregrounds,
@@ -32,7 +34,9 @@ Geometry: the canvas is ``H x W`` canvas px; every image is stretched over it. O
 ``x' = W-1-x`` when ``flip[n]`` (else ``x``). "Image k at a canvas point" is bilinear in image
 k (``h_k x w_k`` px) at ``(px * (w_k / W) - 0.5, py * (h_k / H) - 0.5)``, edge-clamped, as
 DALI's linear resize without antialiasing. Every quotient here is computed once per sample in
-float32 by :func:`geometry` and handed to all three implementations. Then:
+float32 (:func:`~dali_abs.swap.batch.pack_samples`, :meth:`~dali_abs.swap.batch.Batch.refs`) and
+read by all three implementations; only the tile's px per canvas px is divided out where it is
+used (the same float32 division everywhere). Then:
 
 1. ``swap[n] == 0``: image n at the point (a plain crop-resize-flip).
 2. background, ``j = partner[n]``: image j at the point, except where the point lies in
@@ -57,8 +61,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dali_abs.swap.batch import F32, Batch, check_batch, geometry, mean_colour
-from dali_abs.swap.config import SwapConfig
+from dali_abs.swap.batch import F32, Batch, batch, mean_colour
+from dali_abs.swap.config import SwapConfig, SwapError
 
 _M1, _M2, _GOLD = np.uint32(0x7FEB352D), np.uint32(0x846CA68B), np.uint32(0x9E3779B9)
 
@@ -105,8 +109,9 @@ def _grid_bilerp(g: np.ndarray, gx, gy):
     return top + dgy * fy, d0 + (d1 - d0) * fy, dgy
 
 
-def _canvas(img: np.ndarray, g: np.ndarray, px, py) -> np.ndarray:
-    return _rgb_bilerp(img, px * g[4] - F32(0.5), py * g[5] - F32(0.5))
+def _canvas(img: np.ndarray, ref, px, py) -> np.ndarray:
+    """abs_canvas_sample: image k at canvas points (``ref``: its refs record)."""
+    return _rgb_bilerp(img, px * ref["img_sx"] - F32(0.5), py * ref["img_sy"] - F32(0.5))
 
 
 def _round_u8(v):
@@ -117,8 +122,9 @@ def _patch_start(r, size, grid):
     return (r * size + grid - 1) // grid
 
 
-def _fill(mode, b: Batch, j: int, gj, px, py, mean):
-    """Fill colour float32 (H,W,3) of partner j at every canvas point (used where the fill region is)."""
+def _fill(mode, b: Batch, j: int, rj, ref_j, px, py, mean):
+    """Fill colour float32 (H,W,3) of partner j at every canvas point (used where the fill region is);
+    ``rj``: j's parameter record, ``ref_j``: its refs record."""
     h, w, r = b.h, b.w, b.r
     shape = (h, w, 3)
     if mode == "gray":
@@ -126,14 +132,16 @@ def _fill(mode, b: Batch, j: int, gj, px, py, mean):
     if mode == "mean":
         return np.broadcast_to(mean[j], shape)
     if mode == "cached":
-        ty = (py - gj[6]) * gj[10] - F32(0.5)
-        tx = (px - gj[7]) * gj[11] - F32(0.5)
+        tile_sy = F32(ref_j["th"]) / (rj["box_y1"] - rj["box_y0"])  # tile px per canvas px
+        tile_sx = F32(ref_j["tw"]) / (rj["box_x1"] - rj["box_x0"])
+        ty = (py - rj["box_y0"]) * tile_sy - F32(0.5)
+        tx = (px - rj["box_x0"]) * tile_sx - F32(0.5)
         return _rgb_bilerp(b.fills[j], tx, ty)
     cy = np.clip(np.floor(py).astype(np.int64), 0, h - 1)
     cx = np.clip(np.floor(px).astype(np.int64), 0, w - 1)
     cy, cx = np.broadcast_arrays(cy, cx)
     pix = (cy * w + cx).astype(np.uint32)
-    seed = b.params["noise_seed"][j]
+    seed = rj["noise_seed"]
     img = b.images[j]
     hj, wj = img.shape[:2]
     if mode == "noise":
@@ -144,57 +152,62 @@ def _fill(mode, b: Batch, j: int, gj, px, py, mean):
         return img.reshape(-1, 3)[at].astype(F32)
     # patches
     pr, pc = (cy * r) // h, (cx * r) // w
-    q = b.params["perm"][j][pr * r + pc].astype(np.int64)
+    q = np.clip(rj["perm"][pr * r + pc].astype(np.int64), 0, r * r - 1)
     qr, qc = q // r, q % r
     ys = np.clip(_patch_start(qr, h, r) + cy - _patch_start(pr, h, r), 0, _patch_start(qr + 1, h, r) - 1)
     xs = np.clip(_patch_start(qc, w, r) + cx - _patch_start(pc, w, r), 0, _patch_start(qc + 1, w, r) - 1)
     return img[((2 * ys + 1) * hj) // (2 * h), ((2 * xs + 1) * wj) // (2 * w)].astype(F32)
 
 
-def composite_cpu(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None) -> np.ndarray:
+def composite(b: Batch) -> np.ndarray:
     """NumPy twin of the kernel: uint8 [N,H,W,3] composited batch (a new array).
 
     One sample at a time, vectorised over its pixels, float32 throughout with the kernel's
-    operations in the kernel's order (see the module docstring for the rule). Every quantity is
-    computed at every pixel and then selected, which is simple rather than fast: the loader
-    uses the compiled kernel text (:func:`composite_host`).
+    operations in the kernel's order (see the module docstring for the rule), reading the same
+    records (fields by name). Every quantity is computed at every pixel and then selected,
+    which is simple rather than fast: the loader runs the kernel text (:mod:`dali_abs.swap.cpu`).
     """
-    b = check_batch(images, soft, fills, boxes, params, cfg, size)
-    n, h, w, r, p = b.n, b.h, b.w, b.r, b.params
+    if b.on_gpu:
+        raise SwapError("the twin composites host (NumPy) batches; this one holds CuPy arrays")
+    cfg = b.cfg
+    n, h, w, r = b.n, b.h, b.w, b.r
     fw, fh = F32(w), F32(h)
     sx, sy = F32(r) / fw, F32(r) / fh
     tight, loose, feather = F32(cfg.tight), F32(cfg.loose), F32(cfg.feather)
     mean = mean_colour(np, b.fills) if cfg.fill == "mean" else None
-    geo = geometry(b)
+    recs = b.records()
+    refs = b.refs(lambda a: 0)  # sizes and scales only: the twin indexes the arrays themselves
+    soft = recs["soft"].reshape(n, r, r)
     out = np.empty((n, h, w, 3), np.uint8)
     xcol = np.arange(w, dtype=F32)
     yrow = np.arange(h, dtype=F32)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for s in range(n):
-            gs = geo[s]
-            xm = (F32(w - 1) - xcol) if p["flip"][s] else xcol
-            px = (gs[0] + (xm + F32(0.5)) * gs[2])[None, :]
-            py = (gs[1] + (yrow + F32(0.5)) * gs[3])[:, None]
-            if not p["swap"][s]:
-                out[s] = _round_u8(_canvas(b.images[s], gs, px, py))
+            rs, ref_s = recs[s], refs[s]
+            xm = (F32(w - 1) - xcol) if rs["flip"] else xcol
+            px = (rs["crop_x0"] + (xm + F32(0.5)) * rs["crop_sx"])[None, :]
+            py = (rs["crop_y0"] + (yrow + F32(0.5)) * rs["crop_sy"])[:, None]
+            if not rs["swap"]:
+                out[s] = _round_u8(_canvas(b.images[s], ref_s, px, py))
                 continue
-            j = int(p["partner"][s])
-            gj = geo[j]
-            bg = _canvas(b.images[j], gj, px, py)
-            in_box = (py >= gj[6]) & (py < gj[8]) & (px >= gj[7]) & (px < gj[9])
-            pl = _grid_bilerp(b.soft[j], px * sx - F32(0.5), py * sy - F32(0.5))[0]
+            j = int(rs["partner"])
+            j = j if 0 <= j < n else s
+            rj, ref_j = recs[j], refs[j]
+            bg = _canvas(b.images[j], ref_j, px, py)
+            in_box = (py >= rj["box_y0"]) & (py < rj["box_y1"]) & (px >= rj["box_x0"]) & (px < rj["box_x1"])
+            pl = _grid_bilerp(soft[j], px * sx - F32(0.5), py * sy - F32(0.5))[0]
             region = in_box & (pl > loose)
             if region.any():
-                bg = np.where(region[..., None], _fill(cfg.fill, b, j, gj, px, py, mean), bg)
+                bg = np.where(region[..., None], _fill(cfg.fill, b, j, rj, ref_j, px, py, mean), bg)
 
-            a = p["affine"][s]
-            fb = p["fg_box"][s]
+            a = rs["affine"]
+            fb = rs["fg_box"]
             in_fb = (px >= fb[0]) & (px < fb[2]) & (py >= fb[1]) & (py < fb[3])
             xs = a[0] * px + a[1] * py + a[2]
             ys = a[3] * px + a[4] * py + a[5]
             inside = in_fb & (xs >= 0) & (xs < fw) & (ys >= 0) & (ys < fh)
             xs, ys = np.where(inside, xs, F32(0)), np.where(inside, ys, F32(0))
-            pt, dgx, dgy = _grid_bilerp(b.soft[s], xs * sx - F32(0.5), ys * sy - F32(0.5))
+            pt, dgx, dgy = _grid_bilerp(soft[s], xs * sx - F32(0.5), ys * sy - F32(0.5))
             alpha = (pt > tight).astype(F32)
             if feather > 0:
                 gx, gy = dgx * sx, dgy * sy
@@ -202,6 +215,11 @@ def composite_cpu(images, soft, fills, boxes, params: dict, cfg: SwapConfig, siz
                 ramp = np.clip(F32(0.5) + (pt - tight) / (F32(2) * feather * gm), F32(0), F32(1))
                 alpha = np.where(gm > 0, ramp, alpha)
             alpha = np.where(inside, alpha, F32(0))[..., None]
-            fg = _canvas(b.images[s], gs, xs, ys)
+            fg = _canvas(b.images[s], ref_s, xs, ys)
             out[s] = np.where(alpha > 0, _round_u8(alpha * fg + (F32(1) - alpha) * bg), _round_u8(bg))
     return out
+
+
+def composite_cpu(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None) -> np.ndarray:
+    """The twin on the kornia-style inputs: :func:`composite` of :func:`~dali_abs.swap.batch.batch`."""
+    return composite(batch(images, soft, fills, boxes, params, cfg, size))

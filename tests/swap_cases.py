@@ -1,0 +1,38 @@
+"""Batches and swap settings shared by the swap's tests (plain helpers; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dali_abs.swap import FILLS, SwapConfig, sample_params
+from dali_abs.swap.testing import ragged, random_batch
+
+
+def make_batch(rng, n=8, h=48, w=40, r=8, f=16, degenerate_box=True):
+    """Images, blob-shaped soft masks (foreground probability), fills and boxes around the blobs."""
+    return random_batch(rng, n, h, w, r, f, degenerate_box)
+
+
+def ragged_batch(rng, n=6, r=8):
+    """Images and tiles of different sizes (as DALI hands them over), soft masks and boxes."""
+    _, soft, _, boxes = make_batch(rng, n, 8, 8, r, 4)
+    images, fills = ragged(rng, n)
+    return images, soft, fills, boxes
+
+
+def params_for(rng, soft, cfg, h, w, labels=None, augment=None):
+    n = soft.shape[0]
+    labels = np.arange(n) % 3 if labels is None else labels
+    return sample_params(labels, rng, cfg, image_size=(h, w), soft=soft, augment=augment)
+
+
+def mismatch(a, b):
+    """Fraction of pixels where any channel differs by more than 1 LSB."""
+    return float((np.abs(a.astype(np.int16) - b.astype(np.int16)) > 1).any(-1).mean())
+
+
+CASES = [SwapConfig(fill=m) for m in FILLS] + [
+    SwapConfig.waterbirds(fill="cached", p=0.8),
+    SwapConfig.waterbirds(fill="patches", feather=1.5),
+    SwapConfig(fill="cached", feather=3.0),
+]
