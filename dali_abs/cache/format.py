@@ -16,8 +16,10 @@ Per image the cache stores:
   (so loose and tight masks are chosen at load time by thresholding);
 - the **fill**: the inpainter's output inside the bounding box of the loose mask
   (``p > fill_threshold``, default 0.1, i.e. background probability < 0.9 as in the paper),
-  cropped from the working-size (segmenter input size S) image and stored as JPEG (cells of
-  the box outside the loose mask hold a smooth placeholder: never use them). The box
+  cut from the working-size (segmenter input size S) image, resized to the source's resolution
+  where that is smaller (:func:`tile_size`: never more pixels than the source has) and stored as
+  JPEG; the box's pixels more than :data:`PLACEHOLDER_RING` px away from the loose cells hold a
+  smooth placeholder (:meth:`Cache.placeholder`; the loader never shows them). The box
   is in **grid cells** ``(r0, c0, r1, c1)`` (half-open), so it maps onto the source image at
   any resolution: rows ``r0 * H / R .. r1 * H / R``, columns ``c0 * W / R .. c1 * W / R``.
 
@@ -101,12 +103,130 @@ def bounding_box(cells: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    """Deterministic JPEG bytes (PIL, fixed quality, 4:2:0, no metadata)."""
+    """Deterministic JPEG bytes (PIL, fixed quality, 4:2:0, no metadata). Huffman tables
+    optimised for the image: lossless (the same pixels decode), and on a small fill tile the
+    standard tables alone would be a quarter of the file."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), optimize=False, progressive=False)
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), optimize=True, progressive=False)
     return buf.getvalue()
+
+
+PLACEHOLDER_RING = 2  # tile px around the loose cells kept as the inpainter wrote them
+
+
+def tile_size(box, grid: int, work_size: int, source_hw) -> tuple[int, int]:
+    """(rows, columns) of the stored fill of the box cells ``(r0, c0, r1, c1)``: the box's extent at
+    the work size, or at the source image's size (``source_hw`` = rows, columns) where that is
+    smaller, so that no fill holds more pixels than its source has; at least 1 x 1."""
+    r0, c0, r1, c1 = (int(v) for v in box)
+    h, w = (int(v) for v in source_hw)
+    patch = int(work_size) // int(grid)
+    return (min((r1 - r0) * patch, max(1, round((r1 - r0) * h / grid))),
+            min((c1 - c0) * patch, max(1, round((c1 - c0) * w / grid))))
+
+
+def stored_tile_size(manifest: dict, box, source_hw) -> tuple[int, int]:
+    """The fill size a cache stores for ``box``: :func:`tile_size`, or in caches written before fills
+    were capped at the source's resolution, the box at the work size."""
+    grid, work = int(manifest["grid"]), int(manifest["work_size"])
+    if "placeholder_ring" in manifest.get("fill_encoding", {}):
+        return tile_size(box, grid, work, source_hw)
+    r0, c0, r1, c1 = (int(v) for v in box)
+    return (r1 - r0) * (work // grid), (c1 - c0) * (work // grid)
+
+
+def placeholder_mask(tile_hw, cells: np.ndarray, ring: int = PLACEHOLDER_RING) -> np.ndarray:
+    """Bool [rows, columns]: the tile pixels that hold the smooth placeholder, not the fill. ``cells``:
+    bool [r1-r0, c1-c0] the box's loose cells; a tile pixel belongs to the cell its centre lies in
+    (the tile spans the box linearly). Pixels within ``ring`` px of a loose cell keep the
+    inpainter's output: the loader's bilinear reads of the loose cells reach one pixel beyond them."""
+    th, tw = (int(v) for v in tile_hw)
+    ch, cw = cells.shape
+    ry = ((np.arange(th) + 0.5) * ch / th).astype(np.intp)
+    cx = ((np.arange(tw) + 0.5) * cw / tw).astype(np.intp)
+    near = cells[np.minimum(ry, ch - 1)][:, np.minimum(cx, cw - 1)]
+    for _ in range(int(ring)):  # grow by one pixel (8-neighbourhood) per step
+        grown = near.copy()
+        grown[1:] |= near[:-1]
+        grown[:-1] |= near[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        near = grown
+    return ~near
+
+
+def hole_margin(box, grid: int, work_size: int, source_hw, ring: int = PLACEHOLDER_RING) -> int:
+    """Work-size px by which the inpainter's hole reaches past the loose cells, so that the
+    ``ring`` tile px the stored fill keeps around them (:func:`placeholder_mask`) are fill too."""
+    r0, c0, r1, c1 = (int(v) for v in box)
+    patch = int(work_size) // int(grid)
+    th, tw = tile_size(box, grid, work_size, source_hw)
+    return int(np.ceil(ring * max((r1 - r0) * patch / th, (c1 - c0) * patch / tw)))
+
+
+def fill_hole(cells: np.ndarray, grid: int, work_size: int, source_hw) -> np.ndarray:
+    """float32 [1, S, S] inpainter hole (1 = fill) of one image at the work size S: its loose cells
+    (bool [R, R]) grown by :func:`hole_margin` px (8-neighbourhood)."""
+    patch = int(work_size) // int(grid)
+    hole = np.repeat(np.repeat(cells, patch, 0), patch, 1)
+    box = bounding_box(cells)
+    if box[2] > box[0]:
+        for _ in range(hole_margin(box, grid, work_size, source_hw)):
+            grown = hole.copy()
+            grown[1:] |= hole[:-1]
+            grown[:-1] |= hole[1:]
+            grown[:, 1:] |= grown[:, :-1].copy()
+            grown[:, :-1] |= grown[:, 1:].copy()
+            hole = grown
+    return hole[None].astype(np.float32)
+
+
+def _smooth_extension(tile: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``tile`` with the pixels outside ``keep`` replaced by a smooth continuation of the kept ones
+    (a mask-weighted pyramid: averages going down, bilinear going up), so the placeholder has no
+    edge against the fill and costs the JPEG almost nothing."""
+    from PIL import Image
+
+    def level(img: np.ndarray, w: np.ndarray) -> np.ndarray:
+        h, wd = w.shape
+        if w.min() > 0 or (h <= 1 and wd <= 1):
+            return img
+        h2, w2 = (h + 1) // 2, (wd + 1) // 2
+        pi = np.zeros((h2 * 2, w2 * 2, 3), np.float32)
+        pw = np.zeros((h2 * 2, w2 * 2), np.float32)
+        pi[:h, :wd], pw[:h, :wd] = img * w[..., None], w
+        si, sw = pi.reshape(h2, 2, w2, 2, 3).sum((1, 3)), pw.reshape(h2, 2, w2, 2).sum((1, 3))
+        coarse = level(si / np.maximum(sw, np.float32(1e-12))[..., None], (sw > 0).astype(np.float32))
+        up = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(coarse[..., k])).resize((wd, h), Image.BILINEAR))
+                       for k in range(3)], -1)
+        return np.where(w[..., None] > 0, img, up)
+
+    out = level(tile.astype(np.float32), keep.astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def fill_tile(filled: np.ndarray, cells: np.ndarray, box, grid: int, source_hw) -> np.ndarray:
+    """The stored fill of one image: uint8 HWC of :func:`tile_size`, cut from ``filled`` (the
+    inpainter's output at the work size, uint8 HWC, its hole the loose cells grown by
+    :func:`hole_margin`) over the box cells ``box``, resized down to the source's resolution where
+    that is smaller (PIL bilinear, antialiased), with the :func:`placeholder_mask` pixels replaced
+    by a smooth continuation of the fill: the loader never shows them, and they cost the JPEG
+    almost nothing."""
+    from PIL import Image
+
+    r0, c0, r1, c1 = (int(v) for v in box)
+    patch = filled.shape[0] // int(grid)
+    crop = filled[r0 * patch:r1 * patch, c0 * patch:c1 * patch]
+    th, tw = tile_size(box, grid, filled.shape[0], source_hw)
+    if (th, tw) != crop.shape[:2]:
+        crop = np.asarray(Image.fromarray(crop).resize((tw, th), Image.BILINEAR))
+    crop = np.ascontiguousarray(crop)
+    sub = cells[r0:r1, c0:c1]
+    if sub.all():
+        return crop
+    return _smooth_extension(crop, ~placeholder_mask((th, tw), sub))
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -262,9 +382,22 @@ class Cache:
         return self._maps[k][off:off + size].tobytes()
 
     def fill(self, key: str | int) -> np.ndarray | None:
-        """uint8 HWC RGB fill crop (work-size pixels of the box), None when nothing was filled."""
+        """uint8 HWC RGB fill over the box (:func:`tile_size`: the box at the work size or at the
+        source's size where that is smaller), None when nothing was filled."""
         data = self.fill_bytes(key)
         return None if data is None else decode_image(data)
+
+    def placeholder(self, key: str | int, tile_hw=None) -> np.ndarray | None:
+        """Bool [rows, columns] of the fill: True where it holds the smooth placeholder (never
+        shown by the loader), None when nothing was filled. ``tile_hw``: the fill's size when known."""
+        row = self._row(key)
+        r0, c0, r1, c1 = (int(v) for v in self.boxes[row])
+        if r1 <= r0:
+            return None
+        if tile_hw is None:
+            tile_hw = self.fill(row).shape[:2]
+        ring = self.manifest.get("fill_encoding", {}).get("placeholder_ring", 0)
+        return placeholder_mask(tile_hw, self.loose(row)[r0:r1, c0:c1], ring)
 
     def background(self, key: str | int, image: np.ndarray | None = None) -> np.ndarray:
         """uint8 HWC RGB clean background at the source image's size.

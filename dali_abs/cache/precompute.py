@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.cache.format import (CHUNKS, DEFAULT_FILL_THRESHOLD, DEFAULT_TIGHT_THRESHOLD, FORMAT, FORMAT_VERSION,
-                                   MANIFEST, PARTS, PLAN, CacheError, bounding_box, chunk_name, encode_jpeg,
-                                   part_name, quantize, read_chunk_record, read_json, sha256_file, threshold_mask,
-                                   write_chunk, write_json)
+                                   MANIFEST, PARTS, PLACEHOLDER_RING, PLAN, CacheError, bounding_box, chunk_name,
+                                   encode_jpeg, fill_hole, fill_tile, part_name, quantize, read_chunk_record, read_json,
+                                   sha256_file, threshold_mask, write_chunk, write_json)
 from dali_abs.dataset import Dataset, Sample
 
 STAGES = ("decode", "segmenter", "inpainter", "encode", "write")
@@ -243,7 +243,11 @@ def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
                        "meaning": "foreground probability above the threshold; fill = loose mask "
                                   "(background probability < 1 - fill), tight = cut-out alpha"},
         "mask_encoding": "uint8 [R,R] round(255 * foreground probability), one .masks.npy per chunk",
-        "fill_encoding": {"format": "jpeg", "quality": cfg.quality, "resolution": "work_size",
+        "fill_encoding": {"format": "jpeg", "quality": cfg.quality, "huffman": "optimized",
+                          "resolution": "work_size, or the source's where smaller",
+                          "placeholder_ring": PLACEHOLDER_RING,
+                          "placeholder": "a smooth continuation of the fill, more than placeholder_ring px "
+                                         "from the loose cells (the inpainter's hole reaches that far)",
                           "region": "bounding box of the loose-mask cells, box in grid cells (r0, c0, r1, c1)"},
         "chunk_size": cfg.chunk_size, "chunks": (n + cfg.chunk_size - 1) // cfg.chunk_size,
         "max_pixels": cfg.max_pixels,
@@ -384,26 +388,6 @@ def _pil_decode(path: Path, size: int) -> np.ndarray:
     return img
 
 
-def smooth_outside(crop: np.ndarray, cells: np.ndarray, patch: int) -> np.ndarray:
-    """``crop`` with the pixels of its non-filled cells replaced by a smooth placeholder.
-
-    Those cells keep the source image in the background, so the loader never reads them from
-    the fill; a bilinear upsampling of the per-cell mean colours costs the JPEG few bytes
-    and has no edges to ring into the filled cells.
-    """
-    from PIL import Image
-
-    if cells.all():
-        return np.ascontiguousarray(crop)
-    h, w = crop.shape[:2]
-    means = crop.reshape(h // patch, patch, w // patch, patch, 3).mean((1, 3), dtype=np.float32)
-    smooth = np.asarray(Image.fromarray(np.rint(means).astype(np.uint8)).resize((w, h), Image.BILINEAR))
-    keep = np.repeat(np.repeat(~cells, patch, 0), patch, 1)
-    out = crop.copy()
-    out[keep] = smooth[keep]
-    return out
-
-
 class Worker:
     """Processes chunks with one segmenter (or :class:`GroundTruthMasks`) and one inpainter session."""
 
@@ -477,7 +461,7 @@ class Worker:
         skipped = sorted(skipped + bad, key=lambda d: d["index"])
         x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
         t = self.timer.add("decode", t)
-        R, patch = self.seg.grid, self.seg.patch
+        R = self.seg.grid
         if soft is not None:
             prob = np.stack([soft[e["index"]] for e in entries]) if entries else np.zeros((0, R, R), np.float32)
             masks = quantize(prob)
@@ -487,7 +471,8 @@ class Worker:
             masks = quantize(prob[:, 0])
             t = self.timer.add("segmenter", t)
         loose = threshold_mask(masks, self.cfg.fill_threshold)
-        hole = np.repeat(np.repeat(loose, patch, 1), patch, 2)[:, None].astype(np.float32)
+        hole = np.stack([fill_hole(cells, R, self.seg.input_size, e["size"][::-1]) for e, cells in zip(entries, loose)]) \
+            if entries else np.zeros((0, 1, self.seg.input_size, self.seg.input_size), np.float32)
         filled = self.inp.fill(x, hole) if len(x) else x
         filled_u8 = np.clip(np.rint(filled * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
         t = self.timer.add("inpainter", t)
@@ -496,8 +481,8 @@ class Worker:
             r0, c0, r1, c1 = bounding_box(cells)
             e["box"] = [r0, c0, r1, c1]
             if r1 > r0:
-                crop = smooth_outside(img[r0 * patch:r1 * patch, c0 * patch:c1 * patch], cells[r0:r1, c0:c1], patch)
-                fills.append(encode_jpeg(crop, self.cfg.quality))
+                tile = fill_tile(img, cells, (r0, c0, r1, c1), R, e["size"][::-1])
+                fills.append(encode_jpeg(tile, self.cfg.quality))
             else:
                 fills.append(None)
         t = self.timer.add("encode", t)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.cache.format import (CHUNKS, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, CacheError, chunk_name,
-                                   decode_image, read_chunk_record, read_json, sha256_file)
+                                   decode_image, read_chunk_record, read_json, sha256_file, stored_tile_size)
 
 
 def _load_manifest(root: Path) -> dict:
@@ -37,7 +37,6 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
                         f"expected {FORMAT!r} v{FORMAT_VERSION}")
         return {"cache": str(root), "ok": False, "problems": problems}
     R = int(m["grid"])
-    patch = int(m["work_size"]) // R
     by_chunk = {c["chunk"]: c for c in m.get("chunk_files", [])}
     records: dict[str, dict] = {}
     seen: dict[int, int] = {}
@@ -101,7 +100,7 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
                 except Exception as exc:
                     problems.append(f"image {e['id']!r}: fill does not decode ({exc})")
                     continue
-                want_shape = ((r1 - r0) * patch, (c1 - c0) * patch, 3)
+                want_shape = (*stored_tile_size(m, e["box"], e["size"][::-1]), 3)
                 if img.shape != want_shape:
                     problems.append(f"image {e['id']!r}: fill is {list(img.shape)}, expected {list(want_shape)}")
             fills_checked += 1

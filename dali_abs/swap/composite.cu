@@ -127,6 +127,9 @@ ABS_INLINE unsigned char abs_round_u8(float v) {
   return (unsigned char)(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v));
 }
 
+// The grid cell (0..r-1) of grid coordinate g (canvas px times r / side): patch c covers [c, c + 1).
+ABS_INLINE int abs_cell(float g, int r) { return abs_clampi((int)floorf(g), 0, r - 1); }
+
 // First row of patch `r` of a side of `size` px split into `grid` patches: ceil(r*size/grid).
 ABS_INLINE int abs_patch_start(int r, int size, int grid) { return (r * size + grid - 1) / grid; }
 
@@ -189,13 +192,16 @@ ABS_INLINE void abs_composite_pixel(ABS_COMPOSITE_PARAMS, int s, int y, int x) {
     return;
   }
 
-  // background: the partner's fill inside its loose region, else its image
+  // background: the partner's fill in its loose cells, else its image. The fill region goes by
+  // cells (soft > loose in the cell under the point), exactly the cells the fill was computed
+  // for: a bilinear loose mask would reach into the box's other cells, where the stored tile
+  // holds only a smooth placeholder. The box test (canvas px) comes first: most pixels lie
+  // outside the fill box and skip the mask lookup.
   const int j = abs_partner(ps, s, n);
   const AbsRefs& rj = refs[j];
   const AbsSample* pj = rj.sample;
-  // The box test (canvas px) comes first: most pixels lie outside the fill box and skip the mask lookup.
   const bool in_box = py >= pj->box_y0 && py < pj->box_y1 && px >= pj->box_x0 && px < pj->box_x1;
-  if (!(in_box && abs_grid_bilerp(abs_soft(pj), r, px * sx - 0.5f, py * sy - 0.5f, &dgx, &dgy) > loose)) {
+  if (!(in_box && abs_soft(pj)[abs_cell(py * sy, r) * r + abs_cell(px * sx, r)] > loose)) {
     abs_canvas_sample(rj, px, py, bg);
   } else {
     // the canvas pixel under the point, for the fills defined per pixel

@@ -48,9 +48,10 @@ struct Tables {
   std::vector<int32_t> f_ok, f_off0, f_off1, fg_ix0, fg_ix1;
   std::vector<float> f_ax, fg_fx;
   // the partner's fill: -1 inside its box, grid columns of its mask, tile columns
-  std::vector<int32_t> j_in, jg_ix0, jg_ix1, t_off0, t_off1;
-  std::vector<float> jg_fx, t_ax;
-  // horizontal lerps of the r mask-grid rows (r x w8, computed when a row first needs them)
+  std::vector<int32_t> j_in, jg_cell, t_off0, t_off1;  // jg_cell: grid column of j's mask (by cells)
+  std::vector<float> t_ax;
+  // s's mask: horizontal lerps of its r grid rows; j's: its cells along each grid row (r x w8,
+  // computed when a row first needs them)
   std::vector<float> hs, hj;
   std::vector<char> hs_done, hj_done;
 };
@@ -91,10 +92,10 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   const int ws = rs.iw, tw = rj.tw;
   const float tile_sx = (float)tw / (pj->box_x1 - pj->box_x0);  // as the body computes it
   const float* fb = ps->fg_box;
-  for (auto* v : {&t.f_ok, &t.f_off0, &t.f_off1, &t.fg_ix0, &t.fg_ix1, &t.j_in, &t.jg_ix0, &t.jg_ix1, &t.t_off0,
+  for (auto* v : {&t.f_ok, &t.f_off0, &t.f_off1, &t.fg_ix0, &t.fg_ix1, &t.j_in, &t.jg_cell, &t.t_off0,
                   &t.t_off1, &t.f_box})
     v->resize(W);
-  for (auto* v : {&t.f_ax, &t.fg_fx, &t.jg_fx, &t.t_ax, &t.px}) v->resize(W);
+  for (auto* v : {&t.f_ax, &t.fg_fx, &t.t_ax, &t.px}) v->resize(W);
   for (int x = 0; x < W; ++x) {
     const float px = canvas_x(ps, w, fl, x < w ? x : w - 1);
     t.px[x] = px;
@@ -107,7 +108,7 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
       axis_setup(xs * sx - 0.5f, r, &t.fg_ix0[x], &t.fg_ix1[x], &t.fg_fx[x], 1);
     }
     t.j_in[x] = (px >= pj->box_x0 && px < pj->box_x1) ? -1 : 0;
-    axis_setup(px * sx - 0.5f, r, &t.jg_ix0[x], &t.jg_ix1[x], &t.jg_fx[x], 1);
+    t.jg_cell[x] = abs_cell(px * sx, r);
     axis_setup((px - pj->box_x0) * tile_sx - 0.5f, tw, &t.t_off0[x], &t.t_off1[x], &t.t_ax[x], 3);
   }
   t.hs.resize((size_t)r * W); t.hj.resize((size_t)r * W);
@@ -141,6 +142,18 @@ static GridRows grid_rows(std::vector<float>& h, std::vector<char>& done, const 
     (k == 0 ? out.top : out.bot) = o;
   }
   return out;
+}
+
+// Grid row `cy` of an r x r grid, cell by cell under each output column (`cell[x]`), computed
+// the first time a sample needs it.
+static const float* cell_row(std::vector<float>& h, std::vector<char>& done, const float* g, int r, int cy,
+                             const int32_t* cell, int W) {
+  float* o = h.data() + (size_t)cy * W;
+  if (!done[cy]) {
+    for (int x = 0; x < W; ++x) o[x] = g[cy * r + cell[x]];
+    done[cy] = 1;
+  }
+  return o;
 }
 
 // One source's two rows for the current output row: pointers, bytes per row, weight.
@@ -284,7 +297,8 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   src[0] = row_pair(rj.image, rj.ih, rj.iw, py * rj.img_sy - 0.5f);
   int k = 1;
   bool fg_row = false, j_row = false;
-  GridRows gs_rows = {nullptr, nullptr, 0.0f}, gj_rows = {nullptr, nullptr, 0.0f};  // s's mask, j's mask
+  GridRows gs_rows = {nullptr, nullptr, 0.0f};  // s's mask along the row
+  const float* j_cells = nullptr;  // j's mask cell under each column
   if (t.swapped) {
     const float fh = (float)h, sy = (float)r / fh;
     const float* a = ps->affine;
@@ -294,8 +308,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
     j_row = py >= pj->box_y0 && py < pj->box_y1;
     const int W = t.w8;
     if (j_row) {
-      gj_rows = grid_rows(t.hj, t.hj_done, abs_soft(pj), r, py * sy - 0.5f, t.jg_ix0.data(), t.jg_ix1.data(),
-                          t.jg_fx.data(), W);
+      j_cells = cell_row(t.hj, t.hj_done, abs_soft(pj), r, abs_cell(py * sy, r), t.jg_cell.data(), W);
       const float tile_sy = (float)rj.th / (pj->box_y1 - pj->box_y0);  // as the body computes it
       src[1] = row_pair(rj.tile, rj.th, rj.tw, (py - pj->box_y0) * tile_sy - 0.5f);
       k = 2;
@@ -323,7 +336,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   const unsigned char* img_s = rs.image;
   const int hs_s = rs.ih, ws_s = rs.iw;
   const __m256 tight_v = _mm256_set1_ps(tight), loose_v = _mm256_set1_ps(loose);
-  const __m256 gfys = _mm256_set1_ps(gs_rows.fy), gfyj = _mm256_set1_ps(gj_rows.fy);
+  const __m256 gfys = _mm256_set1_ps(gs_rows.fy);
   for (int x = 0; x < w; x += 8) {
     // the four neighbours' byte offsets and the weights: the plain source, then the lanes that
     // take the fill tile or the foreground
@@ -338,8 +351,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
       fg = _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.f_ok[x])), _mm256_cmp_ps(pt, tight_v, _CMP_GT_OQ));
     }
     if (j_row) {  // not foreground, inside the partner's box and its loose region: the fill tile
-      const __m256 top = _mm256_loadu_ps(gj_rows.top + x), bot = _mm256_loadu_ps(gj_rows.bot + x);
-      const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfyj));
+      const __m256 pt = _mm256_loadu_ps(j_cells + x);
       const __m256 fill = _mm256_andnot_ps(
           fg, _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.j_in[x])), _mm256_cmp_ps(pt, loose_v, _CMP_GT_OQ)));
       if (_mm256_movemask_ps(fill))

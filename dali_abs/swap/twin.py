@@ -14,8 +14,8 @@ Inputs (one batch of N samples, checked and packed by :func:`dali_abs.swap.batch
   DALI hands a batch to ``python_function``, or one ``[N,H,W,3]`` array): the foregrounds,
   and through ``partner`` the backgrounds;
 * ``soft`` float32 ``[N,R,R]``: cached soft patch mask, **foreground** probability (1 =
-  foreground) on an ``R x R`` grid over the image; grid values sit at patch centres,
-  bilinear in between, edge-replicated at the borders;
+  foreground) on an ``R x R`` grid over the image; for the alpha, grid values sit at patch
+  centres, bilinear in between, edge-replicated at the borders; for the fill region, per cell;
 * ``fills``: N uint8 HWC tiles of any sizes (list or array): image j's inpainted background
   over ``boxes[j]`` (its content outside the loose region is not used);
 * ``boxes`` float32 ``[N,4]`` = ``(y0, x0, y1, x1)`` in 0..1 image coordinates, the region
@@ -40,8 +40,10 @@ used (the same float32 division everywhere). Then:
 
 1. ``swap[n] == 0``: image n at the point (a plain crop-resize-flip).
 2. background, ``j = partner[n]``: image j at the point, except where the point lies in
-   ``boxes[j]`` (``y0*H <= py < y1*H``, same for x) and ``soft[j]`` there exceeds ``loose``:
-   the fill. Fills: ``cached`` bilinear in the tile (``t_h x t_w``) at
+   ``boxes[j]`` (``y0*H <= py < y1*H``, same for x) and in a loose cell of j, the cell
+   ``(floor(py*R/H), floor(px*R/W))`` (clamped) with ``soft[j] > loose``: the fill. The fill
+   region goes by cells, not bilinear, because the cells are exactly what the fill was computed
+   for; a bilinear loose mask reaches into the box's other cells, which hold a placeholder. Fills: ``cached`` bilinear in the tile (``t_h x t_w``) at
    ``((py - y0*H) * (t_h / (y1*H - y0*H)) - 0.5, ...)``; ``gray`` 128; ``mean`` the tile's mean
    colour; ``noise`` ``mix32(seed + mix32(pix*3 + c)) >> 24``; ``pixels`` image j's flat
    pixel ``mix32(seed ^ mix32(pix + 0x9e3779b9)) % (h_j*w_j)``; ``patches`` the same offset
@@ -112,6 +114,11 @@ def _grid_bilerp(g: np.ndarray, gx, gy):
 def _canvas(img: np.ndarray, ref, px, py) -> np.ndarray:
     """abs_canvas_sample: image k at canvas points (``ref``: its refs record)."""
     return _rgb_bilerp(img, px * ref["img_sx"] - F32(0.5), py * ref["img_sy"] - F32(0.5))
+
+
+def _cell(g, r):
+    """abs_cell: the grid cell 0..r-1 of grid coordinates (canvas px times R / side)."""
+    return np.clip(np.floor(g), 0, r - 1).astype(np.intp)
 
 
 def _round_u8(v):
@@ -195,8 +202,8 @@ def composite(b: Batch) -> np.ndarray:
             rj, ref_j = recs[j], refs[j]
             bg = _canvas(b.images[j], ref_j, px, py)
             in_box = (py >= rj["box_y0"]) & (py < rj["box_y1"]) & (px >= rj["box_x0"]) & (px < rj["box_x1"])
-            pl = _grid_bilerp(soft[j], px * sx - F32(0.5), py * sy - F32(0.5))[0]
-            region = in_box & (pl > loose)
+            cell = soft[j][_cell(py * sy, r), _cell(px * sx, r)]  # by cells: the cells the fill was made for
+            region = in_box & (cell > loose)
             if region.any():
                 bg = np.where(region[..., None], _fill(cfg.fill, b, j, rj, ref_j, px, py, mean), bg)
 
