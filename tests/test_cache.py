@@ -194,7 +194,7 @@ def run_merge(root):
 
 
 def test_each_torchrun_process_takes_its_own_gpu():
-    from dali_abs.cache.precompute import pin_local_gpu
+    from dali_abs.devices import pin_local_gpu
 
     env = {"LOCAL_RANK": "3"}
     assert pin_local_gpu(env) == "3" and env["CUDA_VISIBLE_DEVICES"] == "3"

@@ -11,8 +11,8 @@ def _precompute(args: argparse.Namespace) -> int:
     import sys
 
     from dali_abs.cache.format import CacheError
-    from dali_abs.cache.precompute import (DEFAULT_MASK_GRID, GroundTruthMasks, PrecomputeConfig, parse_shard,
-                                           pin_local_gpu, precompute)
+    from dali_abs.cache.precompute import DEFAULT_MASK_GRID, GroundTruthMasks, PrecomputeConfig, parse_shard, precompute
+    from dali_abs.devices import pin_local_gpu
 
     masks = None
     if args.masks is not None:
@@ -23,7 +23,7 @@ def _precompute(args: argparse.Namespace) -> int:
         raise CacheError(f"{given} go with --masks only: with --segmenter the grid and input size are those of the "
                          f"model ({args.segmenter}). Drop {given}, or use --masks DIR instead of --segmenter.")
     shard = parse_shard(args.shard)
-    pin_local_gpu()  # torchrun: one GPU per process (before DALI / onnxruntime touch CUDA)
+    pin_local_gpu()  # torchrun / srun: one GPU per process, before DALI or onnxruntime start CUDA
     ds = dataset_from_args(args)
     cfg = PrecomputeConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, fill_threshold=args.fill_threshold,
                            quality=args.quality, max_pixels=args.max_pixels, device=args.device)

@@ -179,8 +179,10 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     ``size``: output side S (or (H, W)); default: the images' size, which must then be one
     for the whole batch. ``augment``: also apply the random resized crop and flip of an
     :class:`~dali_abs.loader.params.AugmentConfig` in the same pass (None: the whole image,
-    unmirrored). ``batches_per_epoch`` lets a swap-probability schedule follow epochs.
-    Returns a data node of uint8 HWC RGB, S x S, on ``device``.
+    unmirrored). ``batches_per_epoch`` lets a swap-probability schedule follow epochs. ``seed``:
+    under data parallelism give every shard its own
+    (:func:`dali_abs.loader.iterator.augment_seed`), or all ranks draw the same swaps.
+    Returns a data node of uint8 HWC RGB, S x S, on ``device``, with layout "HWC".
     """
     from nvidia.dali import fn
 
@@ -194,6 +196,7 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     labels, groups = samples.labels, samples.groups
     if device == "gpu":  # a GPU operator takes GPU inputs
         soft, fills, boxes, labels, groups = (x.gpu() for x in (soft, fills, boxes, labels, groups))
+    # The layout is declared: the GPU crop_mirror_normalize refuses an input without one.
     return fn.python_function(images, soft, fills, boxes, labels, groups,
                               function=_Swap(cfg, seed, batches_per_epoch, device, size, augment),
-                              batch_processing=True, num_outputs=1, device=device)
+                              batch_processing=True, num_outputs=1, device=device, output_layouts="HWC")
