@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dali_abs.cli_args import add_dataset_arguments, add_json_argument, dataset_from_args, print_json
 from dali_abs.errors import DaliAbsError
+from dali_abs.files import MAX_PIXELS
 
 
 def _make_dataset(args: argparse.Namespace) -> int:
@@ -29,7 +30,7 @@ def _data_check(args: argparse.Namespace) -> int:
     from dali_abs.files import atomic_write_text
 
     ds = dataset_from_args(args)
-    report = check_images(ds, min_size=args.min_size, progress=not args.json)
+    report = check_images(ds, min_size=args.min_size, progress=not args.json, max_pixels=args.max_pixels)
     report_path = Path(args.report)
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
     report["report"] = str(report_path)
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(p)
     p.add_argument("--report", default="data-check-report.json", help="report path (default ./data-check-report.json)")
     p.add_argument("--min-size", type=int, default=16, help="smallest acceptable side in px (default 16)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"report images with more pixels from their header, without decoding them (decompression "
+                        f"bombs; default {MAX_PIXELS}, as precompute)")
     add_json_argument(p)
     p.set_defaults(func=_data_check)
 

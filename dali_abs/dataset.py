@@ -245,29 +245,32 @@ def _subdirs(path: Path) -> list[Path]:
     return sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def check_images(dataset: Dataset, min_size: int = 1, progress: bool = True) -> dict:
-    """Decode every image; return a report of the unreadable and too-small ones.
+def check_images(dataset: Dataset, min_size: int = 1, progress: bool = True, max_pixels: int | None = None) -> dict:
+    """Decode every image; return a report of the unreadable, too small and too large ones.
 
+    Images over ``max_pixels`` (default :data:`dali_abs.files.MAX_PIXELS`, the limit every
+    reader applies) are reported from their header without being decoded.
     The report is a dict with ``checked``, ``ok``, ``problems`` (a list of
     ``{"id", "path", "reason"}``), ``ignored`` (non-image files) and ``modes`` (counts of
     PIL modes, e.g. how many grayscale or CMYK images need conversion).
     """
-    from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
+
+    from dali_abs.files import ImageError, open_image
 
     problems: list[dict] = []
     modes: Counter = Counter()
     for s in tqdm(dataset.samples, desc="checking images", unit="img", disable=not progress):
         try:
-            with Image.open(s.path) as im:
+            with open_image(s.path, max_pixels=max_pixels) as im:
                 im.load()
                 modes[im.mode] += 1
                 w, h = im.size
             if min(w, h) < min_size:
                 problems.append({"id": s.id, "path": s.relpath,
                                  "reason": f"too small: {w}x{h}, need at least {min_size} px per side"})
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            problems.append({"id": s.id, "path": s.relpath, "reason": f"cannot decode: {e}"})
+        except ImageError as e:
+            problems.append({"id": s.id, "path": s.relpath, "reason": e.reason})
     return {"root": str(dataset.root), "layout": dataset.layout, "checked": len(dataset.samples),
             "ok": len(dataset.samples) - len(problems), "problems": problems,
             "ignored": list(dataset.ignored), "modes": dict(modes),

@@ -55,42 +55,107 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to uint8 RGB, HWC, 0..255 (grayscale, RGBA, CMYK, 16-bit converted)."""
+# Images with more pixels are refused from their header, before any pixel is decoded: a
+# 20000 x 20000 PNG of a few kB (a decompression bomb) would otherwise take 1.2 GB to decode.
+# The one limit every reader uses; `precompute --max-pixels` and `data check --max-pixels` default to it.
+MAX_PIXELS = 100_000_000
+
+
+class ImageError(DatasetError):
+    """An image (or mask) file that cannot be used: ``path``, and ``reason`` without the path."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
+
+
+class ImageTooLarge(ImageError):
+    """An image over the pixel limit (refused from its header, never decoded)."""
+
+
+def _too_large(path, w: int, h: int, limit: int) -> ImageTooLarge:
+    return ImageTooLarge(path, f"too large: {w}x{h} = {w * h:,} px, over the {limit:,}-px limit (a decompression "
+                               "bomb, or far more pixels than training needs); downscale or remove the file")
+
+
+def _header_size(path) -> tuple[int, int] | None:
+    """Width and height from the header of a file PIL refused to open as a decompression bomb."""
+    from PIL import Image
+
+    Image.init()
+    with open(path, "rb") as fp:
+        prefix = fp.read(16)
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            try:
+                if accept is None or accept(prefix) is True:
+                    fp.seek(0)
+                    return factory(fp, os.fspath(path)).size
+            except Exception:  # not this format
+                continue
+    return None
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike, what: str = "image", max_pixels: int | None = None) -> Iterator:
+    """Open an image file with PIL, refusing it before decoding when it has more than
+    ``max_pixels`` (default :data:`MAX_PIXELS`) pixels.
+
+    Every error while opening or decoding inside the ``with`` block (missing file, not an
+    image, truncated data, a decompression bomb) is an :class:`ImageError` naming the file.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    limit = MAX_PIXELS if max_pixels is None else int(max_pixels)
     try:
         with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16-bit grayscale: scale to 8 bits instead of clipping.
-                arr = np.asarray(im, dtype=np.float64)
-                peak = 65535.0 if arr.max() > 255 else 255.0
-                gray = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                return np.repeat(gray[:, :, None], 3, axis=2)
-            return np.asarray(im.convert("RGB"))
+            w, h = im.size
+            if w * h > limit:
+                raise _too_large(path, w, h, limit)
+            yield im
+    except ImageError:
+        raise
     except FileNotFoundError:
-        raise DatasetError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot decode image ({e}). Remove or replace the file, "
-                           "or run `dali-abs data check` to list every such file.") from None
+        raise ImageError(path, f"{what} file not found") from None
+    except Image.DecompressionBombError as e:  # over PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS)
+        try:
+            size = _header_size(path)
+        except OSError:
+            size = None
+        if size is not None:
+            raise _too_large(path, *size, limit) from None
+        raise ImageTooLarge(path, f"too large: {e} Downscale or remove the file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
+        raise ImageError(path, f"cannot decode {what} ({type(e).__name__}: {e}). Remove or replace the file, "
+                               "or run `dali-abs data check` to list every such file") from None
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask image to bool HW, True = foreground (pixel value > 127 of 0..255)."""
-    from PIL import Image, UnidentifiedImageError
+def read_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Decode an image file to uint8 RGB, HWC, 0..255 (grayscale, RGBA, CMYK, 16-bit converted).
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                return arr > (32767 if arr.max() > 255 else 127)
-            return np.asarray(im.convert("L")) > 127
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: mask file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot decode mask image ({e})") from None
+    Refused (:class:`ImageTooLarge`) over ``max_pixels``, default :data:`MAX_PIXELS`."""
+    with open_image(path, max_pixels=max_pixels) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grayscale: scale to 8 bits instead of clipping.
+            arr = np.asarray(im, dtype=np.float64)
+            peak = 65535.0 if arr.max() > 255 else 255.0
+            gray = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            return np.repeat(gray[:, :, None], 3, axis=2)
+        return np.asarray(im.convert("RGB"))
+
+
+def read_mask(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read a mask image to bool HW, True = foreground (pixel value > 127 of 0..255).
+
+    Refused (:class:`ImageTooLarge`) over ``max_pixels``, default :data:`MAX_PIXELS`."""
+    with open_image(path, "mask image", max_pixels=max_pixels) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float64)
+            return arr > (32767 if arr.max() > 255 else 127)
+        return np.asarray(im.convert("L")) > 127
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, quality: int = 90) -> None:

@@ -71,3 +71,43 @@ def test_labels_commands(tmp_path, tiny_dataset):
     r = run("labels", "import-reference", str(ref), "--out", str(tmp_path / "imported.csv"), "--data", str(tiny_dataset))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "imported.csv").read_text().splitlines()[1] == "0,16," + "01" * 128
+
+
+def _copy_dataset(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_a_decompression_bomb_is_a_problem_in_the_report_not_a_traceback(tmp_path, tiny_dataset, bomb_png):
+    data = _copy_dataset(tiny_dataset, tmp_path / "d")
+    bomb_png(data / "images" / "bomb.png")
+    with open(data / "metadata.csv", "a") as f:
+        f.write("bomb,images/bomb.png,0,0,0,,\n")
+    report = tmp_path / "r.json"
+    r = run("data", "check", str(data), "--report", str(report))
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "images/bomb.png: too large: 20000x20000 = 400,000,000 px" in r.stdout
+    problems = json.loads(report.read_text())["problems"]
+    assert [p["path"] for p in problems] == ["images/bomb.png"] and problems[0]["reason"].startswith("too large")
+    # The same limit, lowered, reports the ordinary images too.
+    r = run("data", "check", str(data), "--report", str(report), "--max-pixels", "100", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["ok"] == 0
+
+
+def test_a_decompression_bomb_mask_is_a_one_line_error(tmp_path, tiny_dataset, bomb_png):
+    masks = tmp_path / "masks"
+    import shutil
+
+    shutil.copytree(tiny_dataset / "masks", masks)
+    from dali_abs.dataset import load_dataset
+
+    first = load_dataset(tiny_dataset).split("train")[0].id
+    bomb_png(masks / f"{first}.png")  # <img_id>.png is the first name looked for
+    r = run("labels", "from-masks", str(tiny_dataset), "--masks", str(masks), "--out", str(tmp_path / "l.csv"),
+            "--grid", "8", "--json")  # --json: no progress bar on stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("dali-abs: error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"{first}.png: too large: 20000x20000" in r.stderr
+    assert not (tmp_path / "l.csv").exists()

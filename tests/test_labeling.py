@@ -505,3 +505,50 @@ def test_retrain_in_uncertain_order_reranks_the_unlabelled(make_server, tiny_mod
     assert st["ids"][:2] == [ids[1], ids[3]] and len(set(st["ids"])) == 5 and st["current"] == 2
     assert st["is_labelled"] == [True, True, False, False, False]
     assert read_labels(tmp_path / "labels.csv").keys() == {ids[1], ids[3]}
+
+
+# ---------------------------------------------------------------------------- bad input (issue 14)
+@pytest.fixture
+def serve_folder(tmp_path):
+    """Factory: a LabelSession on an ImageFolder dataset root (all train images, random order) behind a
+    LabelServer on ``host`` (default 127.0.0.1) at an ephemeral port."""
+    from dali_abs.labeling.server import serve
+    from dali_abs.labeling.session import LabelSession
+
+    servers = []
+
+    def make(root, out=None, host="127.0.0.1", **kw):
+        kw.setdefault("count", 50)
+        kw.setdefault("grid", 4)
+        session = LabelSession(load_dataset(root), out or tmp_path / "l.csv", **kw)
+        server = serve(session, host, 0)
+        server.start_background()
+        servers.append(server)
+        return Client(server)
+
+    yield make
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _folder_dataset(root: Path, n: int = 2) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_a_decompression_bomb_image_gets_422_naming_the_file(serve_folder, tmp_path, bomb_png):
+    root = _folder_dataset(tmp_path / "folder")
+    bomb_png(root / "cat" / "bomb.png")
+    c = serve_folder(root)
+    ids = c.json("GET", "/api/state")["ids"]
+    status, _, data = c.request("GET", f"/api/image/{ids.index('cat/bomb.png')}")
+    assert status == 422, data
+    assert "bomb.png: too large: 20000x20000" in json.loads(data)["error"]
+    assert c.request("GET", f"/api/image/{ids.index('cat/0.png')}")[0] == 200  # the server keeps serving
