@@ -19,11 +19,14 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--col-label", default=d.label, help=f"integer class column (default {d.label})")
     g.add_argument("--col-split", default=d.split, help=f"split column, 0/1/2 = train/val/test (default {d.split})")
     g.add_argument("--col-place", default=d.place, help=f"integer place (background) column, optional (default {d.place})")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="accept image paths that lead outside DATA (../, absolute paths, symbolic links to "
+                             "elsewhere), e.g. a folder of links into a shared image store; refused by default")
 
 
 def dataset_from_args(args: argparse.Namespace) -> Dataset:
     cols = Columns(args.col_id, args.col_filename, args.col_label, args.col_split, args.col_place)
-    return load_dataset(args.data, cols)
+    return load_dataset(args.data, cols, allow_outside=args.allow_outside)
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:

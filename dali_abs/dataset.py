@@ -12,6 +12,11 @@ Two layouts are understood:
   holds ``train/`` (and optionally ``val/``, ``test/``). No groups. Class indices follow the
   sorted class-folder names, as in torchvision.
 
+Every image must lie inside the root: a path with ``..`` that leaves it, an absolute path, or a
+symbolic link resolving outside it is refused (naming the row or file) unless the dataset is
+loaded with ``allow_outside=True`` (``--allow-outside``), e.g. for a folder of links into a
+shared image store. See :func:`dataset_file`.
+
 Bad manifests raise :class:`~dali_abs.errors.DatasetError` naming the row or file.
 """
 
@@ -66,6 +71,7 @@ class Dataset:
     classes: list[str]
     n_places: int = 0
     ignored: list[str] = field(default_factory=list)  # files skipped by extension (ImageFolder)
+    allow_outside: bool = False  # loaded with allow_outside=True: image paths may lead out of the root
 
     @property
     def has_groups(self) -> bool:
@@ -133,18 +139,48 @@ class Dataset:
         return h.hexdigest()[:16]
 
 
-def load_dataset(root: str | os.PathLike, columns: Columns = Columns()) -> Dataset:
-    """Read the dataset at ``root``: ``metadata.csv`` if present, else an ImageFolder layout."""
+OUTSIDE_HINT = ("Images must lie inside the dataset folder; pass --allow-outside (allow_outside=True) if the "
+                "dataset really links to images elsewhere")
+
+
+def dataset_file(root: Path, rel: str, where: str, allow_outside: bool = False) -> Path:
+    """The resolved absolute path of ``rel`` (a path relative to the resolved dataset ``root``).
+
+    Refuses, naming ``where``: a NUL byte; unless ``allow_outside``, an absolute path, a path
+    whose ``..`` leads out of ``root``, and a symbolic link that resolves outside ``root``.
+    The one containment check: data check, precompute, training and the label server all read
+    images through the samples that :func:`load_dataset` built with it.
+    """
+    if "\0" in rel:
+        raise DatasetError(f"{where}: path {rel!r} holds a NUL byte; fix the path in the manifest")
+    p = Path(rel)
+    if allow_outside:
+        return (root / p).resolve()
+    if p.is_absolute():
+        raise DatasetError(f"{where}: path {rel!r} is absolute; write it relative to the dataset folder {root}. "
+                           + OUTSIDE_HINT)
+    resolved = (root / p).resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        how = "leads out of" if ".." in p.parts else f"resolves through a symbolic link to {resolved}, outside"
+        raise DatasetError(f"{where}: path {rel!r} {how} the dataset folder {root}. " + OUTSIDE_HINT)
+    return resolved
+
+
+def load_dataset(root: str | os.PathLike, columns: Columns = Columns(), allow_outside: bool = False) -> Dataset:
+    """Read the dataset at ``root``: ``metadata.csv`` if present, else an ImageFolder layout.
+
+    ``allow_outside``: accept image paths that lead outside ``root`` (see :func:`dataset_file`).
+    """
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found. Pass the folder that holds "
                            f"{METADATA_FILE} or the class folders.")
     if (root / METADATA_FILE).is_file():
-        return _load_metadata(root, columns)
-    return _load_imagefolder(root)
+        return _load_metadata(root, columns, allow_outside)
+    return _load_imagefolder(root, allow_outside)
 
 
-def _load_metadata(root: Path, columns: Columns) -> Dataset:
+def _load_metadata(root: Path, columns: Columns, allow_outside: bool) -> Dataset:
     path = root / METADATA_FILE
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -168,8 +204,8 @@ def _load_metadata(root: Path, columns: Columns) -> Dataset:
                                    "Every image needs its own id.")
             seen[sid] = rowno
             rel = (row[columns.filename] or "").strip()
-            img = (root / rel).resolve()
-            if not rel or not img.is_file():
+            img = dataset_file(root, rel, f"{where} ({columns.id}={sid})", allow_outside) if rel else None
+            if img is None or not img.is_file():
                 raise DatasetError(f"{where} ({columns.id}={sid}): image file {rel!r} not found under {root}. "
                                    "Fix the path in the manifest or restore the file.")
             label = _parse_int(row[columns.label], where, columns.label, sid)
@@ -189,7 +225,7 @@ def _load_metadata(root: Path, columns: Columns) -> Dataset:
     n_places = (max(s.place for s in samples) + 1) if has_place else 0
     if has_place and min(s.place for s in samples) < 0:
         raise DatasetError(f"{path}: places must be 0..P-1, found {min(s.place for s in samples)}")
-    ds = Dataset(root, "metadata", samples, [str(i) for i in range(n_classes)], n_places)
+    ds = Dataset(root, "metadata", samples, [str(i) for i in range(n_classes)], n_places, allow_outside=allow_outside)
     ds.split("train")  # an empty train split is an error for every command
     return ds
 
@@ -208,7 +244,7 @@ def _parse_int(value: str | None, where: str, column: str, sid: str) -> int:
         raise DatasetError(f"{where} (img_id={sid}): {column} must be an integer, got {value!r}") from None
 
 
-def _load_imagefolder(root: Path) -> Dataset:
+def _load_imagefolder(root: Path, allow_outside: bool) -> Dataset:
     split_dirs = [d for d in SPLITS if (root / d).is_dir()]
     if split_dirs and "train" not in split_dirs:
         raise DatasetError(f"{root}: has split folder(s) {', '.join(split_dirs)} but no train/ folder")
@@ -232,11 +268,12 @@ def _load_imagefolder(root: Path) -> Dataset:
                     if p.suffix.lower() not in IMAGE_EXTENSIONS:
                         ignored.append(rel)
                         continue
-                    samples.append(Sample(rel, p.resolve(), rel, index[cdir.name], split))
+                    samples.append(Sample(rel, dataset_file(root, rel, str(p), allow_outside), rel,
+                                          index[cdir.name], split))
     if not samples:
         raise DatasetError(f"{root}: class folders hold no images with extensions "
                            f"{', '.join(IMAGE_EXTENSIONS)}")
-    ds = Dataset(root, "imagefolder", samples, class_names, 0, ignored)
+    ds = Dataset(root, "imagefolder", samples, class_names, 0, ignored, allow_outside)
     ds.split("train")
     return ds
 

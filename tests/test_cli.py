@@ -111,3 +111,30 @@ def test_a_decompression_bomb_mask_is_a_one_line_error(tmp_path, tiny_dataset, b
     assert r.stderr.startswith("dali-abs: error:") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"{first}.png: too large: 20000x20000" in r.stderr
     assert not (tmp_path / "l.csv").exists()
+
+
+def test_every_command_refuses_an_image_path_outside_the_dataset(tmp_path):
+    from PIL import Image
+
+    from dali_abs.cli import main
+
+    data = tmp_path / "d"
+    (data / "imgs").mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (32, 32)).save(data / "imgs" / name)
+    Image.new("RGB", (32, 32)).save(tmp_path / "secret.png")
+    (data / "metadata.csv").write_text("img_id,img_filename,y,split\na,imgs/a.png,0,0\nb,imgs/b.png,1,0\n"
+                                       "s,../secret.png,0,0\n")
+    out = tmp_path / "out"
+    for cmd in (["data", "check", str(data), "--report", str(out / "r.json")],
+                ["label", str(data), "--out", str(out / "l.csv"), "--port", "0"],
+                ["precompute", str(data), "--segmenter", "seg.onnx", "--inpainter", "fill.onnx", "--out", str(out)]):
+        r = run(*cmd)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert r.stderr.strip() == (f"dali-abs: error: {data / 'metadata.csv'} row 4 (img_id=s): path '../secret.png' "
+                                    f"leads out of the dataset folder {data}. Images must lie inside the dataset "
+                                    "folder; pass --allow-outside (allow_outside=True) if the dataset really links "
+                                    "to images elsewhere"), r.stderr
+    assert not out.exists()
+    r = run("data", "check", str(data), "--report", str(out / "r.json"), "--allow-outside", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["checked"] == 3

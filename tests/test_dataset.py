@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -154,3 +155,41 @@ def test_fingerprint_changes_when_an_image_changes(tmp_path, wb):
     assert load_dataset(copy).fingerprint() == fp
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(copy / "imgs" / "0.jpg")
     assert load_dataset(copy).fingerprint() != fp
+
+
+# ---------------------------------------------------------------------------- bad input (issue 14)
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "symlinked-folder"])
+def test_image_paths_that_leave_the_dataset_are_refused_naming_the_row(tmp_path, wb, kind):
+    outside = _img(tmp_path / "outside.png")
+    rel = {"dotdot": "../outside.png", "absolute": str(outside), "symlink": "imgs/link.png",
+           "symlinked-folder": "linked/outside.png"}[kind]
+    if kind == "symlink":
+        (wb / "imgs" / "link.png").symlink_to(outside)
+    if kind == "symlinked-folder":
+        (wb / "linked").symlink_to(tmp_path, target_is_directory=True)
+    with open(wb / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerow(("9", rel, 0, 0, 0))
+    how = {"dotdot": "leads out of", "absolute": "is absolute", "symlink": "resolves through a symbolic link to",
+           "symlinked-folder": "resolves through a symbolic link to"}[kind]
+    with pytest.raises(DatasetError, match=rf"metadata.csv row 8 \(img_id=9\): path '{re.escape(rel)}' {how}.*--allow-outside"):
+        load_dataset(wb)
+    ds = load_dataset(wb, allow_outside=True)  # the explicit opt-in
+    assert ds.by_id()["9"].path == outside.resolve()
+
+
+def test_links_and_dotdot_that_stay_inside_the_dataset_are_fine(wb):
+    (wb / "imgs" / "alias.jpg").symlink_to(wb / "imgs" / "0.jpg")
+    with open(wb / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerows([("8", "imgs/alias.jpg", 0, 0, 0), ("9", "imgs/../imgs/1.jpg", 1, 0, 0)])
+    by_id = load_dataset(wb).by_id()
+    assert by_id["8"].path == (wb / "imgs" / "0.jpg").resolve() and by_id["9"].path == (wb / "imgs" / "1.jpg").resolve()
+
+
+def test_imagefolder_links_out_of_the_dataset_are_refused(tmp_path):
+    _img(tmp_path / "elsewhere" / "x.jpg")
+    root = tmp_path / "folder"
+    _img(root / "cat" / "1.jpg")
+    (root / "dog").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(DatasetError, match=r"folder/dog/x.jpg: path 'dog/x.jpg' resolves through a symbolic link"):
+        load_dataset(root)
+    assert load_dataset(root, allow_outside=True).by_id()["dog/x.jpg"].label == 1

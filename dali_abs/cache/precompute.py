@@ -234,7 +234,7 @@ def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "dataset": {"root": str(ds.root), "layout": ds.layout, "fingerprint": ds.fingerprint(), "images": n,
-                    "ignored": list(ds.ignored)},
+                    "ignored": list(ds.ignored), **({"allow_outside": True} if ds.allow_outside else {})},
         "models": {
             **source,
             "inpainter": {"path": str(inp.path), "sha256": sha256_file(inp.path), "fill": inp.fill_name},
