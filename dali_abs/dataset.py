@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Mapping
 
 from dali_abs.errors import DatasetError
+from dali_abs.files import ImageError, open_image, read_csv
 
 SPLITS = ("train", "val", "test")
 _SPLIT_CODES = {"0": "train", "1": "val", "2": "test", "train": "train", "val": "val",
@@ -182,40 +183,39 @@ def load_dataset(root: str | os.PathLike, columns: Columns = Columns(), allow_ou
 
 def _load_metadata(root: Path, columns: Columns, allow_outside: bool) -> Dataset:
     path = root / METADATA_FILE
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        required = [columns.id, columns.filename, columns.label, columns.split]
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise DatasetError(
-                f"{path}: missing column(s) {', '.join(missing)}; header is {','.join(header)}. "
-                "Rename the columns or remap them (--col-id, --col-filename, --col-label, --col-split).")
-        has_place = columns.place in header
-        samples: list[Sample] = []
-        seen: dict[str, int] = {}
-        for rowno, row in enumerate(reader, start=2):  # row 1 is the header
-            where = f"{path} row {rowno}"
-            sid = (row[columns.id] or "").strip()
-            if not sid:
-                raise DatasetError(f"{where}: empty {columns.id}")
-            if sid in seen:
-                raise DatasetError(f"{where}: duplicate {columns.id} {sid!r} (first seen in row {seen[sid]}). "
-                                   "Every image needs its own id.")
-            seen[sid] = rowno
-            rel = (row[columns.filename] or "").strip()
-            img = dataset_file(root, rel, f"{where} ({columns.id}={sid})", allow_outside) if rel else None
-            if img is None or not img.is_file():
-                raise DatasetError(f"{where} ({columns.id}={sid}): image file {rel!r} not found under {root}. "
-                                   "Fix the path in the manifest or restore the file.")
-            label = _parse_int(row[columns.label], where, columns.label, sid)
-            split_raw = (row[columns.split] or "").strip().lower()
-            if split_raw not in _SPLIT_CODES:
-                raise DatasetError(f"{where} ({columns.id}={sid}): unknown {columns.split} value "
-                                   f"{row[columns.split]!r}; expected 0/1/2 or train/val/test.")
-            place = _parse_int(row[columns.place], where, columns.place, sid) if has_place else None
-            extra = {k: v for k, v in row.items() if k not in required and k != columns.place and k}
-            samples.append(Sample(sid, img, rel, label, _SPLIT_CODES[split_raw], place, extra))
+    header, reader = read_csv(path, DatasetError, as_dicts=True)
+    header = header or []
+    required = [columns.id, columns.filename, columns.label, columns.split]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing column(s) {', '.join(missing)}; header is {','.join(header)}. "
+            "Rename the columns or remap them (--col-id, --col-filename, --col-label, --col-split).")
+    has_place = columns.place in header
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    for rowno, row in enumerate(reader, start=2):  # row 1 is the header
+        where = f"{path} row {rowno}"
+        sid = (row[columns.id] or "").strip()
+        if not sid:
+            raise DatasetError(f"{where}: empty {columns.id}")
+        if sid in seen:
+            raise DatasetError(f"{where}: duplicate {columns.id} {sid!r} (first seen in row {seen[sid]}). "
+                               "Every image needs its own id.")
+        seen[sid] = rowno
+        rel = (row[columns.filename] or "").strip()
+        img = dataset_file(root, rel, f"{where} ({columns.id}={sid})", allow_outside) if rel else None
+        if img is None or not img.is_file():
+            raise DatasetError(f"{where} ({columns.id}={sid}): image file {rel!r} not found under {root}. "
+                               "Fix the path in the manifest or restore the file.")
+        label = _parse_int(row[columns.label], where, columns.label, sid)
+        split_raw = (row[columns.split] or "").strip().lower()
+        if split_raw not in _SPLIT_CODES:
+            raise DatasetError(f"{where} ({columns.id}={sid}): unknown {columns.split} value "
+                               f"{row[columns.split]!r}; expected 0/1/2 or train/val/test.")
+        place = _parse_int(row[columns.place], where, columns.place, sid) if has_place else None
+        extra = {k: v for k, v in row.items() if k not in required and k != columns.place and k}
+        samples.append(Sample(sid, img, rel, label, _SPLIT_CODES[split_raw], place, extra))
     if not samples:
         raise DatasetError(f"{path}: no rows. Add one row per image.")
     labels = sorted({s.label for s in samples})
@@ -292,8 +292,6 @@ def check_images(dataset: Dataset, min_size: int = 1, progress: bool = True, max
     PIL modes, e.g. how many grayscale or CMYK images need conversion).
     """
     from tqdm import tqdm
-
-    from dali_abs.files import ImageError, open_image
 
     problems: list[dict] = []
     modes: Counter = Counter()

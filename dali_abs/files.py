@@ -9,6 +9,8 @@ Conventions at this boundary:
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from dali_abs.errors import DatasetError
+from dali_abs.errors import DaliAbsError, DatasetError
 
 
 @contextlib.contextmanager
@@ -53,6 +55,49 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_writer(path, "w") as f:
         f.write(text)
+
+
+def read_text(path: str | os.PathLike, error: type[DaliAbsError] = DaliAbsError) -> str:
+    """The whole file as text, UTF-8 (a leading byte-order mark dropped); ``error`` names the
+    file, the first bad byte and its line when it is not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}). Save it as UTF-8, e.g. "
+                    f"`iconv -f latin1 -t utf-8 {Path(path).name} > fixed.csv`") from None
+
+
+def read_csv(path: str | os.PathLike, error: type[DaliAbsError] = DaliAbsError,
+             as_dicts: bool = False) -> tuple[list[str] | None, Iterator]:
+    """(header, rows) of a UTF-8 CSV file (see :func:`read_text`); rows are field lists, or with
+    ``as_dicts`` dicts keyed by the header (``csv.DictReader``). The header is None for an empty
+    file. The csv module's errors (a field over its 131,072-character limit, a NUL byte) are
+    ``error`` naming the file and row."""
+    f = io.StringIO(read_text(path, error), newline="")
+    reader = csv.DictReader(f) if as_dicts else csv.reader(f)
+
+    def bad(e: csv.Error):
+        line = (reader.reader if as_dicts else reader).line_num  # DictReader's own count lags on errors
+        return error(f"{path} row {line}: not valid CSV ({e}); fix or remove the row")
+
+    try:
+        header = reader.fieldnames if as_dicts else next(reader, None)
+    except csv.Error as e:
+        raise bad(e) from None
+
+    def rows() -> Iterator:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                raise bad(e) from None
+            yield row
+
+    return header, rows()
 
 
 # Images with more pixels are refused from their header, before any pixel is decoded: a

@@ -138,3 +138,34 @@ def test_every_command_refuses_an_image_path_outside_the_dataset(tmp_path):
     assert not out.exists()
     r = run("data", "check", str(data), "--report", str(out / "r.json"), "--allow-outside", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["checked"] == 3
+
+
+def test_a_port_out_of_range_is_a_one_line_error(tmp_path, tiny_dataset):
+    r = run("label", str(tiny_dataset), "--out", str(tmp_path / "l.csv"), "--grid", "8", "--port", "99999")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].endswith("--port 99999 is not a port number: use 1..65535, or 0 for "
+                                                      "any free port")
+    assert not (tmp_path / "l.csv").exists()
+
+
+def test_a_manifest_without_grid_is_a_one_line_error(tmp_path, tiny_cache):
+    import shutil
+
+    from dali_abs.cache.format import CacheError, open_cache
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    del manifest["grid"]
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    want = (f"{cache / 'manifest.json'}: damaged cache manifest: 'grid' is missing. Rewrite it from the chunk "
+            f"records with `dali-abs cache merge {cache}`, or rebuild the cache")
+    r = run("cache", "info", str(cache))
+    assert r.returncode == 2 and r.stderr.strip() == f"dali-abs: error: {want}", r.stderr
+    r = run("cache", "verify", str(cache), "--no-decode")  # a problem found: exit status 1, listed
+    assert r.returncode == 1 and "Traceback" not in r.stderr and f"  {want}" in r.stdout.splitlines(), r.stdout
+    with pytest.raises(CacheError) as e:
+        open_cache(cache)
+    assert str(e.value) == want
+    assert run("cache", "merge", str(cache)).returncode == 0  # the fix the message names
+    assert open_cache(cache).grid == 8

@@ -193,3 +193,17 @@ def test_imagefolder_links_out_of_the_dataset_are_refused(tmp_path):
     with pytest.raises(DatasetError, match=r"folder/dog/x.jpg: path 'dog/x.jpg' resolves through a symbolic link"):
         load_dataset(root)
     assert load_dataset(root, allow_outside=True).by_id()["dog/x.jpg"].label == 1
+
+
+def test_a_manifest_that_is_not_utf8_is_a_one_line_error(wb):
+    with open(wb / "metadata.csv", "ab") as f:
+        f.write("9,imgs/0.jpg,0,0,0,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"metadata.csv: not UTF-8 text \(byte 0xe9 on line 8\).*iconv"):
+        load_dataset(wb)
+
+
+def test_a_nul_byte_in_a_path_names_the_row(wb):
+    with open(wb / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerow(("9", "imgs/0\0.jpg", 0, 0, 0))
+    with pytest.raises(DatasetError, match=r"row 8 \(img_id=9\): path 'imgs/0\\x00.jpg' holds a NUL byte"):
+        load_dataset(wb)

@@ -552,3 +552,12 @@ def test_a_decompression_bomb_image_gets_422_naming_the_file(serve_folder, tmp_p
     assert status == 422, data
     assert "bomb.png: too large: 20000x20000" in json.loads(data)["error"]
     assert c.request("GET", f"/api/image/{ids.index('cat/0.png')}")[0] == 200  # the server keeps serving
+
+
+def test_a_labels_file_to_resume_that_is_not_utf8_is_a_clear_error(tiny_dataset, tmp_path, capsys):
+    from dali_abs.labeling.cli import main
+
+    out = tmp_path / "l.csv"
+    out.write_bytes("image_id,grid,mask\nb\u00e9,1,0\n".encode("latin-1"))
+    assert main(["label", str(tiny_dataset), "--out", str(out), "--port", "0"]) == 2
+    assert "l.csv: not UTF-8 text (byte 0xe9 on line 2)" in capsys.readouterr().err

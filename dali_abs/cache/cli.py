@@ -58,7 +58,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json(res)
     else:
-        print(f"{args.cache}: {'OK' if res['ok'] else 'PROBLEMS'}; {res['counts']}")
+        print(f"{args.cache}: {'OK' if res['ok'] else 'PROBLEMS'}; {res.get('counts', 'no counts')}")
         for p in res["problems"][:20]:
             print(f"  {p}")
         if "stale" in res:

@@ -62,6 +62,8 @@ class LabelServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, session: LabelSession, host: str = "127.0.0.1", port: int = 0, quiet: bool = True):
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise DaliAbsError(f"--port {port} is not a port number: use 1..65535, or 0 for any free port")
         self.session = session
         self.quiet = quiet
         if ":" in host:  # IPv6 literal

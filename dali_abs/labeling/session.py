@@ -49,8 +49,9 @@ def _read_existing(path: Path, dataset: Dataset) -> dict[str, np.ndarray]:
         return {}
     if not path.is_file():
         raise LabelsError(f"{path}: not a file; pass a labels.csv path to --out")
-    with open(path, encoding="utf-8-sig") as f:
-        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    from dali_abs.files import read_text
+
+    lines = [ln for ln in read_text(path, LabelsError).splitlines() if ln.strip()]
     if len(lines) <= 1 and (not lines or lines[0].replace(" ", "") == "image_id,grid,mask"):
         return {}
     return read_labels(path, dataset)
