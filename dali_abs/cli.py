@@ -53,6 +53,8 @@ def _labels_import(args: argparse.Namespace) -> int:
     from dali_abs.labels import import_reference
 
     ds = load_dataset(args.data) if args.data else None
+    if ds is not None:
+        ds.check_output(args.out, "--out")
     labels = import_reference(args.masks_csv, args.out, ds)
     msg = {"out": str(args.out), "images": len(labels), "grid": 16}
     print_json(msg) if args.json else print(f"wrote {len(labels)} labels (16 x 16) to {args.out}")

@@ -127,6 +127,19 @@ class Dataset:
                 best[y] = (g, n)
         return {g for g, _ in best.values()}
 
+    def check_output(self, path: str | os.PathLike, option: str = "output") -> Path:
+        """``path`` resolved (symbolic links followed); refuses one inside the dataset folder.
+
+        The one check of every writer (reports, labels, caches, models): the user's dataset is
+        read-only to us. ``option`` names the setting in the message (e.g. ``--out``).
+        """
+        p = Path(path).expanduser().resolve()
+        if p == self.root or p.is_relative_to(self.root):
+            given = f" ({path})" if str(path) != str(p) else ""
+            raise DatasetError(f"{option} {p}{given} is inside the dataset folder {self.root}; the dataset is never "
+                               f"written to. Choose a path outside it (run from another folder for a default path).")
+        return p
+
     def fingerprint(self) -> str:
         """Hash of ids, paths, labels, splits, places and file sizes/mtimes (detects a changed dataset)."""
         h = hashlib.sha256()

@@ -169,3 +169,38 @@ def test_a_manifest_without_grid_is_a_one_line_error(tmp_path, tiny_cache):
     assert str(e.value) == want
     assert run("cache", "merge", str(cache)).returncode == 0  # the fix the message names
     assert open_cache(cache).grid == 8
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_no_command_writes_into_the_dataset(tmp_path):
+    from dali_abs.synthetic import SyntheticConfig, make_dataset
+
+    data = make_dataset(tmp_path / "d", SyntheticConfig(classes=2, size=32, train=8, val=4, test=4, seed=1),
+                        progress=False)
+    (tmp_path / "masks.csv").write_text("info,mask\n0," + "01" * 128 + "\n")
+    before = _tree(data)
+    d = str(data)
+    cmds = [
+        ["data", "check", d, "--report", f"{d}/r.json"],
+        ["data", "check", d],  # the default report, ./data-check-report.json, run from inside DATA
+        ["data", "check", d, "--report", "sub/../r.json"],  # run from inside DATA
+        ["labels", "from-masks", d, "--masks", f"{d}/masks", "--out", f"{d}/labels.csv", "--grid", "4"],
+        ["labels", "import-reference", str(tmp_path / "masks.csv"), "--data", d, "--out", f"{d}/labels.csv"],
+        ["label", d, "--out", f"{d}/labels.csv", "--port", "0"],
+        ["label", d, "--out", str(tmp_path / "labels.csv"), "--retrain-out", f"{d}/seg.onnx", "--port", "0"],
+        ["segmenter", "train", d, "--labels", str(tmp_path / "labels.csv"), "--out", f"{d}/images/seg.onnx"],
+    ]
+    for cmd in cmds:
+        try:
+            r = subprocess.run([str(EXE), *cmd], capture_output=True, text=True, cwd=data, timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{cmd} ran (a server started?) instead of refusing") from None
+        assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+        line = r.stderr.strip().splitlines()[-1]
+        assert line.startswith("dali-abs: error: --") and f"is inside the dataset folder {data}" in line, (cmd, line)
+        assert "Traceback" not in r.stderr
+    assert _tree(data) == before
+    assert not (tmp_path / "labels.csv").exists()

@@ -546,15 +546,7 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
     t_start = time.perf_counter()
     # refuses a wrong model or masks folder before any work
     seg, inp = _load_models(segmenter, inpainter, cfg.device, cfg.batch_size, masks)
-    root = Path(out).expanduser().resolve()
-    try:
-        root.relative_to(ds.root)
-        inside = True
-    except ValueError:
-        inside = False
-    if inside or root == ds.root:
-        raise CacheError(f"--out {root} is inside the dataset folder {ds.root}; the dataset is never written to. "
-                         "Choose a folder outside it.")
+    root = ds.check_output(out, "--out")
     if isinstance(seg, GroundTruthMasks):
         seg.prepare(ds)  # finds every image's mask file; refuses a folder with none before anything is written
     plan = make_plan(ds, seg, inp, cfg)

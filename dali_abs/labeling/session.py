@@ -76,11 +76,13 @@ class LabelSession:
         if retrain_epochs < 1:
             raise LabelsError(f"--retrain-epochs must be positive, got {retrain_epochs}")
         self.dataset = dataset
+        dataset.check_output(out, "--out")
         self.out = Path(out)
         self.device = device
         self.seed = seed
         self.retrain_epochs = retrain_epochs
         self.retrain_out = Path(retrain_out) if retrain_out else default_retrain_path(self.out)
+        dataset.check_output(self.retrain_out, "--retrain-out")
         self.threads = threads
         self.notes: list[str] = []
         self._lock = threading.RLock()
