@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -21,16 +22,46 @@ import numpy as np
 from dali_abs.errors import DaliAbsError, DatasetError
 
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _temp_pattern(path: Path) -> re.Pattern:
+    """The names :func:`atomic_writer` gives the temporary files of ``path`` (mkstemp: 8 random
+    characters of a-z, 0-9 and _ between the prefix and the suffix)."""
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}")
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writers of ``path`` killed mid-write (kill -9, power loss)
+    left beside it; only names :func:`atomic_writer` makes for this path. Returns those removed.
+
+    Call it where no other writer of ``path`` can be running (at the start of the program
+    that owns the file): a live writer's temporary file looks the same.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = _temp_pattern(path)
+    removed = []
+    for p in path.parent.iterdir():
+        if pattern.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return sorted(removed)
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it over ``path`` only on success.
 
     A reader never sees a half-written file, and a run killed mid-write leaves the old
-    file (or none) in place, plus at most a ``.tmp`` file that the next write replaces.
+    file (or none) in place, plus a ``.<name>.XXXXXXXX.tmp`` file that
+    :func:`remove_stale_temps` deletes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     # mkstemp makes the file 0600; give it the mode a plain open() would (shared clusters).
     umask = os.umask(0)
     os.umask(umask)

@@ -561,3 +561,63 @@ def test_a_labels_file_to_resume_that_is_not_utf8_is_a_clear_error(tiny_dataset,
     out.write_bytes("image_id,grid,mask\nb\u00e9,1,0\n".encode("latin-1"))
     assert main(["label", str(tiny_dataset), "--out", str(out), "--port", "0"]) == 2
     assert "l.csv: not UTF-8 text (byte 0xe9 on line 2)" in capsys.readouterr().err
+
+
+# A real `dali-abs label` process whose second labels write stops just before the rename, so that
+# the test can kill -9 it mid-write (the moment a user's kill or power loss hits by chance).
+_FREEZE_ON_SECOND_WRITE = """
+import os, sys, time
+real, writes = os.replace, []
+def replace(src, dst):
+    if str(dst).endswith("labels.csv"):
+        writes.append(dst)
+        if len(writes) == 2:
+            print("frozen", flush=True)
+            time.sleep(3600)
+    return real(src, dst)
+os.replace = replace
+from dali_abs.labeling.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_temp_files_of_a_server_killed_mid_write_are_removed_at_start(tiny_dataset, tmp_path):
+    import threading
+
+    out = tmp_path / "labels.csv"
+    args = ["label", str(tiny_dataset), "--out", str(out), "--count", "5", "--grid", "8", "--port", "0", "--json"]
+    p = subprocess.Popen([sys.executable, "-c", _FREEZE_ON_SECOND_WRITE, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    t = None
+    try:
+        info = json.loads(p.stdout.readline())
+        _, st = _http_json(info["port"], "GET", "/api/state")
+        ids = st["ids"]
+        assert _http_json(info["port"], "PUT", f"/api/labels/{ids[0]}", {"grid": 8, "mask": mask_str(8, [1])})[0] == 200
+        def put_second():
+            with pytest.raises((ConnectionError, http.client.HTTPException)):  # the server dies answering it
+                _http_json(info["port"], "PUT", f"/api/labels/{ids[1]}", {"grid": 8, "mask": mask_str(8, [2])})
+
+        t = threading.Thread(target=put_second, daemon=True)
+        t.start()
+        assert p.stdout.readline().strip() == "frozen"
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(60)
+    if t is not None:
+        t.join(30)
+    stale = [q.name for q in tmp_path.iterdir() if q.name.endswith(".tmp")]
+    assert len(stale) == 1 and stale[0].startswith(".labels.csv."), stale
+    # Names that are not atomic_writer's temporaries of labels.csv stay.
+    keep = [".labels.csv.notes.tmp", ".labels.csv.abcdefgh.tmp.bak", ".other.csv.abcdefgh.tmp", "labels.csv.tmp"]
+    for name in keep:
+        (tmp_path / name).write_text("keep me")
+    p, info = _start_cli(tiny_dataset, out)
+    try:
+        assert info["labelled"] == 1 and any("removed 1 unfinished temporary file" in n for n in info["notes"])
+        assert _http_json(info["port"], "GET", "/api/state")[1]["labelled"] == 1
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0
+    assert sorted(q.name for q in tmp_path.iterdir() if "tmp" in q.name) == sorted(keep)
+    assert list(read_labels(out)) == [ids[0]]

@@ -28,6 +28,7 @@ import numpy as np
 
 from dali_abs.dataset import Dataset, Sample
 from dali_abs.errors import DaliAbsError, LabelsError
+from dali_abs.files import read_text, remove_stale_temps
 from dali_abs.labels import decode_grid, encode_grid, read_labels, select_for_labelling, write_labels
 
 ORDERS = ("majority", "random", "uncertain")
@@ -49,8 +50,6 @@ def _read_existing(path: Path, dataset: Dataset) -> dict[str, np.ndarray]:
         return {}
     if not path.is_file():
         raise LabelsError(f"{path}: not a file; pass a labels.csv path to --out")
-    from dali_abs.files import read_text
-
     lines = [ln for ln in read_text(path, LabelsError).splitlines() if ln.strip()]
     if len(lines) <= 1 and (not lines or lines[0].replace(" ", "") == "image_id,grid,mask"):
         return {}
@@ -87,6 +86,10 @@ class LabelSession:
         self.notes: list[str] = []
         self._lock = threading.RLock()
         self._by_id = dataset.by_id()
+        stale = remove_stale_temps(self.out)  # left by a server killed mid-write (kill -9)
+        if stale:
+            self.notes.append(f"removed {len(stale)} unfinished temporary file(s) of {self.out.name} that a killed "
+                              f"session left: {', '.join(p.name for p in stale)}")
         self.labels: dict[str, np.ndarray] = _read_existing(self.out, dataset)
 
         self._model = None  # (Segmenter, version, {image_id: probabilities}) or None
