@@ -621,3 +621,18 @@ def test_temp_files_of_a_server_killed_mid_write_are_removed_at_start(tiny_datas
         assert p.wait(60) == 0
     assert sorted(q.name for q in tmp_path.iterdir() if "tmp" in q.name) == sorted(keep)
     assert list(read_labels(out)) == [ids[0]]
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"grid": 1' + b"0" * 5000 + b', "mask": "0"}',  # over Python's 4,300-digit int limit
+    b"[" * 100_000 + b"]" * 100_000,  # nested past the recursion limit
+    b'{"grid": 8, "mask": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+])
+def test_json_bodies_past_the_parser_limits_get_400(make_server, tmp_path, raw):
+    c = make_server()
+    ids = c.json("GET", "/api/state")["ids"]
+    for method, path in (("PUT", f"/api/labels/{ids[0]}"), ("POST", "/api/retrain")):
+        status, _, data = c.request(method, path, headers={"Content-Type": "application/json"}, raw_body=raw)
+        assert status == 400, (method, status, data[:300])
+        assert json.loads(data)["error"].startswith("body is not valid JSON")
+    assert c.json("GET", "/api/state")["labelled"] == 0 and not (tmp_path / "labels.csv").exists()

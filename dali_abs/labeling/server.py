@@ -57,6 +57,21 @@ def _unquote(text: str) -> str:
         raise RequestError(f"image id {text!r} is not valid percent-encoded UTF-8") from None
 
 
+def parse_json_body(raw: bytes):
+    """A request body (at most :data:`MAX_BODY` bytes) as JSON; every way it can fail is a 400:
+    not UTF-8, not JSON, an integer over Python's digit limit (4,300), nesting past the
+    recursion limit."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise RequestError("body is not valid JSON: nested too deeply") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(f"body is not valid JSON: {e}") from None
+    except ValueError:  # int()'s digit limit (sys.get_int_max_str_digits, Python >= 3.10.7)
+        digits = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+        raise RequestError(f"body is not valid JSON: a number has more than {digits} digits") from None
+
+
 class LabelServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -207,10 +222,7 @@ class Handler(BaseHTTPRequestHandler):
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise RequestError(f"Content-Type must be application/json, got {ctype or 'none'!r}", 415)
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RequestError(f"body is not valid JSON: {e}") from None
+        return parse_json_body(raw)
 
     # ------------------------------------------------------------- routing
     def _dispatch(self) -> None:
