@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 import pytest
@@ -636,3 +637,83 @@ def test_json_bodies_past_the_parser_limits_get_400(make_server, tmp_path, raw):
         assert status == 400, (method, status, data[:300])
         assert json.loads(data)["error"].startswith("body is not valid JSON")
     assert c.json("GET", "/api/state")["labelled"] == 0 and not (tmp_path / "labels.csv").exists()
+
+
+def test_beyond_loopback_every_request_needs_the_token_and_host_origin_stay_real(serve_folder, tmp_path):
+    root = _folder_dataset(tmp_path / "folder")
+    c = serve_folder(root, host="0.0.0.0")
+    srv, port = c.server, c.port
+    url = urlsplit(srv.url)
+    token = parse_qs(url.query)["token"][0]
+    assert len(token) >= 32 and url.path == "/"
+    host = f"127.0.0.1:{port}"
+    # Without the token nothing is answered: the page, its script, the API, unknown routes.
+    for path in ("/", "/app.js", "/api/state", "/api/image/0", "/nope"):
+        status, _, data = c.request("GET", path, headers={"Host": host})
+        assert status == 403 and b"secret token" in data, (path, status)
+    assert c.request("GET", "/api/state?token=" + "x" * len(token), headers={"Host": host})[0] == 403
+    # The printed URL gives the page and an HttpOnly, SameSite=Strict cookie for this server's port.
+    status, headers, page = c.request("GET", f"/?token={token}", headers={"Host": host})
+    assert status == 200 and b"<canvas" in page
+    cookie = headers["Set-Cookie"]
+    name_value = cookie.split(";")[0]
+    assert name_value == f"dali_abs_token_{port}={token}"
+    assert {a.strip() for a in cookie.split(";")[1:]} >= {"HttpOnly", "SameSite=Strict", "Path=/"}
+    auth = {"Host": host, "Cookie": name_value}
+    ids = c.json("GET", "/api/state", headers=auth)["ids"]
+    assert c.request("GET", "/app.js", headers=auth)[0] == 200
+    assert c.request("GET", "/api/state", headers={"Host": host, "Cookie": f"dali_abs_token_1={token}"})[0] == 403
+    # DNS rebinding: evil.example resolving to this machine; its requests never carry our cookie,
+    # and even with the token the Host is refused.
+    for h in ("evil.example", f"evil.example:{port}"):
+        assert c.request("GET", "/api/state", headers={**auth, "Host": h})[0] == 403
+        assert c.request("GET", f"/api/state?token={token}", headers={"Host": h})[0] == 403
+    # A cross-origin write, even with the cookie, is refused; nothing is written.
+    ok = {"grid": 4, "mask": "1" * 16}
+    for origin in ("http://evil.example", f"http://evil.example:{port}", "null"):
+        assert c.request("PUT", f"/api/labels/{quote(ids[0], safe='')}", ok, headers={**auth, "Origin": origin})[0] == 403
+    assert not (tmp_path / "l.csv").exists()
+    status, _, _ = c.request("PUT", f"/api/labels/{quote(ids[0], safe='')}", ok,
+                             headers={**auth, "Origin": f"http://{host}"})
+    assert status == 200 and list(read_labels(tmp_path / "l.csv")) == [ids[0]]
+    # The printed address answers too (it is one of the names the server is bound under).
+    printed = f"{url.hostname}:{port}"
+    assert c.request("GET", "/api/state", headers={"Host": printed, "Cookie": name_value})[0] == 200
+
+
+def test_a_loopback_address_other_than_127_0_0_1_accepts_its_own_printed_url(tiny_dataset, tmp_path):
+    import urllib.request
+
+    p, info = _start_cli(tiny_dataset, tmp_path / "l.csv", "--host", "127.0.0.2")
+    try:
+        assert info["url"] == f"http://127.0.0.2:{info['port']}/"  # loopback: no token
+        with urllib.request.urlopen(info["url"], timeout=30) as r:
+            assert r.status == 200 and b"<canvas" in r.read()
+        with urllib.request.urlopen(info["url"] + "api/state", timeout=30) as r:
+            assert json.loads(r.read())["target"] == 5
+        # The other loopback names do not reach it, and a rebinding Host is still refused.
+        c = http.client.HTTPConnection("127.0.0.2", info["port"], timeout=30)
+        c.request("GET", "/api/state", headers={"Host": "evil.example"})
+        assert c.getresponse().status == 403
+        c.close()
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0
+
+
+def test_cli_beyond_loopback_prints_a_url_with_the_token_that_works(tiny_dataset, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    p, info = _start_cli(tiny_dataset, tmp_path / "l.csv", "--host", "0.0.0.0")
+    try:
+        url = urlsplit(info["url"])
+        assert "token=" in url.query and url.port == info["port"]
+        with urllib.request.urlopen(info["url"], timeout=30) as r:
+            assert r.status == 200 and "HttpOnly" in r.headers["Set-Cookie"]
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://{url.netloc}/api/state", timeout=30)
+        assert e.value.code == 403
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0
