@@ -182,9 +182,9 @@ class LabelServer(ThreadingHTTPServer):
         return f"http://{self.public_name}:{self.port}/{query}"
 
     def allowed_hosts(self) -> set[str]:
-        """Host (and Origin) values this server answers to: its names with its port (and bare on port 80)."""
-        out = {f"{n}:{self.port}" for n in self.names}
-        return out | (set(self.names) if self.port == 80 else set())
+        """Host (and Origin) values this server answers to: its names, with its port or bare (what
+        matters against DNS rebinding is the name; browsers always send the port)."""
+        return {f"{n}:{self.port}" for n in self.names} | set(self.names)
 
     def token_ok(self, value: str | None) -> bool:
         return bool(self.token) and value is not None and hmac.compare_digest(value.encode(), self.token.encode())
