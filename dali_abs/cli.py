@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from dali_abs.cli_args import add_dataset_arguments, add_json_argument, dataset_from_args, print_json
-from dali_abs.errors import DaliAbsError
+from dali_abs.errors import DaliAbsError, DaliAbsWarning
 from dali_abs.files import MAX_PIXELS
 
 
@@ -159,11 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    if issubclass(category, DaliAbsWarning):
+        print(f"dali-abs: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", DaliAbsWarning)  # shown (once) even under PYTHONWARNINGS=ignore
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except DaliAbsError as e:
         print(f"dali-abs: error: {e}", file=sys.stderr)
         return 2

@@ -7,6 +7,9 @@ Two layouts are understood:
   ``img_filename`` is relative to the root; ``split`` is 0/1/2 (or ``train``/``val``/``test``);
   ``y`` is the integer class; ``place`` (optional) the integer background type.
   The group of a sample is ``y * n_places + place``, as in Waterbirds.
+  ``y`` and ``place`` must be numbered 0..K-1: more than half of 0..max empty (``y = 5000000``
+  in one row) is refused naming the row, a few empty indices are a :class:`DatasetWarning`.
+  A ``Metadata.csv`` in another case is refused, never read as an ImageFolder.
   Column names can be remapped with :class:`Columns`.
 - **ImageFolder**: ``root/<class>/<image>``, or ``root/<split>/<class>/<image>`` when the root
   holds ``train/`` (and optionally ``val/``, ``test/``). No groups. Class indices follow the
@@ -25,12 +28,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from dali_abs.errors import DatasetError
+from dali_abs.errors import DatasetError, DatasetWarning
 from dali_abs.files import ImageError, open_image, read_csv
 
 SPLITS = ("train", "val", "test")
@@ -73,6 +77,7 @@ class Dataset:
     n_places: int = 0
     ignored: list[str] = field(default_factory=list)  # files skipped by extension (ImageFolder)
     allow_outside: bool = False  # loaded with allow_outside=True: image paths may lead out of the root
+    warnings: list[str] = field(default_factory=list)  # suspicious but usable (also issued as DatasetWarning)
 
     @property
     def has_groups(self) -> bool:
@@ -191,6 +196,12 @@ def load_dataset(root: str | os.PathLike, columns: Columns = Columns(), allow_ou
                            f"{METADATA_FILE} or the class folders.")
     if (root / METADATA_FILE).is_file():
         return _load_metadata(root, columns, allow_outside)
+    other = sorted(p.name for p in root.iterdir() if p.name.lower() == METADATA_FILE and p.is_file())
+    if other:
+        # Never an ImageFolder then: its class folders would be masks/, backgrounds/ and the image folders.
+        raise DatasetError(f"{root}: has {other[0]} but no {METADATA_FILE} (file names are case-sensitive). "
+                           f"Rename it to {METADATA_FILE}; without it this folder would be read as an ImageFolder "
+                           "with its sub-folders as classes.")
     return _load_imagefolder(root, allow_outside)
 
 
@@ -231,16 +242,47 @@ def _load_metadata(root: Path, columns: Columns, allow_outside: bool) -> Dataset
         samples.append(Sample(sid, img, rel, label, _SPLIT_CODES[split_raw], place, extra))
     if not samples:
         raise DatasetError(f"{path}: no rows. Add one row per image.")
-    labels = sorted({s.label for s in samples})
-    n_classes = labels[-1] + 1
-    if labels[0] < 0:
-        raise DatasetError(f"{path}: labels must be 0..K-1, found {labels[0]}")
-    n_places = (max(s.place for s in samples) + 1) if has_place else 0
-    if has_place and min(s.place for s in samples) < 0:
-        raise DatasetError(f"{path}: places must be 0..P-1, found {min(s.place for s in samples)}")
-    ds = Dataset(root, "metadata", samples, [str(i) for i in range(n_classes)], n_places, allow_outside=allow_outside)
+    notes: list[str] = []
+    n_classes = _index_range(path, columns.label, "class", [s.label for s in samples], notes)
+    n_places = _index_range(path, columns.place, "place", [s.place for s in samples], notes) if has_place else 0
+    ds = Dataset(root, "metadata", samples, [str(i) for i in range(n_classes)], n_places, allow_outside=allow_outside,
+                 warnings=notes)
     ds.split("train")  # an empty train split is an error for every command
+    for note in notes:
+        warnings.warn(note, DatasetWarning, stacklevel=3)
     return ds
+
+
+def _index_range(path: Path, column: str, what: str, values: list[int], notes: list[str]) -> int:
+    """K for integer indices that must be 0..K-1 (classes, places), K = max + 1.
+
+    The rule: a negative index, or a K more than twice the number of distinct values (most of
+    0..K-1 empty: ``y = 5000000`` in one row), is refused naming the row; a few empty indices
+    (labels numbered from 1, a class without images) are a warning added to ``notes``.
+    Rows are numbered as in the file (row 1 is the header).
+    """
+    first: dict[int, int] = {}
+    for i, v in enumerate(values):
+        first.setdefault(v, i + 2)
+    lo, hi = min(first), max(first)
+    plural = "classes" if what == "class" else what + "s"
+    if lo < 0:
+        raise DatasetError(f"{path} row {first[lo]}: {column} = {lo}; {plural} must be numbered 0..K-1")
+    k, present = hi + 1, len(first)
+    if 2 * present < k:
+        shown = ", ".join(str(v) for v in sorted(first)[:8]) + (", ..." if present > 8 else "")
+        raise DatasetError(f"{path} row {first[hi]}: {column} = {hi} makes {k:,} {plural} (0..{hi}), but only "
+                           f"{present} distinct values occur ({shown}). {plural.capitalize()} must be numbered "
+                           f"0..K-1: renumber the {column} column (e.g. the sorted distinct values to 0, 1, 2, ...)")
+    missing = sorted(set(range(k)) - set(first))
+    if missing:
+        shown = ", ".join(str(v) for v in missing[:8]) + (", ..." if len(missing) > 8 else "")
+        hint = f" Numbered from 1? {plural.capitalize()} start at 0." if missing == [0] else ""
+        notes.append(f"{path}: {column} has no rows for {len(missing)} of its {k} {plural} ({shown}); they are "
+                     f"kept as empty {plural} (a classifier gets {k} outputs).{hint}" if what == "class" else
+                     f"{path}: {column} has no rows for {len(missing)} of its {k} {plural} ({shown}); their "
+                     f"groups are empty.{hint}")
+    return k
 
 
 def _parse_int(value: str | None, where: str, column: str, sid: str) -> int:
@@ -323,5 +365,5 @@ def check_images(dataset: Dataset, min_size: int = 1, progress: bool = True, max
             "ok": len(dataset.samples) - len(problems), "problems": problems,
             "ignored": list(dataset.ignored), "modes": dict(modes),
             "splits": dataset.split_counts(), "classes": dataset.n_classes,
-            "groups": dataset.n_groups, "fingerprint": dataset.fingerprint()}
+            "groups": dataset.n_groups, "fingerprint": dataset.fingerprint(), "warnings": list(dataset.warnings)}
 

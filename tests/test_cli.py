@@ -204,3 +204,20 @@ def test_no_command_writes_into_the_dataset(tmp_path):
         assert "Traceback" not in r.stderr
     assert _tree(data) == before
     assert not (tmp_path / "labels.csv").exists()
+
+
+def test_dataset_warnings_are_one_line_on_stderr_and_in_the_report(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "d"
+    data.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 32)).save(data / f"{i}.png")
+    (data / "metadata.csv").write_text("img_id,img_filename,y,split\n0,0.png,1,0\n1,1.png,2,0\n2,2.png,1,0\n")
+    report = tmp_path / "r.json"
+    r = subprocess.run([str(EXE), "data", "check", str(data), "--report", str(report), "--json"], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "warning" in ln]
+    assert len(lines) == 1 and lines[0].startswith("dali-abs: warning: ") and "Numbered from 1?" in lines[0], r.stderr
+    assert json.loads(report.read_text())["warnings"] == [lines[0].removeprefix("dali-abs: warning: ")]

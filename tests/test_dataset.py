@@ -207,3 +207,41 @@ def test_a_nul_byte_in_a_path_names_the_row(wb):
         csv.writer(f).writerow(("9", "imgs/0\0.jpg", 0, 0, 0))
     with pytest.raises(DatasetError, match=r"row 8 \(img_id=9\): path 'imgs/0\\x00.jpg' holds a NUL byte"):
         load_dataset(wb)
+
+
+def test_a_label_far_beyond_the_distinct_labels_is_refused_naming_the_row(wb):
+    with open(wb / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerow(("9", "imgs/0.jpg", 5000000, 0, 0))
+    with pytest.raises(DatasetError, match=r"metadata.csv row 8: y = 5000000 makes 5,000,001 classes \(0..5000000\), "
+                                           r"but only 3 distinct values occur \(0, 1, 5000000\).*renumber the y"):
+        load_dataset(wb)
+
+
+def test_a_place_far_beyond_the_distinct_places_is_refused(wb):
+    with open(wb / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerow(("9", "imgs/0.jpg", 0, 0, 99))
+    with pytest.raises(DatasetError, match=r"row 8: place = 99 makes 100 places"):
+        load_dataset(wb)
+
+
+def test_a_few_empty_classes_are_a_warning_kept_in_the_dataset(tmp_path):
+    from dali_abs.errors import DatasetWarning
+
+    root = tmp_path / "d"
+    rows = []
+    for i in range(4):
+        _img(root / f"{i}.jpg")
+        rows.append((i, f"{i}.jpg", 1 + i % 2, 0, 0))  # labels 1 and 2: numbered from 1
+    _metadata(root, rows)
+    with pytest.warns(DatasetWarning, match=r"y has no rows for 1 of its 3 classes \(0\).*Numbered from 1\?"):
+        ds = load_dataset(root)
+    assert ds.n_classes == 3 and len(ds.warnings) == 1
+    assert check_images(ds, progress=False)["warnings"] == ds.warnings
+
+
+def test_a_wrongly_cased_metadata_file_is_refused_not_read_as_an_imagefolder(tmp_path, wb):
+    (wb / "metadata.csv").rename(wb / "Metadata.csv")
+    _img(wb / "masks" / "0.png", mode="L")
+    with pytest.raises(DatasetError, match=r"has Metadata.csv but no metadata.csv \(file names are case-sensitive\)"
+                                           r". Rename it to metadata.csv"):
+        load_dataset(wb)
