@@ -136,3 +136,14 @@ def test_a_labels_row_over_the_csv_field_limit_names_the_row(tmp_path):
     src.write_text("info,mask\n1," + "0" * 200_000 + "\n")
     with pytest.raises(LabelsError, match=r"masks.csv row 2: not valid CSV"):
         import_reference(src, tmp_path / "out.csv")
+
+
+def test_an_unreadable_mask_is_an_error_naming_the_file(tmp_path, tiny_dataset):
+    from dali_abs.errors import DatasetError
+
+    ds = load_dataset(tiny_dataset)
+    first = ds.split("train")[0]
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / f"{first.id}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DatasetError, match=rf"masks/{first.id}.png: cannot decode mask image"):
+        labels_from_masks(ds, tmp_path / "masks", grid=8, progress=False)
