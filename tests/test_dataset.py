@@ -171,7 +171,8 @@ def test_image_paths_that_leave_the_dataset_are_refused_naming_the_row(tmp_path,
         csv.writer(f).writerow(("9", rel, 0, 0, 0))
     how = {"dotdot": "leads out of", "absolute": "is absolute", "symlink": "resolves through a symbolic link to",
            "symlinked-folder": "resolves through a symbolic link to"}[kind]
-    with pytest.raises(DatasetError, match=rf"metadata.csv row 8 \(img_id=9\): path '{re.escape(rel)}' {how}.*--allow-outside"):
+    pattern = rf"metadata.csv row 8 \(img_id=9\): path '{re.escape(rel)}' {how}.*--allow-outside"
+    with pytest.raises(DatasetError, match=pattern):
         load_dataset(wb)
     ds = load_dataset(wb, allow_outside=True)  # the explicit opt-in
     assert ds.by_id()["9"].path == outside.resolve()

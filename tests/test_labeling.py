@@ -671,7 +671,8 @@ def test_beyond_loopback_every_request_needs_the_token_and_host_origin_stay_real
     # A cross-origin write, even with the cookie, is refused; nothing is written.
     ok = {"grid": 4, "mask": "1" * 16}
     for origin in ("http://evil.example", f"http://evil.example:{port}", "null"):
-        assert c.request("PUT", f"/api/labels/{quote(ids[0], safe='')}", ok, headers={**auth, "Origin": origin})[0] == 403
+        status = c.request("PUT", f"/api/labels/{quote(ids[0], safe='')}", ok, headers={**auth, "Origin": origin})[0]
+        assert status == 403, origin
     assert not (tmp_path / "l.csv").exists()
     status, _, _ = c.request("PUT", f"/api/labels/{quote(ids[0], safe='')}", ok,
                              headers={**auth, "Origin": f"http://{host}"})
