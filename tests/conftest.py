@@ -81,3 +81,26 @@ def tiny_cache(tmp_path_factory, tiny_dataset, tiny_models) -> Path:
     precompute(load_dataset(tiny_dataset), *tiny_models, out, PrecomputeConfig(chunk_size=64, device="cpu"),
                progress=False)
     return out
+
+
+def _write_bomb_png(path: Path, side: int = 20000) -> Path:
+    """A valid 1-bit PNG of side x side black pixels: ~50 kB on disk, 400 Mpx (1.2 GB as RGB) decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (side + 7) // 8)  # filter byte + packed bits
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def bomb_png():
+    """Factory: write a 20000 x 20000 decompression-bomb PNG to a path (returns the path)."""
+    return _write_bomb_png

@@ -58,7 +58,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json(res)
     else:
-        print(f"{args.cache}: {'OK' if res['ok'] else 'PROBLEMS'}; {res['counts']}")
+        print(f"{args.cache}: {'OK' if res['ok'] else 'PROBLEMS'}; {res.get('counts', 'no counts')}")
         for p in res["problems"][:20]:
             print(f"  {p}")
         if "stale" in res:
@@ -93,7 +93,9 @@ def _dataset_columns_optional(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset folder: also report images changed, added or removed since the precompute")
     g = p.add_argument_group("metadata.csv columns")
     for action in tmp._actions:
-        if action.option_strings:
+        if action.option_strings and action.nargs == 0:  # a flag (--allow-outside)
+            g.add_argument(*action.option_strings, action="store_true", help=action.help)
+        elif action.option_strings:
             g.add_argument(*action.option_strings, default=action.default, help=action.help)
 
 

@@ -35,6 +35,7 @@ from dali_abs.cache.format import (CHUNKS, DEFAULT_FILL_THRESHOLD, DEFAULT_TIGHT
                                    part_name, quantize, read_chunk_record, read_json, sha256_file, threshold_mask,
                                    write_chunk, write_json)
 from dali_abs.dataset import Dataset, Sample
+from dali_abs.files import MAX_PIXELS
 
 STAGES = ("decode", "segmenter", "inpainter", "encode", "write")
 MASK_STAGES = ("decode", "masks", "inpainter", "encode", "write")  # with ground-truth masks instead of a segmenter
@@ -49,7 +50,7 @@ class PrecomputeConfig:
     batch_size: int = 32  # images per DALI / onnxruntime batch
     fill_threshold: float = DEFAULT_FILL_THRESHOLD  # loose mask: foreground probability above this is filled
     quality: int = 90  # JPEG quality of the stored fill
-    max_pixels: int = 100_000_000  # larger images are skipped (reported), not decoded
+    max_pixels: int = MAX_PIXELS  # larger images are skipped (reported) from their header, never decoded
     device: str = "auto"  # auto / cpu / cuda: onnxruntime provider and DALI decoder placement
 
     def check(self) -> None:
@@ -221,7 +222,7 @@ def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "dataset": {"root": str(ds.root), "layout": ds.layout, "fingerprint": ds.fingerprint(), "images": n,
-                    "ignored": list(ds.ignored)},
+                    "ignored": list(ds.ignored), **({"allow_outside": True} if ds.allow_outside else {})},
         "models": {
             **source,
             "inpainter": {"path": str(inp.path), "sha256": sha256_file(inp.path), "fill": inp.fill_name},
@@ -283,7 +284,7 @@ def _jpeg_complete(path: Path) -> bool:
 
 def prepass(s: Sample, patch: int, max_pixels: int) -> tuple[str, dict]:
     """("dali" | "pil" | "skip", info) from the file header only (no full decode)."""
-    from PIL import Image
+    from dali_abs.files import ImageError, ImageTooLarge, open_image
 
     info = {"id": s.id, "path": s.relpath}
     try:
@@ -291,16 +292,18 @@ def prepass(s: Sample, patch: int, max_pixels: int) -> tuple[str, dict]:
     except OSError as e:
         return "skip", {**info, "reason": f"cannot read file: {e}"}
     try:
-        with Image.open(s.path) as im:
+        with open_image(s.path, max_pixels=max_pixels) as im:
             w, h = im.size
             fmt, mode = im.format, im.mode
-    except Exception as e:  # PIL raises many types for non-images and broken headers
+    except ImageTooLarge as e:
+        return "skip", {**info, "reason": e.reason}
+    except ImageError as e:
+        return "skip", {**info, "reason": f"not a readable image: {e.reason}"}
+    except Exception as e:  # PIL raises many types for broken headers
         return "skip", {**info, "reason": f"not a readable image: {type(e).__name__}: {e}"}
     info.update({"size": [w, h], "format": fmt, "mode": mode})
     if min(w, h) < patch:
         return "skip", {**info, "reason": f"too small: {w}x{h} px, smaller than one patch ({patch} px)"}
-    if w * h > max_pixels:
-        return "skip", {**info, "reason": f"too large: {w}x{h} = {w * h} px > max_pixels {max_pixels}"}
     ok_modes = DALI_FORMATS.get(fmt, ())
     if mode in ok_modes and (fmt != "JPEG" or _jpeg_complete(s.path)):
         return "dali", info
@@ -421,7 +424,7 @@ def _pil_decode(path: Path, size: int) -> np.ndarray:
 
     from dali_abs.files import read_rgb
 
-    img = read_rgb(path)
+    img = read_rgb(path, max_pixels=sys.maxsize)  # the header pre-pass applied --max-pixels already
     if img.shape[:2] != (size, size):
         img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
     return img
@@ -632,15 +635,7 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
     # refuses a wrong model or masks folder before any work
     seg, inp = _load_models(segmenter, inpainter, cfg.device, cfg.batch_size, masks)
     gpu, device_id = decode_on_gpu(cfg.device)  # the device LOCAL_RANK points at, as for onnxruntime
-    root = Path(out).expanduser().resolve()
-    try:
-        root.relative_to(ds.root)
-        inside = True
-    except ValueError:
-        inside = False
-    if inside or root == ds.root:
-        raise CacheError(f"--out {root} is inside the dataset folder {ds.root}; the dataset is never written to. "
-                         "Choose a folder outside it.")
+    root = ds.check_output(out, "--out")
     if isinstance(seg, GroundTruthMasks):
         seg.prepare(ds)  # finds every image's mask file; refuses a folder with none before anything is written
     plan = make_plan(ds, seg, inp, cfg)

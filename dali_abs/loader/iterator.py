@@ -247,7 +247,8 @@ def create_loader(cache: str | os.PathLike | Cache, data: str | os.PathLike | Da
     if isinstance(data, Dataset):
         ds = data
     else:
-        ds = load_dataset(Path(data) if data is not None else cache.data_root)
+        ds = load_dataset(Path(data) if data is not None else cache.data_root,
+                          allow_outside=bool(cache.manifest["dataset"].get("allow_outside")))
     try:
         policy = LastBatchPolicy[cfg.last_batch_policy] if isinstance(cfg.last_batch_policy, str) \
             else LastBatchPolicy(cfg.last_batch_policy)
