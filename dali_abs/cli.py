@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from dali_abs.cli_args import add_dataset_arguments, add_json_argument, dataset_from_args, print_json
-from dali_abs.errors import DaliAbsError
+from dali_abs.errors import DaliAbsError, DaliAbsWarning
+from dali_abs.files import MAX_PIXELS
 
 
 def _make_dataset(args: argparse.Namespace) -> int:
@@ -29,7 +31,7 @@ def _data_check(args: argparse.Namespace) -> int:
     from dali_abs.files import atomic_write_text
 
     ds = dataset_from_args(args)
-    report = check_images(ds, min_size=args.min_size, progress=not args.json)
+    report = check_images(ds, min_size=args.min_size, progress=not args.json, max_pixels=args.max_pixels)
     report_path = Path(args.report)
     atomic_write_text(report_path, json.dumps(report, indent=2) + "\n")
     report["report"] = str(report_path)
@@ -52,6 +54,8 @@ def _labels_import(args: argparse.Namespace) -> int:
     from dali_abs.labels import import_reference
 
     ds = load_dataset(args.data) if args.data else None
+    if ds is not None:
+        ds.check_output(args.out, "--out")
     labels = import_reference(args.masks_csv, args.out, ds)
     msg = {"out": str(args.out), "images": len(labels), "grid": 16}
     print_json(msg) if args.json else print(f"wrote {len(labels)} labels (16 x 16) to {args.out}")
@@ -107,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(p)
     p.add_argument("--report", default="data-check-report.json", help="report path (default ./data-check-report.json)")
     p.add_argument("--min-size", type=int, default=16, help="smallest acceptable side in px (default 16)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help=f"report images with more pixels from their header, without decoding them (decompression "
+                        f"bombs; default {MAX_PIXELS}, as precompute)")
     add_json_argument(p)
     p.set_defaults(func=_data_check)
 
@@ -153,11 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    if issubclass(category, DaliAbsWarning):
+        print(f"dali-abs: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", DaliAbsWarning)  # shown (once) even under PYTHONWARNINGS=ignore
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except DaliAbsError as e:
         print(f"dali-abs: error: {e}", file=sys.stderr)
         return 2

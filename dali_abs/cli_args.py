@@ -19,11 +19,25 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--col-label", default=d.label, help=f"integer class column (default {d.label})")
     g.add_argument("--col-split", default=d.split, help=f"split column, 0/1/2 = train/val/test (default {d.split})")
     g.add_argument("--col-place", default=d.place, help=f"integer place (background) column, optional (default {d.place})")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="accept image paths that lead outside DATA (../, absolute paths, symbolic links to "
+                             "elsewhere), e.g. a folder of links into a shared image store; refused by default")
+
+
+# Path options that commands reading DATA write to; none may point inside DATA.
+OUTPUT_OPTIONS = ("out", "report", "retrain_out")
 
 
 def dataset_from_args(args: argparse.Namespace) -> Dataset:
+    """The dataset of DATA and the column options; refuses any output option (:data:`OUTPUT_OPTIONS`,
+    defaults included) that points inside it, before any work."""
     cols = Columns(args.col_id, args.col_filename, args.col_label, args.col_split, args.col_place)
-    return load_dataset(args.data, cols)
+    ds = load_dataset(args.data, cols, allow_outside=args.allow_outside)
+    for name in OUTPUT_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            ds.check_output(value, "--" + name.replace("_", "-"))
+    return ds
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:

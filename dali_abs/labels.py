@@ -29,7 +29,7 @@ import numpy as np
 
 from dali_abs.dataset import Dataset, Sample
 from dali_abs.errors import LabelsError
-from dali_abs.files import atomic_writer, read_mask
+from dali_abs.files import atomic_writer, read_csv, read_mask
 
 HEADER = ("image_id", "grid", "mask")
 
@@ -60,36 +60,34 @@ def read_labels(path: str | os.PathLike, dataset: Dataset | None = None) -> dict
     known = dataset.by_id() if dataset is not None else None
     out: dict[str, np.ndarray] = {}
     grid_size: tuple[int, int] | None = None  # (R, row where first seen)
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != HEADER:
-            hint = (" (this looks like the reference implementation's masks.csv: convert it with "
-                    "`dali-abs labels import-reference`)") if header and header[:2] == ["info", "mask"] else ""
-            raise LabelsError(f"{path}: header must be {','.join(HEADER)}, got {','.join(header or [])!r}{hint}")
-        for rowno, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            where = f"{path} row {rowno}"
-            if len(row) != 3:
-                raise LabelsError(f"{where}: expected 3 fields (image_id,grid,mask), got {len(row)}")
-            sid, r_text, mask = (c.strip() for c in row)
-            try:
-                r = int(r_text)
-            except ValueError:
-                raise LabelsError(f"{where}: grid must be an integer, got {r_text!r}") from None
-            if r < 1:
-                raise LabelsError(f"{where}: grid must be positive, got {r}")
-            if grid_size is None:
-                grid_size = (r, rowno)
-            elif r != grid_size[0]:
-                raise LabelsError(f"{where}: grid {r} differs from grid {grid_size[0]} of row {grid_size[1]}; "
-                                  "one file holds one grid size")
-            if sid in out:
-                raise LabelsError(f"{where}: duplicate image_id {sid!r}")
-            if known is not None and sid not in known:
-                raise LabelsError(f"{where}: image_id {sid!r} is not in the dataset at {dataset.root}")
-            out[sid] = decode_grid(mask, r, where)
+    header, reader = read_csv(path, LabelsError)
+    if header is None or tuple(h.strip() for h in header) != HEADER:
+        hint = (" (this looks like the reference implementation's masks.csv: convert it with "
+                "`dali-abs labels import-reference`)") if header and header[:2] == ["info", "mask"] else ""
+        raise LabelsError(f"{path}: header must be {','.join(HEADER)}, got {','.join(header or [])!r}{hint}")
+    for rowno, row in enumerate(reader, start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        where = f"{path} row {rowno}"
+        if len(row) != 3:
+            raise LabelsError(f"{where}: expected 3 fields (image_id,grid,mask), got {len(row)}")
+        sid, r_text, mask = (c.strip() for c in row)
+        try:
+            r = int(r_text)
+        except ValueError:
+            raise LabelsError(f"{where}: grid must be an integer, got {r_text!r}") from None
+        if r < 1:
+            raise LabelsError(f"{where}: grid must be positive, got {r}")
+        if grid_size is None:
+            grid_size = (r, rowno)
+        elif r != grid_size[0]:
+            raise LabelsError(f"{where}: grid {r} differs from grid {grid_size[0]} of row {grid_size[1]}; "
+                              "one file holds one grid size")
+        if sid in out:
+            raise LabelsError(f"{where}: duplicate image_id {sid!r}")
+        if known is not None and sid not in known:
+            raise LabelsError(f"{where}: image_id {sid!r} is not in the dataset at {dataset.root}")
+        out[sid] = decode_grid(mask, r, where)
     if not out:
         raise LabelsError(f"{path}: no labels (only a header)")
     return out
@@ -122,25 +120,24 @@ def import_reference(masks_csv: str | os.PathLike, out: str | os.PathLike,
         raise LabelsError(f"{masks_csv}: file not found")
     known = dataset.by_id() if dataset is not None else None
     labels: dict[str, np.ndarray] = {}
-    with open(masks_csv, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"info", "mask"} <= set(reader.fieldnames):
-            raise LabelsError(f"{masks_csv}: expected columns info,mask (the reference implementation's "
-                              f"hand-label file), got {','.join(reader.fieldnames or [])!r}")
-        for rowno, row in enumerate(reader, start=2):
-            where = f"{masks_csv} row {rowno}"
-            sid = (row["info"] or "").strip()
-            if not sid:
-                raise LabelsError(f"{where}: empty info (image id)")
-            text = (row["mask"] or "").strip()
-            r = math.isqrt(len(text))
-            if r * r != len(text) or len(text) != 256:
-                raise LabelsError(f"{where}: mask has {len(text)} characters, expected 256 (16 x 16)")
-            if sid in labels:
-                raise LabelsError(f"{where}: duplicate info {sid!r}")
-            if known is not None and sid not in known:
-                raise LabelsError(f"{where}: image id {sid!r} is not in the dataset at {dataset.root}")
-            labels[sid] = decode_grid(text, r, where)
+    fieldnames, reader = read_csv(masks_csv, LabelsError, as_dicts=True)
+    if not fieldnames or not {"info", "mask"} <= set(fieldnames):
+        raise LabelsError(f"{masks_csv}: expected columns info,mask (the reference implementation's "
+                          f"hand-label file), got {','.join(fieldnames or [])!r}")
+    for rowno, row in enumerate(reader, start=2):
+        where = f"{masks_csv} row {rowno}"
+        sid = (row["info"] or "").strip()
+        if not sid:
+            raise LabelsError(f"{where}: empty info (image id)")
+        text = (row["mask"] or "").strip()
+        r = math.isqrt(len(text))
+        if r * r != len(text) or len(text) != 256:
+            raise LabelsError(f"{where}: mask has {len(text)} characters, expected 256 (16 x 16)")
+        if sid in labels:
+            raise LabelsError(f"{where}: duplicate info {sid!r}")
+        if known is not None and sid not in known:
+            raise LabelsError(f"{where}: image id {sid!r} is not in the dataset at {dataset.root}")
+        labels[sid] = decode_grid(text, r, where)
     if not labels:
         raise LabelsError(f"{masks_csv}: no rows")
     write_labels(out, labels)

@@ -17,7 +17,8 @@ Three fills:
 
 - :class:`PushPull` (the default, no parameters): a mask-weighted image pyramid. Going
   down, each level is a 2x average pool of the premultiplied colour ``image * w`` and of
-  the weight ``w = 1 - mask`` (``ceil_mode``, so any H, W works); going up, each level
+  the weight ``w = 1 - mask`` (ceil(H/2) x ceil(W/2): an odd last row or column is averaged
+  over the pixels it has, so any H, W works; :func:`half`); going up, each level
   keeps its own colour ``sum(image*w) / sum(w)`` where it has weight and takes the
   bilinearly upsampled coarser level where it has none, blending by ``min(1, k * w)``.
   :data:`LEVELS` levels reach 1 x 1 for sides up to 4096 px.
@@ -54,6 +55,18 @@ def _composite(image: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> t
     return image * (1.0 - mask) + fill * mask
 
 
+def half(x: torch.Tensor) -> torch.Tensor:
+    """2x average pool to ceil(H/2) x ceil(W/2), each window averaged over the pixels inside the
+    image: ``F.avg_pool2d(x, 2, ceil_mode=True)``, written without ``ceil_mode``. onnxruntime
+    before 1.27 (the CUDA 12 builds) divides the ONNX AveragePool's ceil-mode edge windows by the
+    full kernel, which would halve the weight at an odd border; zero padding, a floor-mode pool
+    and the pooled in-image fraction mean the same everywhere (and divide by powers of two only,
+    so the values are those of the ceil-mode pool exactly)."""
+    total = F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), 2)
+    inside = F.avg_pool2d(F.pad(torch.ones_like(x[:, :1]), (0, 1, 0, 1)), 2)
+    return total / inside
+
+
 class PushPull(nn.Module):
     """Parameter-free push-pull pyramid fill. ``forward(image, mask)`` -> filled image (see module doc).
 
@@ -74,7 +87,7 @@ class PushPull(nn.Module):
         pyr = [(image * w, w)]
         for _ in range(self.levels):
             p, q = pyr[-1]
-            pyr.append((F.avg_pool2d(p, 2, ceil_mode=True), F.avg_pool2d(q, 2, ceil_mode=True)))
+            pyr.append((half(p), half(q)))
         p, q = pyr[-1]
         out = torch.where(q > 0, p / q.clamp_min(1e-8), torch.full_like(p, EMPTY_FILL))
         for p, q in reversed(pyr[:-1]):

@@ -196,7 +196,7 @@ def run_merge(root):
 
 
 def test_each_torchrun_process_takes_its_own_gpu():
-    from dali_abs.cache.precompute import pin_local_gpu
+    from dali_abs.devices import pin_local_gpu
 
     env = {"LOCAL_RANK": "3"}
     assert pin_local_gpu(env) == "3" and env["CUDA_VISIBLE_DEVICES"] == "3"
@@ -467,3 +467,41 @@ def test_resume_with_other_masks_or_a_segmenter_is_refused(tmp_path, tiny_datase
     assert main(args + gt) == 2
     assert "ground-truth mask files (added, removed or changed)" in capsys.readouterr().err
     assert cache_files(out) == files  # refused before anything was written
+
+
+def test_a_decompression_bomb_is_skipped_with_the_limit_every_reader_uses(tmp_path, tiny_models, bomb_png):
+    seg, fill = tiny_models
+    root = tmp_path / "d"
+    rng = np.random.default_rng(1)
+    for cls in "ab":
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    bomb_png(root / "a" / "bomb.png")
+    out = tmp_path / "c"
+    assert main(["precompute", str(root), "--segmenter", str(seg), "--inpainter", str(fill), "--out", str(out),
+                 "--json"]) == 0
+    reason = {s["path"]: s["reason"] for s in open_cache(out).manifest["skipped"]}["a/bomb.png"]
+    assert reason.startswith("too large: 20000x20000 = 400,000,000 px, over the 100,000,000-px limit"), reason
+    assert len(open_cache(out)) == 4
+
+
+def test_allow_outside_travels_from_precompute_to_the_loader(tmp_path, tiny_models):
+    from dali_abs.loader.iterator import create_loader
+
+    seg, fill = tiny_models
+    store = tmp_path / "store"
+    root = tmp_path / "d"
+    rng = np.random.default_rng(2)
+    for cls in "ab":
+        (store / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(store / cls / f"{i}.png")
+        (root / "train").mkdir(parents=True, exist_ok=True)
+        (root / "train" / cls).symlink_to(store / cls, target_is_directory=True)  # a folder of links
+    args = ["precompute", str(root), "--segmenter", str(seg), "--inpainter", str(fill), "--out", str(tmp_path / "c"),
+            "--json"]
+    assert main(args) == 2  # refused without the opt-in
+    assert main(args + ["--allow-outside"]) == 0
+    batch = next(iter(create_loader(tmp_path / "c", batch_size=4, size=32, device="cpu")))[0]
+    assert sorted(batch["labels"].view(-1).tolist()) == [0, 0, 1, 1]

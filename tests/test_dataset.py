@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -154,3 +155,94 @@ def test_fingerprint_changes_when_an_image_changes(tmp_path, wb):
     assert load_dataset(copy).fingerprint() == fp
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(copy / "imgs" / "0.jpg")
     assert load_dataset(copy).fingerprint() != fp
+
+
+# ---------------------------------------------------------------------------- bad input (issue 14)
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "symlinked-folder"])
+def test_image_paths_that_leave_the_dataset_are_refused_naming_the_row(tmp_path, wb, kind):
+    outside = _img(tmp_path / "outside.png")
+    rel = {"dotdot": "../outside.png", "absolute": str(outside), "symlink": "imgs/link.png",
+           "symlinked-folder": "linked/outside.png"}[kind]
+    if kind == "symlink":
+        (wb / "imgs" / "link.png").symlink_to(outside)
+    if kind == "symlinked-folder":
+        (wb / "linked").symlink_to(tmp_path, target_is_directory=True)
+    with open(wb / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerow(("9", rel, 0, 0, 0))
+    how = {"dotdot": "leads out of", "absolute": "is absolute", "symlink": "resolves through a symbolic link to",
+           "symlinked-folder": "resolves through a symbolic link to"}[kind]
+    pattern = rf"metadata.csv row 8 \(img_id=9\): path '{re.escape(rel)}' {how}.*--allow-outside"
+    with pytest.raises(DatasetError, match=pattern):
+        load_dataset(wb)
+    ds = load_dataset(wb, allow_outside=True)  # the explicit opt-in
+    assert ds.by_id()["9"].path == outside.resolve()
+
+
+def test_links_and_dotdot_that_stay_inside_the_dataset_are_fine(wb):
+    (wb / "imgs" / "alias.jpg").symlink_to(wb / "imgs" / "0.jpg")
+    with open(wb / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerows([("8", "imgs/alias.jpg", 0, 0, 0), ("9", "imgs/../imgs/1.jpg", 1, 0, 0)])
+    by_id = load_dataset(wb).by_id()
+    assert by_id["8"].path == (wb / "imgs" / "0.jpg").resolve() and by_id["9"].path == (wb / "imgs" / "1.jpg").resolve()
+
+
+def test_imagefolder_links_out_of_the_dataset_are_refused(tmp_path):
+    _img(tmp_path / "elsewhere" / "x.jpg")
+    root = tmp_path / "folder"
+    _img(root / "cat" / "1.jpg")
+    (root / "dog").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(DatasetError, match=r"folder/dog/x.jpg: path 'dog/x.jpg' resolves through a symbolic link"):
+        load_dataset(root)
+    assert load_dataset(root, allow_outside=True).by_id()["dog/x.jpg"].label == 1
+
+
+def test_a_manifest_that_is_not_utf8_is_a_one_line_error(wb):
+    with open(wb / "metadata.csv", "ab") as f:
+        f.write("9,imgs/0.jpg,0,0,0,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"metadata.csv: not UTF-8 text \(byte 0xe9 on line 8\).*iconv"):
+        load_dataset(wb)
+
+
+def test_a_nul_byte_in_a_path_names_the_row(wb):
+    with open(wb / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerow(("9", "imgs/0\0.jpg", 0, 0, 0))
+    with pytest.raises(DatasetError, match=r"row 8 \(img_id=9\): path 'imgs/0\\x00.jpg' holds a NUL byte"):
+        load_dataset(wb)
+
+
+def test_a_label_far_beyond_the_distinct_labels_is_refused_naming_the_row(wb):
+    with open(wb / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerow(("9", "imgs/0.jpg", 5000000, 0, 0))
+    with pytest.raises(DatasetError, match=r"metadata.csv row 8: y = 5000000 makes 5,000,001 classes \(0..5000000\), "
+                                           r"but only 3 distinct values occur \(0, 1, 5000000\).*renumber the y"):
+        load_dataset(wb)
+
+
+def test_a_place_far_beyond_the_distinct_places_is_refused(wb):
+    with open(wb / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerow(("9", "imgs/0.jpg", 0, 0, 99))
+    with pytest.raises(DatasetError, match=r"row 8: place = 99 makes 100 places"):
+        load_dataset(wb)
+
+
+def test_a_few_empty_classes_are_a_warning_kept_in_the_dataset(tmp_path):
+    from dali_abs.errors import DatasetWarning
+
+    root = tmp_path / "d"
+    rows = []
+    for i in range(4):
+        _img(root / f"{i}.jpg")
+        rows.append((i, f"{i}.jpg", 1 + i % 2, 0, 0))  # labels 1 and 2: numbered from 1
+    _metadata(root, rows)
+    with pytest.warns(DatasetWarning, match=r"y has no rows for 1 of its 3 classes \(0\).*Numbered from 1\?"):
+        ds = load_dataset(root)
+    assert ds.n_classes == 3 and len(ds.warnings) == 1
+    assert check_images(ds, progress=False)["warnings"] == ds.warnings
+
+
+def test_a_wrongly_cased_metadata_file_is_refused_not_read_as_an_imagefolder(tmp_path, wb):
+    (wb / "metadata.csv").rename(wb / "Metadata.csv")
+    _img(wb / "masks" / "0.png", mode="L")
+    with pytest.raises(DatasetError, match=r"has Metadata.csv but no metadata.csv \(file names are case-sensitive\)"
+                                           r". Rename it to metadata.csv"):
+        load_dataset(wb)

@@ -59,3 +59,24 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "f.txt").stat().st_mode) == 0o644
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, bomb_png):
+    import time
+
+    from dali_abs.files import MAX_PIXELS, ImageTooLarge
+
+    bomb = bomb_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 100_000
+    for read in (read_rgb, read_mask):
+        t0 = time.perf_counter()
+        with pytest.raises(ImageTooLarge, match=r"bomb.png: too large: 20000x20000 = 400,000,000 px, over the "
+                                                r"100,000,000-px limit.*downscale or remove"):
+            read(bomb)
+        assert time.perf_counter() - t0 < 2  # refused before decoding 400 Mpx
+    assert MAX_PIXELS == 100_000_000
+    small = tmp_path / "small.png"
+    Image.new("L", (30, 20)).save(small)
+    with pytest.raises(ImageTooLarge, match="600 px, over the 599-px limit"):
+        read_rgb(small, max_pixels=599)
+    assert read_rgb(small, max_pixels=600).shape == (20, 30, 3)

@@ -146,3 +146,16 @@ def test_cli_export_and_eval(tiny_dataset, tmp_path, capsys):
     assert res["images"] == 8 and res["fill"] == "pushpull" and res["mae"] > 0
     assert main(["inpainter", "eval", str(tiny_dataset), "--model", str(tmp_path / "nope.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_pyramid_pool_is_the_ceil_mode_pool_without_ceil_mode(tmp_path):
+    """PushPull's 2x pool equals torch's ceil-mode pool bit for bit at odd sizes, and its ONNX graph
+    carries no ceil-mode AveragePool (which onnxruntime < 1.27 averages over the full kernel)."""
+    import torch.nn.functional as F
+
+    for shape in ((2, 3, 37, 53), (1, 1, 1, 1), (1, 3, 7, 4)):
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(net.half(x), F.avg_pool2d(x, 2, ceil_mode=True))
+    path = net.export_onnx(net.build("pushpull"), tmp_path / "pp.onnx", "pushpull")
+    pools = [n for n in onnx.load(path).graph.node if n.op_type == "AveragePool"]
+    assert pools and not any(a.name == "ceil_mode" and a.i for n in pools for a in n.attribute)

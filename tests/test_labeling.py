@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 import pytest
@@ -505,3 +506,215 @@ def test_retrain_in_uncertain_order_reranks_the_unlabelled(make_server, tiny_mod
     assert st["ids"][:2] == [ids[1], ids[3]] and len(set(st["ids"])) == 5 and st["current"] == 2
     assert st["is_labelled"] == [True, True, False, False, False]
     assert read_labels(tmp_path / "labels.csv").keys() == {ids[1], ids[3]}
+
+
+# ---------------------------------------------------------------------------- bad input (issue 14)
+@pytest.fixture
+def serve_folder(tmp_path):
+    """Factory: a LabelSession on an ImageFolder dataset root (all train images, random order) behind a
+    LabelServer on ``host`` (default 127.0.0.1) at an ephemeral port."""
+    from dali_abs.labeling.server import serve
+    from dali_abs.labeling.session import LabelSession
+
+    servers = []
+
+    def make(root, out=None, host="127.0.0.1", **kw):
+        kw.setdefault("count", 50)
+        kw.setdefault("grid", 4)
+        session = LabelSession(load_dataset(root), out or tmp_path / "l.csv", **kw)
+        server = serve(session, host, 0)
+        server.start_background()
+        servers.append(server)
+        return Client(server)
+
+    yield make
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _folder_dataset(root: Path, n: int = 2) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_a_decompression_bomb_image_gets_422_naming_the_file(serve_folder, tmp_path, bomb_png):
+    root = _folder_dataset(tmp_path / "folder")
+    bomb_png(root / "cat" / "bomb.png")
+    c = serve_folder(root)
+    ids = c.json("GET", "/api/state")["ids"]
+    status, _, data = c.request("GET", f"/api/image/{ids.index('cat/bomb.png')}")
+    assert status == 422, data
+    assert "bomb.png: too large: 20000x20000" in json.loads(data)["error"]
+    assert c.request("GET", f"/api/image/{ids.index('cat/0.png')}")[0] == 200  # the server keeps serving
+
+
+def test_a_labels_file_to_resume_that_is_not_utf8_is_a_clear_error(tiny_dataset, tmp_path, capsys):
+    from dali_abs.labeling.cli import main
+
+    out = tmp_path / "l.csv"
+    out.write_bytes("image_id,grid,mask\nb\u00e9,1,0\n".encode("latin-1"))
+    assert main(["label", str(tiny_dataset), "--out", str(out), "--port", "0"]) == 2
+    assert "l.csv: not UTF-8 text (byte 0xe9 on line 2)" in capsys.readouterr().err
+
+
+# A real `dali-abs label` process whose second labels write stops just before the rename, so that
+# the test can kill -9 it mid-write (the moment a user's kill or power loss hits by chance).
+_FREEZE_ON_SECOND_WRITE = """
+import os, sys, time
+real, writes = os.replace, []
+def replace(src, dst):
+    if str(dst).endswith("labels.csv"):
+        writes.append(dst)
+        if len(writes) == 2:
+            print("frozen", flush=True)
+            time.sleep(3600)
+    return real(src, dst)
+os.replace = replace
+from dali_abs.labeling.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_temp_files_of_a_server_killed_mid_write_are_removed_at_start(tiny_dataset, tmp_path):
+    import threading
+
+    out = tmp_path / "labels.csv"
+    args = ["label", str(tiny_dataset), "--out", str(out), "--count", "5", "--grid", "8", "--port", "0", "--json"]
+    p = subprocess.Popen([sys.executable, "-c", _FREEZE_ON_SECOND_WRITE, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    t = None
+    try:
+        info = json.loads(p.stdout.readline())
+        _, st = _http_json(info["port"], "GET", "/api/state")
+        ids = st["ids"]
+        assert _http_json(info["port"], "PUT", f"/api/labels/{ids[0]}", {"grid": 8, "mask": mask_str(8, [1])})[0] == 200
+        def put_second():
+            with pytest.raises((ConnectionError, http.client.HTTPException)):  # the server dies answering it
+                _http_json(info["port"], "PUT", f"/api/labels/{ids[1]}", {"grid": 8, "mask": mask_str(8, [2])})
+
+        t = threading.Thread(target=put_second, daemon=True)
+        t.start()
+        assert p.stdout.readline().strip() == "frozen"
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait(60)
+    if t is not None:
+        t.join(30)
+    stale = [q.name for q in tmp_path.iterdir() if q.name.endswith(".tmp")]
+    assert len(stale) == 1 and stale[0].startswith(".labels.csv."), stale
+    # Names that are not atomic_writer's temporaries of labels.csv stay.
+    keep = [".labels.csv.notes.tmp", ".labels.csv.abcdefgh.tmp.bak", ".other.csv.abcdefgh.tmp", "labels.csv.tmp"]
+    for name in keep:
+        (tmp_path / name).write_text("keep me")
+    p, info = _start_cli(tiny_dataset, out)
+    try:
+        assert info["labelled"] == 1 and any("removed 1 unfinished temporary file" in n for n in info["notes"])
+        assert _http_json(info["port"], "GET", "/api/state")[1]["labelled"] == 1
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0
+    assert sorted(q.name for q in tmp_path.iterdir() if "tmp" in q.name) == sorted(keep)
+    assert list(read_labels(out)) == [ids[0]]
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"grid": 1' + b"0" * 5000 + b', "mask": "0"}',  # over Python's 4,300-digit int limit
+    b"[" * 100_000 + b"]" * 100_000,  # nested past the recursion limit
+    b'{"grid": 8, "mask": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+])
+def test_json_bodies_past_the_parser_limits_get_400(make_server, tmp_path, raw):
+    c = make_server()
+    ids = c.json("GET", "/api/state")["ids"]
+    for method, path in (("PUT", f"/api/labels/{ids[0]}"), ("POST", "/api/retrain")):
+        status, _, data = c.request(method, path, headers={"Content-Type": "application/json"}, raw_body=raw)
+        assert status == 400, (method, status, data[:300])
+        assert json.loads(data)["error"].startswith("body is not valid JSON")
+    assert c.json("GET", "/api/state")["labelled"] == 0 and not (tmp_path / "labels.csv").exists()
+
+
+def test_beyond_loopback_every_request_needs_the_token_and_host_origin_stay_real(serve_folder, tmp_path):
+    root = _folder_dataset(tmp_path / "folder")
+    c = serve_folder(root, host="0.0.0.0")
+    srv, port = c.server, c.port
+    url = urlsplit(srv.url)
+    token = parse_qs(url.query)["token"][0]
+    assert len(token) >= 32 and url.path == "/"
+    host = f"127.0.0.1:{port}"
+    # Without the token nothing is answered: the page, its script, the API, unknown routes.
+    for path in ("/", "/app.js", "/api/state", "/api/image/0", "/nope"):
+        status, _, data = c.request("GET", path, headers={"Host": host})
+        assert status == 403 and b"secret token" in data, (path, status)
+    assert c.request("GET", "/api/state?token=" + "x" * len(token), headers={"Host": host})[0] == 403
+    # The printed URL gives the page and an HttpOnly, SameSite=Strict cookie for this server's port.
+    status, headers, page = c.request("GET", f"/?token={token}", headers={"Host": host})
+    assert status == 200 and b"<canvas" in page
+    cookie = headers["Set-Cookie"]
+    name_value = cookie.split(";")[0]
+    assert name_value == f"dali_abs_token_{port}={token}"
+    assert {a.strip() for a in cookie.split(";")[1:]} >= {"HttpOnly", "SameSite=Strict", "Path=/"}
+    auth = {"Host": host, "Cookie": name_value}
+    ids = c.json("GET", "/api/state", headers=auth)["ids"]
+    assert c.request("GET", "/app.js", headers=auth)[0] == 200
+    assert c.request("GET", "/api/state", headers={"Host": host, "Cookie": f"dali_abs_token_1={token}"})[0] == 403
+    # DNS rebinding: evil.example resolving to this machine; its requests never carry our cookie,
+    # and even with the token the Host is refused.
+    for h in ("evil.example", f"evil.example:{port}"):
+        assert c.request("GET", "/api/state", headers={**auth, "Host": h})[0] == 403
+        assert c.request("GET", f"/api/state?token={token}", headers={"Host": h})[0] == 403
+    # A cross-origin write, even with the cookie, is refused; nothing is written.
+    ok = {"grid": 4, "mask": "1" * 16}
+    for origin in ("http://evil.example", f"http://evil.example:{port}", "null"):
+        status = c.request("PUT", f"/api/labels/{quote(ids[0], safe='')}", ok, headers={**auth, "Origin": origin})[0]
+        assert status == 403, origin
+    assert not (tmp_path / "l.csv").exists()
+    status, _, _ = c.request("PUT", f"/api/labels/{quote(ids[0], safe='')}", ok,
+                             headers={**auth, "Origin": f"http://{host}"})
+    assert status == 200 and list(read_labels(tmp_path / "l.csv")) == [ids[0]]
+    # The printed address answers too (it is one of the names the server is bound under).
+    printed = f"{url.hostname}:{port}"
+    assert c.request("GET", "/api/state", headers={"Host": printed, "Cookie": name_value})[0] == 200
+
+
+def test_a_loopback_address_other_than_127_0_0_1_accepts_its_own_printed_url(tiny_dataset, tmp_path):
+    import urllib.request
+
+    p, info = _start_cli(tiny_dataset, tmp_path / "l.csv", "--host", "127.0.0.2")
+    try:
+        assert info["url"] == f"http://127.0.0.2:{info['port']}/"  # loopback: no token
+        with urllib.request.urlopen(info["url"], timeout=30) as r:
+            assert r.status == 200 and b"<canvas" in r.read()
+        with urllib.request.urlopen(info["url"] + "api/state", timeout=30) as r:
+            assert json.loads(r.read())["target"] == 5
+        # The other loopback names do not reach it, and a rebinding Host is still refused.
+        c = http.client.HTTPConnection("127.0.0.2", info["port"], timeout=30)
+        c.request("GET", "/api/state", headers={"Host": "evil.example"})
+        assert c.getresponse().status == 403
+        c.close()
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0
+
+
+def test_cli_beyond_loopback_prints_a_url_with_the_token_that_works(tiny_dataset, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    p, info = _start_cli(tiny_dataset, tmp_path / "l.csv", "--host", "0.0.0.0")
+    try:
+        url = urlsplit(info["url"])
+        assert "token=" in url.query and url.port == info["port"]
+        with urllib.request.urlopen(info["url"], timeout=30) as r:
+            assert r.status == 200 and "HttpOnly" in r.headers["Set-Cookie"]
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://{url.netloc}/api/state", timeout=30)
+        assert e.value.code == 403
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(60) == 0

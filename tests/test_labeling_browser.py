@@ -88,9 +88,9 @@ def start(tiny_dataset, tmp_path):
 
     servers = []
 
-    def make(**kw):
+    def make(host="127.0.0.1", **kw):
         session = LabelSession(load_dataset(tiny_dataset), tmp_path / "labels.csv", **kw)
-        server = serve(session, "127.0.0.1", 0)
+        server = serve(session, host, 0)
         server.start_background()
         servers.append(server)
         return server
@@ -247,3 +247,26 @@ def test_prediction_prefill_accept_and_correct(browser, page, start, tiny_models
     wait_js(page, "document.getElementById('counter').textContent === 'labelled 2 / 3'")
     wait_ready(page, 1)
     assert saved(out) == {ids[0]: pred, ids[1]: "".join(corrected)}
+
+
+def test_beyond_loopback_the_printed_url_logs_in_and_the_token_leaves_the_address_bar(browser, page, start, tmp_path):
+    server = start(host="0.0.0.0", count=3, grid=R)
+    assert "?token=" in server.url
+    page.goto(server.url)
+    wait_ready(page, 0)
+    assert page.evaluate("location.search") == "" and server.token not in page.url
+    assert server.token not in page.evaluate("document.cookie")  # HttpOnly: no script can read it
+    page.mouse.click(*centre(page, 2, 3))
+    wait_js(page, "document.getElementById('counter').textContent === 'labelled 1 / 3'")
+    wait_ready(page, 0)
+    assert saved(tmp_path / "labels.csv") == {server.session.ids[0]: mask_of((2, 3))}
+    page.reload()  # the cookie alone carries the session on
+    wait_ready(page, 0)
+    assert canvas_state(page)["source"] == "saved"
+    # A fresh browser without the token gets nothing.
+    ctx = browser.new_context()
+    try:
+        other = ctx.new_page()
+        assert other.goto(server.url.split("?")[0]).status == 403
+    finally:
+        ctx.close()

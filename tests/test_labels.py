@@ -113,3 +113,37 @@ def test_missing_mask_names_the_paths_tried(tmp_path, tiny_dataset):
     (tmp_path / "masks").mkdir()
     with pytest.raises(LabelsError, match=r"no mask for image .*looked for .*masks/"):
         labels_from_masks(ds, tmp_path / "masks", grid=8, count=1, progress=False)
+
+
+# ---------------------------------------------------------------------------- bad input (issue 14)
+def test_a_labels_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_bytes("image_id,grid,mask\nb\u00e9,1,0\n".encode("latin-1"))
+    with pytest.raises(LabelsError, match=r"l.csv: not UTF-8 text \(byte 0xe9 on line 2\)"):
+        read_labels(path)
+    src = tmp_path / "masks.csv"
+    src.write_bytes(("info,mask\n\u00e9," + "0" * 256 + "\n").encode("latin-1"))
+    with pytest.raises(LabelsError, match=r"masks.csv: not UTF-8 text"):
+        import_reference(src, tmp_path / "out.csv")
+
+
+def test_a_labels_row_over_the_csv_field_limit_names_the_row(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("image_id,grid,mask\na,1,0\nb,1," + "0" * 200_000 + "\n")
+    with pytest.raises(LabelsError, match=r"l.csv row 3: not valid CSV \(field larger than field limit"):
+        read_labels(path)
+    src = tmp_path / "masks.csv"
+    src.write_text("info,mask\n1," + "0" * 200_000 + "\n")
+    with pytest.raises(LabelsError, match=r"masks.csv row 2: not valid CSV"):
+        import_reference(src, tmp_path / "out.csv")
+
+
+def test_an_unreadable_mask_is_an_error_naming_the_file(tmp_path, tiny_dataset):
+    from dali_abs.errors import DatasetError
+
+    ds = load_dataset(tiny_dataset)
+    first = ds.split("train")[0]
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / f"{first.id}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DatasetError, match=rf"masks/{first.id}.png: cannot decode mask image"):
+        labels_from_masks(ds, tmp_path / "masks", grid=8, progress=False)

@@ -188,3 +188,117 @@ def test_a_p_schedule_follows_the_readers_epochs_in_a_users_pipeline(tiny_cache)
         rate.append(float(rec["swap"].mean()))
     per_epoch = [float(np.mean(rate[e * 3:(e + 1) * 3])) for e in range(3)]
     assert per_epoch[0] == 0.0 and 0.3 < per_epoch[1] < 0.7 and per_epoch[2] == 1.0, rate
+
+
+# --- data parallelism: one shared reader order, augmentation drawn per shard ---------------------
+
+def _hashes(images):
+    return [bytes(x.numpy().tobytes()) for x in images]
+
+
+def test_shuffled_shards_split_one_order_every_epoch(tiny_cache):
+    """The reader's seed is the same on every shard, so two shards read each image once per epoch."""
+    plain = dict(batch_size=16, size=32, device="cpu", swap=None, augment=None, shuffle=True, seed=4)
+    whole = create_loader(tiny_cache, **plain)
+    shards = [create_loader(tiny_cache, shard_id=i, num_shards=2, **plain) for i in range(2)]
+    for _ in range(2):  # the second epoch is reshuffled (shuffle_after_epoch) alike on both shards
+        everything = _hashes(_epoch(whole)[0])
+        parts = [_hashes(_epoch(s)[0]) for s in shards]
+        assert len(parts[0]) == len(parts[1]) == 80
+        assert sorted(parts[0] + parts[1]) == sorted(everything) and len(set(everything)) == 160
+
+
+@pytest.fixture(scope="module")
+def copies_cache(tmp_path_factory, tiny_dataset, tiny_models):
+    """A cache of 32 byte-identical images of one class: every shard reads the same data."""
+    from dali_abs.cache.precompute import PrecomputeConfig, precompute
+
+    root = tmp_path_factory.mktemp("copies")
+    first = load_dataset(tiny_dataset).split("train")[0].path
+    (root / "data" / "train" / "bird").mkdir(parents=True)
+    for i in range(32):
+        shutil.copyfile(first, root / "data" / "train" / "bird" / f"{i:02d}{first.suffix}")
+    precompute(load_dataset(root / "data"), *tiny_models, root / "cache", PrecomputeConfig(device="cpu"),
+               progress=False)
+    return root / "cache"
+
+
+@pytest.mark.parametrize("compose_size", [None, 48], ids=["fused", "compose-48"])
+def test_every_shard_draws_its_own_swap_crop_and_flip(copies_cache, compose_size):
+    """Same inputs on two shards (identical images): only the augmentation seed can tell them apart."""
+    opts = dict(batch_size=8, size=32, device="cpu", num_shards=2, seed=3, compose_size=compose_size)
+    a0, a0_again, a1 = (_epoch(create_loader(copies_cache, shard_id=i, **opts))[0] for i in (0, 0, 1))
+    assert torch.equal(a0, a0_again)  # a shard repeats itself
+    differ = (a0 != a1).flatten(1).any(1).float().mean()
+    assert differ > 0.5, f"shards 0 and 1 drew the same augmentation for {1 - float(differ):.0%} of the samples"
+
+
+def test_augment_seed_is_the_seed_on_shard_0_and_distinct_on_the_others():
+    from dali_abs.loader.iterator import augment_seed
+
+    assert augment_seed(7, 0) == 7  # one process: the batches of before
+    seeds = [augment_seed(7, i) for i in range(256)]
+    assert len(set(seeds)) == 256 and all(0 <= s < 2 ** 31 for s in seeds)
+    assert augment_seed(7, 5) == augment_seed(7, 5) != augment_seed(8, 5)
+
+
+# --- layouts and the GPU path ---------------------------------------------------------------------
+
+def test_swap_output_declares_hwc(tiny_cache):
+    """The GPU crop_mirror_normalize refuses an input without a layout; the swap declares HWC (on
+    either device: the operator is built by one call)."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_abs.loader.ops import background_swap, cache_reader
+
+    cache = open_cache(tiny_cache)
+
+    @pipeline_def(batch_size=4, num_threads=2, device_id=None, seed=0)
+    def pipe():
+        s = cache_reader(cache, seed=0)
+        images = fn.decoders.image(s.jpegs, device="cpu", output_type=types.RGB)
+        swapped = background_swap(images, s, SwapConfig(), size=32, device="cpu")
+        return swapped, fn.crop_mirror_normalize(swapped, output_layout="CHW")
+
+    p = pipe()
+    p.build()
+    swapped, normalised = p.run()
+    assert swapped.layout() == "HWC" and normalised.layout() == "CHW"
+
+
+def test_gpu_loader_says_what_to_install(tiny_cache, monkeypatch):
+    from dali_abs.devices import gpu_loader_problems
+
+    problems = gpu_loader_problems()
+    if not problems:
+        pytest.skip("the GPU loader can run here (test_gpu_loader_matches_the_cpu_reader runs it)")
+    with pytest.raises(DaliAbsError, match=r"create_loader\(device='gpu'\) cannot run here: .*Or use device='cpu'"):
+        create_loader(tiny_cache, batch_size=8, device="gpu")
+    if torch.version.cuda is None:
+        with pytest.raises(DaliAbsError, match=r"CPU-only build.*torch==2\.13\.0\+cu126.*whl/cu126"):
+            create_loader(tiny_cache, batch_size=8, device="gpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(DaliAbsError, match="CUDA_VISIBLE_DEVICES='' hides every GPU"):
+        create_loader(tiny_cache, batch_size=8, device="gpu")
+
+
+@pytest.fixture
+def dali_torch_cuda():
+    """Skips (before the cache fixtures run) unless DALI imports and torch has CUDA here."""
+    from dali_abs.devices import torch_problem
+
+    pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install nvidia-dali-cuda120)")
+    problem = torch_problem()
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.mark.gpu
+def test_gpu_loader_matches_the_cpu_reader(dali_torch_cuda, tiny_cache):
+    """On a GPU: CUDA tensors of the right shape, and the same labels in the same order as on the CPU."""
+    opts = dict(batch_size=16, size=48, seed=2)
+    gpu_images, gpu_labels = _epoch(create_loader(tiny_cache, device="gpu", **opts))
+    cpu_images, cpu_labels = _epoch(create_loader(tiny_cache, device="cpu", **opts))
+    assert gpu_images.is_cuda and gpu_images.shape == cpu_images.shape == (160, 3, 48, 48)
+    assert torch.equal(gpu_labels.cpu(), cpu_labels)
+    assert -3 < float(gpu_images.mean()) < 3

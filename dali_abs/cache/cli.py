@@ -11,8 +11,8 @@ def _precompute(args: argparse.Namespace) -> int:
     import sys
 
     from dali_abs.cache.format import CacheError
-    from dali_abs.cache.precompute import (DEFAULT_MASK_GRID, GroundTruthMasks, PrecomputeConfig, parse_shard,
-                                           pin_local_gpu, precompute)
+    from dali_abs.cache.precompute import DEFAULT_MASK_GRID, GroundTruthMasks, PrecomputeConfig, parse_shard, precompute
+    from dali_abs.devices import pin_local_gpu
 
     masks = None
     if args.masks is not None:
@@ -23,7 +23,7 @@ def _precompute(args: argparse.Namespace) -> int:
         raise CacheError(f"{given} go with --masks only: with --segmenter the grid and input size are those of the "
                          f"model ({args.segmenter}). Drop {given}, or use --masks DIR instead of --segmenter.")
     shard = parse_shard(args.shard)
-    pin_local_gpu()  # torchrun: one GPU per process (before DALI / onnxruntime touch CUDA)
+    pin_local_gpu()  # torchrun / srun: one GPU per process, before DALI or onnxruntime start CUDA
     ds = dataset_from_args(args)
     cfg = PrecomputeConfig(chunk_size=args.chunk_size, batch_size=args.batch_size, fill_threshold=args.fill_threshold,
                            quality=args.quality, max_pixels=args.max_pixels, device=args.device)
@@ -58,7 +58,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json(res)
     else:
-        print(f"{args.cache}: {'OK' if res['ok'] else 'PROBLEMS'}; {res['counts']}")
+        print(f"{args.cache}: {'OK' if res['ok'] else 'PROBLEMS'}; {res.get('counts', 'no counts')}")
         for p in res["problems"][:20]:
             print(f"  {p}")
         if "stale" in res:
@@ -93,7 +93,9 @@ def _dataset_columns_optional(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset folder: also report images changed, added or removed since the precompute")
     g = p.add_argument_group("metadata.csv columns")
     for action in tmp._actions:
-        if action.option_strings:
+        if action.option_strings and action.nargs == 0:  # a flag (--allow-outside)
+            g.add_argument(*action.option_strings, action="store_true", help=action.help)
+        elif action.option_strings:
             g.add_argument(*action.option_strings, default=action.default, help=action.help)
 
 

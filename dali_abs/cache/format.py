@@ -298,6 +298,37 @@ def read_chunk_record(root: Path, k: int) -> dict | None:
     return rec
 
 
+# What readers of manifest.json rely on: key -> type (nested keys dotted). One table for
+# open_cache, cache info and cache verify, so a hand-edited or damaged manifest is one clear error.
+MANIFEST_FIELDS = {"grid": int, "work_size": int, "chunks": int, "dataset": dict, "dataset.root": str,
+                   "dataset.fingerprint": str, "models": dict, "thresholds": dict, "thresholds.fill": (int, float),
+                   "fill_encoding": dict, "mask_encoding": str, "counts": dict, "bytes": dict, "skipped": list,
+                   "chunk_files": list}
+
+
+def check_manifest(manifest, path: Path) -> dict:
+    """``manifest`` when it holds every field of :data:`MANIFEST_FIELDS` with its type, else a
+    :class:`CacheError` naming the first field at fault and the fix."""
+    fix = f"Rewrite it from the chunk records with `dali-abs cache merge {path.parent}`, or rebuild the cache"
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{path}: damaged cache manifest: not a JSON object. {fix}")
+    for key, kind in MANIFEST_FIELDS.items():
+        value, found = manifest, True
+        for part in key.split("."):
+            if not isinstance(value, dict) or part not in value:
+                found = False
+                break
+            value = value[part]
+        if not found:
+            raise CacheError(f"{path}: damaged cache manifest: {key!r} is missing. {fix}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CacheError(f"{path}: damaged cache manifest: {key!r} is {value!r}, not of type "
+                             f"{getattr(kind, '__name__', 'number')}. {fix}")
+        if kind is int and value < (1 if key in ("grid", "work_size") else 0):
+            raise CacheError(f"{path}: damaged cache manifest: {key!r} is {value}. {fix}")
+    return manifest
+
+
 @dataclass
 class Cache:
     """A finished cache, read for training.
@@ -451,6 +482,7 @@ def open_cache(path: str | os.PathLike) -> Cache:
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise CacheError(f"{mpath}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
                          f"this version reads {FORMAT!r} version {FORMAT_VERSION}. Rebuild the cache.")
+    check_manifest(manifest, mpath)
     ids, idx, rel, lab, masks, boxes, spans, sizes = [], [], [], [], [], [], [], []
     for k in range(int(manifest["chunks"])):
         rec = read_chunk_record(root, k)

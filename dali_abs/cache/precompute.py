@@ -10,6 +10,12 @@ mask cells at S x S; the fill crop is JPEG-encoded; the chunk is written atomica
 (:func:`dali_abs.cache.format.write_chunk`). A rerun skips finished chunks. Chunk k belongs
 to shard ``k % n``; ``merge`` (run by the last shard to finish, or ``dali-abs cache merge``)
 writes ``manifest.json``.
+
+Devices (``PrecomputeConfig.device``): DALI and onnxruntime use the GPU of
+:func:`dali_abs.devices.local_device` (LOCAL_RANK under torchrun, from Python as from the CLI).
+"cuda" raises when onnxruntime's CUDA provider or DALI's GPU decoder does not start; "auto"
+uses what starts and warns once about what does not (:func:`decode_on_gpu`); nothing falls
+back silently, and the summary's ``devices`` says where the work ran.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from dali_abs.cache.format import (CHUNKS, DEFAULT_FILL_THRESHOLD, DEFAULT_TIGHT
                                    encode_jpeg, fill_hole, fill_tile, part_name, quantize, read_chunk_record, read_json,
                                    sha256_file, threshold_mask, write_chunk, write_json)
 from dali_abs.dataset import Dataset, Sample
+from dali_abs.files import MAX_PIXELS
 
 STAGES = ("decode", "segmenter", "inpainter", "encode", "write")
 MASK_STAGES = ("decode", "masks", "inpainter", "encode", "write")  # with ground-truth masks instead of a segmenter
@@ -43,7 +50,7 @@ class PrecomputeConfig:
     batch_size: int = 32  # images per DALI / onnxruntime batch
     fill_threshold: float = DEFAULT_FILL_THRESHOLD  # loose mask: foreground probability above this is filled
     quality: int = 90  # JPEG quality of the stored fill
-    max_pixels: int = 100_000_000  # larger images are skipped (reported), not decoded
+    max_pixels: int = MAX_PIXELS  # larger images are skipped (reported) from their header, never decoded
     device: str = "auto"  # auto / cpu / cuda: onnxruntime provider and DALI decoder placement
 
     def check(self) -> None:
@@ -72,24 +79,6 @@ def parse_shard(spec: str | None, env: dict | None = None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise CacheError(f"--shard {spec}: need 0 <= i < n")
     return i, n
-
-
-def pin_local_gpu(env: dict | None = None) -> str | None:
-    """Under torchrun (LOCAL_RANK set), make this process see only its own GPU; returns the choice.
-
-    Sets ``CUDA_VISIBLE_DEVICES`` before DALI or onnxruntime start CUDA, so both use device 0
-    of the process = GPU LOCAL_RANK of the node (or the LOCAL_RANK-th of an existing list).
-    """
-    env = os.environ if env is None else env
-    local = env.get("LOCAL_RANK")
-    if local is None:
-        return None
-    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    if len(visible) == 1:
-        return visible[0]  # already pinned by the launcher
-    choice = visible[int(local) % len(visible)] if visible else str(int(local))
-    env["CUDA_VISIBLE_DEVICES"] = choice
-    return choice
 
 
 class GroundTruthMasks:
@@ -233,7 +222,7 @@ def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "dataset": {"root": str(ds.root), "layout": ds.layout, "fingerprint": ds.fingerprint(), "images": n,
-                    "ignored": list(ds.ignored)},
+                    "ignored": list(ds.ignored), **({"allow_outside": True} if ds.allow_outside else {})},
         "models": {
             **source,
             "inpainter": {"path": str(inp.path), "sha256": sha256_file(inp.path), "fill": inp.fill_name},
@@ -299,7 +288,7 @@ def _jpeg_complete(path: Path) -> bool:
 
 def prepass(s: Sample, patch: int, max_pixels: int) -> tuple[str, dict]:
     """("dali" | "pil" | "skip", info) from the file header only (no full decode)."""
-    from PIL import Image
+    from dali_abs.files import ImageError, ImageTooLarge, open_image
 
     info = {"id": s.id, "path": s.relpath}
     try:
@@ -307,23 +296,63 @@ def prepass(s: Sample, patch: int, max_pixels: int) -> tuple[str, dict]:
     except OSError as e:
         return "skip", {**info, "reason": f"cannot read file: {e}"}
     try:
-        with Image.open(s.path) as im:
+        with open_image(s.path, max_pixels=max_pixels) as im:
             w, h = im.size
             fmt, mode = im.format, im.mode
-    except Exception as e:  # PIL raises many types for non-images and broken headers
+    except ImageTooLarge as e:
+        return "skip", {**info, "reason": e.reason}
+    except ImageError as e:
+        return "skip", {**info, "reason": f"not a readable image: {e.reason}"}
+    except Exception as e:  # PIL raises many types for broken headers
         return "skip", {**info, "reason": f"not a readable image: {type(e).__name__}: {e}"}
     info.update({"size": [w, h], "format": fmt, "mode": mode})
     if min(w, h) < patch:
         return "skip", {**info, "reason": f"too small: {w}x{h} px, smaller than one patch ({patch} px)"}
-    if w * h > max_pixels:
-        return "skip", {**info, "reason": f"too large: {w}x{h} = {w * h} px > max_pixels {max_pixels}"}
     ok_modes = DALI_FORMATS.get(fmt, ())
     if mode in ok_modes and (fmt != "JPEG" or _jpeg_complete(s.path)):
         return "dali", info
     return "pil", info
 
 
-def _dali_decode(paths: list[Path], size: int, batch_size: int, gpu: bool, out: np.ndarray, done: np.ndarray) -> None:
+class GpuDecodeError(CacheError):
+    """DALI's GPU (``mixed``) decoding failed where its CPU decoding works: the GPU, not the files."""
+
+
+_PROBE_JPEG = None
+
+
+def gpu_decode_problem(device_id: int) -> str | None:
+    """Why DALI cannot decode a JPEG on GPU ``device_id`` here (one small pipeline), or None."""
+    global _PROBE_JPEG
+    import io
+
+    from nvidia.dali import fn, pipeline_def, types
+    from PIL import Image
+
+    if _PROBE_JPEG is None:
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (128, 64, 32)).save(buf, format="JPEG", quality=95)
+        _PROBE_JPEG = np.frombuffer(buf.getvalue(), np.uint8)
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=device_id, prefetch_queue_depth=1)
+    def probe():
+        data = fn.external_source(source=lambda: [_PROBE_JPEG], batch=True)
+        return fn.decoders.image(data, device="mixed", output_type=types.RGB)
+
+    try:
+        pipe = probe()
+        pipe.build()
+        (img,) = pipe.run()
+        a = img.as_cpu().as_array()
+    except Exception as e:  # DALI raises RuntimeError for every setup failure
+        return f"DALI cannot decode on GPU {device_id}: {str(e).strip().splitlines()[0]}"
+    if a.shape != (1, 16, 16, 3) or abs(float(a.mean()) - 75) > 8:
+        return f"DALI's GPU decoder returned {a.shape} with mean {float(a.mean()):.1f} for a 16 x 16 test JPEG"
+    return None
+
+
+def _dali_decode(paths: list[Path], size: int, batch_size: int, gpu: bool, out: np.ndarray, done: np.ndarray,
+                 device_id: int = 0) -> None:
     """Decode (RGB) and resize (bilinear, antialiased) ``paths`` with DALI into ``out[i]``, setting ``done[i]``.
 
     Raises on the first batch DALI cannot decode; the batches finished before it stay in ``out``.
@@ -339,7 +368,7 @@ def _dali_decode(paths: list[Path], size: int, batch_size: int, gpu: bool, out: 
 
     bs = min(batch_size, len(paths))
     pipe = pipe_def(batch_size=bs, num_threads=max(1, min(4, os.cpu_count() or 1)),
-                    device_id=0 if gpu else None, prefetch_queue_depth=1)
+                    device_id=device_id if gpu else None, prefetch_queue_depth=1)
     try:
         pipe.build()
         for _ in range((len(paths) + bs - 1) // bs):
@@ -353,11 +382,14 @@ def _dali_decode(paths: list[Path], size: int, batch_size: int, gpu: bool, out: 
         del pipe
 
 
-def decode_with_dali(paths: list[Path], size: int, batch_size: int, gpu: bool) -> tuple[np.ndarray, np.ndarray]:
+def decode_with_dali(paths: list[Path], size: int, batch_size: int, gpu: bool,
+                     device_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 [n, size, size, 3] and a bool [n] of the images DALI decoded.
 
     A batch DALI fails on (a corrupt file it was given) is left to the caller (``done`` False):
     the rest is retried in a fresh pipeline, so one bad file costs at most a batch or two.
+    With ``gpu``, a batch the GPU decoder fails on is tried once on the CPU decoder: when that
+    reads it, the GPU is at fault and :class:`GpuDecodeError` is raised instead.
     """
     out = np.empty((len(paths), size, size, 3), np.uint8)
     done = np.zeros(len(paths), bool)
@@ -369,12 +401,26 @@ def decode_with_dali(paths: list[Path], size: int, batch_size: int, gpu: bool) -
         sub_out = np.empty((rest.size, size, size, 3), np.uint8)
         sub_done = np.zeros(rest.size, bool)
         try:
-            _dali_decode([paths[i] for i in rest], size, batch_size, gpu, sub_out, sub_done)
-        except Exception:  # DALI raises RuntimeError naming no file: give up on the first unfinished batch
+            _dali_decode([paths[i] for i in rest], size, batch_size, gpu, sub_out, sub_done, device_id)
+        except Exception as e:  # DALI raises RuntimeError naming no file: give up on the first unfinished batch
             pending = np.nonzero(~sub_done)[0]
-            given_up[rest[pending[:batch_size]]] = True
+            batch = rest[pending[:batch_size]]
+            if gpu:
+                _raise_if_gpu_at_fault([paths[i] for i in batch], size, batch_size, device_id, e)
+            given_up[batch] = True
         out[rest[sub_done]] = sub_out[sub_done]
         done[rest[sub_done]] = True
+
+
+def _raise_if_gpu_at_fault(paths: list[Path], size: int, batch_size: int, device_id: int, error: Exception) -> None:
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    done = np.zeros(len(paths), bool)
+    try:
+        _dali_decode(paths, size, batch_size, False, out, done)
+    except Exception:  # the CPU decoder fails too: a bad file, the caller's business
+        return
+    raise GpuDecodeError(f"DALI's GPU decoder (device {device_id}) failed on {len(paths)} image(s) that its CPU decoder "
+                         f"reads (first: {paths[0]}): {str(error).strip().splitlines()[0]}")
 
 
 def _pil_decode(path: Path, size: int) -> np.ndarray:
@@ -382,7 +428,7 @@ def _pil_decode(path: Path, size: int) -> np.ndarray:
 
     from dali_abs.files import read_rgb
 
-    img = read_rgb(path)
+    img = read_rgb(path, max_pixels=sys.maxsize)  # the header pre-pass applied --max-pixels already
     if img.shape[:2] != (size, size):
         img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
     return img
@@ -391,8 +437,9 @@ def _pil_decode(path: Path, size: int) -> np.ndarray:
 class Worker:
     """Processes chunks with one segmenter (or :class:`GroundTruthMasks`) and one inpainter session."""
 
-    def __init__(self, ds: Dataset, seg, inp, cfg: PrecomputeConfig, root: Path, gpu: bool):
+    def __init__(self, ds: Dataset, seg, inp, cfg: PrecomputeConfig, root: Path, gpu: bool, device_id: int = 0):
         self.ds, self.seg, self.inp, self.cfg, self.root, self.gpu = ds, seg, inp, cfg, root, gpu
+        self.device_id = device_id
         self.gt = isinstance(seg, GroundTruthMasks)
         self.timer = Timer(MASK_STAGES if self.gt else STAGES)
 
@@ -430,7 +477,7 @@ class Worker:
         ok = np.ones(len(routes), bool)
         pil_rows = [i for i, r in enumerate(routes) if r[0] == "pil"]
         if dali_items:
-            arr, ok_dali = decode_with_dali([r[2].path for _, r in dali_items], S, self.cfg.batch_size, self.gpu)
+            arr, ok_dali = self.decode_dali([r[2].path for _, r in dali_items], S)
             for (i, r), a, good in zip(dali_items, arr, ok_dali):
                 if good:
                     images[i] = a
@@ -447,6 +494,18 @@ class Worker:
             r[1]["decoder"] = r[0]
         entries = [routes[i][1] for i in range(len(routes)) if ok[i]]
         return entries, images[ok], skipped
+
+    def decode_dali(self, paths: list[Path], size: int) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`decode_with_dali` on the GPU when asked; a GPU that fails raises for device
+        "cuda" and, for "auto", warns once and decodes on the CPU from then on."""
+        try:
+            return decode_with_dali(paths, size, self.cfg.batch_size, self.gpu, self.device_id)
+        except GpuDecodeError as e:
+            if self.cfg.device == "cuda":
+                raise CacheError(f"{e}. Use --device cpu (device='cpu'), or fix the GPU setup") from None
+            _warn_cpu_decode(str(e))
+            self.gpu = False
+            return decode_with_dali(paths, size, self.cfg.batch_size, False)
 
     def process(self, k: int, samples: list[tuple[int, Sample]]) -> dict:
         t = time.perf_counter()
@@ -491,6 +550,40 @@ class Worker:
         return rec
 
 
+def _warn_cpu_decode(why: str) -> None:
+    import warnings
+
+    warnings.warn(f"precompute decodes on the CPU: {why}", RuntimeWarning, stacklevel=3)
+
+
+def decode_on_gpu(device: str) -> tuple[bool, int | None]:
+    """(decode with DALI on the GPU?, CUDA device ordinal) for PrecomputeConfig.device: "cuda"
+    must work (raises with the reason), "auto" uses the GPU when it works (warns once when a
+    device is there but decoding on it fails), "cpu" never."""
+    from dali_abs.devices import cuda_device_count, local_device
+
+    if device == "cpu":
+        return False, None
+    device_id = local_device()
+    if device_id is None:
+        if device == "cuda":
+            raise CacheError(f"device 'cuda', but CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} hides "
+                             "every GPU; unset it, or use --device cpu")
+        return False, None
+    count, why = cuda_device_count()
+    if count == 0:
+        if device == "cuda":
+            raise CacheError(f"device 'cuda', but there is no CUDA device here: {why}. Use --device cpu")
+        return False, None
+    problem = gpu_decode_problem(device_id)
+    if problem is not None:
+        if device == "cuda":
+            raise CacheError(f"device 'cuda': {problem}. Use --device cpu, or fix the GPU setup")
+        _warn_cpu_decode(problem)
+        return False, None
+    return True, device_id
+
+
 def _load_models(segmenter, inpainter, device: str, batch_size: int, masks=None):
     from dali_abs.inpainter.inference import Inpainter
 
@@ -518,8 +611,6 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
     """
     from tqdm import tqdm
 
-    from dali_abs.runtime import cuda_available
-
     cfg.check()
     if (segmenter is None) == (masks is None):
         raise CacheError("give exactly one source of the soft masks: a segmenter ONNX file (--segmenter seg.onnx) "
@@ -528,15 +619,8 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
     t_start = time.perf_counter()
     # refuses a wrong model or masks folder before any work
     seg, inp = _load_models(segmenter, inpainter, cfg.device, cfg.batch_size, masks)
-    root = Path(out).expanduser().resolve()
-    try:
-        root.relative_to(ds.root)
-        inside = True
-    except ValueError:
-        inside = False
-    if inside or root == ds.root:
-        raise CacheError(f"--out {root} is inside the dataset folder {ds.root}; the dataset is never written to. "
-                         "Choose a folder outside it.")
+    gpu, device_id = decode_on_gpu(cfg.device)  # the device LOCAL_RANK points at, as for onnxruntime
+    root = ds.check_output(out, "--out")
     if isinstance(seg, GroundTruthMasks):
         seg.prepare(ds)  # finds every image's mask file; refuses a folder with none before anything is written
     plan = make_plan(ds, seg, inp, cfg)
@@ -552,8 +636,7 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
     (root / CHUNKS).mkdir(parents=True, exist_ok=True)
     i, n = shard
     mine = [k for k in range(plan["chunks"]) if k % n == i]
-    gpu = cfg.device == "cuda" or (cfg.device == "auto" and cuda_available())
-    worker = Worker(ds, seg, inp, cfg, root, gpu)
+    worker = Worker(ds, seg, inp, cfg, root, gpu, device_id or 0)
     cs = cfg.chunk_size
     todo, already = [], 0
     for k in mine:  # temp files a killed run left for this shard's chunks (other shards' are theirs)
@@ -582,7 +665,12 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
                "already_done": already, "skipped_now": skipped, "seconds": round(seconds, 3),
                "images_per_s": round(done / seconds, 2) if done and seconds > 0 else None,
                "stage_seconds": {k: round(v, 3) for k, v in worker.timer.seconds.items()},
-               "setup_seconds": round(t0 - t_start, 3), "complete": False, "manifest": None}
+               "setup_seconds": round(t0 - t_start, 3),
+               # where the work ran: DALI's decoder (a GPU fallback is warned about) and onnxruntime's providers
+               "devices": {"decode": f"gpu {worker.device_id}" if worker.gpu else "cpu",
+                           **{name: m.providers[0] for name, m in (("segmenter", seg), ("inpainter", inp))
+                              if getattr(m, "providers", None)}},
+               "complete": False, "manifest": None}
     if merge_when_done and all(read_chunk_record(root, k) is not None for k in range(plan["chunks"])):
         manifest = merge(root)
         summary.update(complete=True, manifest=str(root / MANIFEST), counts=manifest["counts"])

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dali_abs.cache.format import (CHUNKS, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, CacheError, chunk_name,
-                                   decode_image, read_chunk_record, read_json, sha256_file, stored_tile_size)
+from dali_abs.cache.format import (CHUNKS, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, CacheError, check_manifest,
+                                   chunk_name, decode_image, read_chunk_record, read_json, sha256_file,
+                                   stored_tile_size)
 
 
 def _load_manifest(root: Path) -> dict:
@@ -36,6 +37,10 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
         problems.append(f"format {m.get('format')!r} v{m.get('format_version')!r}, "
                         f"expected {FORMAT!r} v{FORMAT_VERSION}")
         return {"cache": str(root), "ok": False, "problems": problems}
+    try:
+        check_manifest(m, root / MANIFEST)
+    except CacheError as e:
+        return {"cache": str(root), "ok": False, "problems": [str(e)]}
     R = int(m["grid"])
     by_chunk = {c["chunk"]: c for c in m.get("chunk_files", [])}
     records: dict[str, dict] = {}
@@ -151,7 +156,7 @@ def staleness(records: dict[str, dict], dataset) -> dict:
 def info(path: str | os.PathLike) -> dict:
     """Sizes, bytes per image, grid, models, thresholds, counts and the skipped list of a cache."""
     root = Path(path)
-    m = _load_manifest(root)
+    m = check_manifest(_load_manifest(root), root / MANIFEST)
     on_disk = sum(p.stat().st_size for p in (root / CHUNKS).iterdir() if p.is_file() and not p.name.startswith("."))
     return {"cache": str(root), "format_version": m["format_version"], "dataset": m["dataset"],
             "models": m["models"], "grid": m["grid"], "work_size": m["work_size"], "thresholds": m["thresholds"],

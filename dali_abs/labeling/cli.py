@@ -42,8 +42,10 @@ def _label(args: argparse.Namespace) -> int:
         print(f"labelling {session.target} images ({session.grid} x {session.grid} patches, order {session.order_mode}); "
               f"{st['labelled']} already labelled in {session.out}", flush=True)
         if not server.loopback:
-            print(f"warning: listening on {args.host}, reachable from other machines; anyone who can reach it "
-                  "can read the images and change the labels", flush=True)
+            print(f"warning: listening on {args.host}, reachable from other machines. Every request needs the secret "
+                  "token in the URL below (the page keeps it in a cookie): share the URL only with people who may "
+                  "see the images and change the labels. Anyone who can watch the network sees it (plain HTTP).",
+                  flush=True)
         print(f"open {server.url} in a browser (Ctrl-C stops; every change is already saved)", flush=True)
     if args.open:
         import webbrowser
@@ -87,7 +89,8 @@ def register(subparsers) -> None:
                    help="patches per side without --model (default: the grid of --out when it exists, else 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the image draw and of retraining (default 0)")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the labels)")
+                   help="address to listen on (default 127.0.0.1: this machine only). Beyond loopback (e.g. 0.0.0.0) "
+                        "every request needs the secret token of the printed URL")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"), help="segmenter device (default auto)")

@@ -28,6 +28,7 @@ import numpy as np
 
 from dali_abs.dataset import Dataset, Sample
 from dali_abs.errors import DaliAbsError, LabelsError
+from dali_abs.files import read_text, remove_stale_temps
 from dali_abs.labels import decode_grid, encode_grid, read_labels, select_for_labelling, write_labels
 
 ORDERS = ("majority", "random", "uncertain")
@@ -49,8 +50,7 @@ def _read_existing(path: Path, dataset: Dataset) -> dict[str, np.ndarray]:
         return {}
     if not path.is_file():
         raise LabelsError(f"{path}: not a file; pass a labels.csv path to --out")
-    with open(path, encoding="utf-8-sig") as f:
-        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    lines = [ln for ln in read_text(path, LabelsError).splitlines() if ln.strip()]
     if len(lines) <= 1 and (not lines or lines[0].replace(" ", "") == "image_id,grid,mask"):
         return {}
     return read_labels(path, dataset)
@@ -75,15 +75,21 @@ class LabelSession:
         if retrain_epochs < 1:
             raise LabelsError(f"--retrain-epochs must be positive, got {retrain_epochs}")
         self.dataset = dataset
+        dataset.check_output(out, "--out")
         self.out = Path(out)
         self.device = device
         self.seed = seed
         self.retrain_epochs = retrain_epochs
         self.retrain_out = Path(retrain_out) if retrain_out else default_retrain_path(self.out)
+        dataset.check_output(self.retrain_out, "--retrain-out")
         self.threads = threads
         self.notes: list[str] = []
         self._lock = threading.RLock()
         self._by_id = dataset.by_id()
+        stale = remove_stale_temps(self.out)  # left by a server killed mid-write (kill -9)
+        if stale:
+            self.notes.append(f"removed {len(stale)} unfinished temporary file(s) of {self.out.name} that a killed "
+                              f"session left: {', '.join(p.name for p in stale)}")
         self.labels: dict[str, np.ndarray] = _read_existing(self.out, dataset)
 
         self._model = None  # (Segmenter, version, {image_id: probabilities}) or None

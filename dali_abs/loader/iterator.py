@@ -12,7 +12,8 @@
 It returns DALI's own ``DALIGenericIterator`` (``len()``, epochs, ``reset()``,
 ``last_batch_policy``, ``auto_reset``, ``reader_name``), so everything you know of it holds.
 Under ``torch.distributed`` it shards by rank and world size, so DDP sees each image once per
-epoch.
+epoch; every rank draws its own swaps, crops and flips (:func:`augment_seed`) and, on the GPU,
+uses the device of :func:`dali_abs.devices.local_device` (LOCAL_RANK among the visible GPUs).
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ class LoaderConfig:
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # crop + flip; None: resize only (eval)
     dtype: str = "float32"  # output images: "float32" or "float16"
     shuffle: bool = True  # reshuffle every epoch (fn.readers.file shuffle_after_epoch)
-    seed: int = 0  # same seed, same batches (CPU)
+    seed: int = 0  # same seed, same batches (CPU); each shard's augmentation draws from augment_seed(seed, shard)
     num_threads: int = 2
-    device_id: int | None = None  # default: LOCAL_RANK, or 0 (GPU); None on CPU
+    device_id: int | None = None  # default (GPU): dali_abs.devices.local_device(), LOCAL_RANK among the visible GPUs
     shard_id: int | None = None  # default: torch.distributed rank, else RANK, else 0
     num_shards: int | None = None  # default: torch.distributed world size, else WORLD_SIZE, else 1
     last_batch_policy: str = "PARTIAL"  # a nvidia.dali.plugin.base_iterator.LastBatchPolicy name
@@ -74,6 +75,44 @@ def _dist_defaults(cfg: LoaderConfig) -> tuple[int, int]:
     if not 0 <= shard < shards:
         raise DaliAbsError(f"shard_id must be in [0, {shards}), got {shard}")
     return shard, shards
+
+
+def augment_seed(seed: int, shard_id: int) -> int:
+    """Seed of shard ``shard_id``'s swap, crop and flip draws: ``seed`` on shard 0, another on every
+    other shard, so DDP ranks do not draw the same augmentation for the same batch index. The
+    reader keeps ``seed`` on every shard: all shards must shuffle alike to split one order."""
+    if shard_id == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(shard_id)]).generate_state(1)[0] >> 1)  # 31 bits
+
+
+def _device_id(cfg: LoaderConfig) -> int | None:
+    from dali_abs.devices import local_device
+
+    if cfg.device_id is not None or cfg.device != "gpu":
+        return cfg.device_id
+    device_id = local_device()
+    if device_id is None:
+        raise DaliAbsError(f"device='gpu', but CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r} hides "
+                           "every GPU; unset it, or use device='cpu'")
+    return device_id
+
+
+def _check_gpu(cfg: LoaderConfig, device_id: int | None) -> None:
+    """Before the first batch: torch's CUDA (DALI's iterator allocates CUDA tensors) and, with a
+    swap, CuPy with NVRTC (the compositing kernel), each with what to install."""
+    from dali_abs.devices import gpu_loader_problems
+
+    problems = gpu_loader_problems(swap=cfg.swap is not None)
+    if problems:
+        raise DaliAbsError("create_loader(device='gpu') cannot run here: " + "; ".join(problems)
+                           + ". Or use device='cpu'")
+    import torch
+
+    if device_id is not None and not 0 <= device_id < torch.cuda.device_count():
+        raise DaliAbsError(f"device_id {device_id} is not one of the {torch.cuda.device_count()} GPU(s) this process "
+                           f"sees (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, LOCAL_RANK="
+                           f"{os.environ.get('LOCAL_RANK')!r}); pass device_id= or fix the launcher's settings")
 
 
 def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards: int) -> None:
@@ -143,11 +182,12 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
         groups = np.array([ds.group(by_id[sid]) if sid in by_id else -1 for sid in cache.ids], np.int32)
 
     gpu = cfg.device == "gpu"
-    device_id = cfg.device_id if cfg.device_id is not None else (int(os.environ.get("LOCAL_RANK", 0)) if gpu else None)
+    device_id = _device_id(cfg)
     batches_per_epoch = -(-len(rows) // shards // cfg.batch_size)
     compose = _compose_side(cfg)
+    seed = augment_seed(cfg.seed, shard)  # the pipeline's seed: DALI's own crop and flip draw from it
 
-    @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=cfg.seed,
+    @pipeline_def(batch_size=cfg.batch_size, num_threads=cfg.num_threads, device_id=device_id, seed=seed,
                   prefetch_queue_depth=cfg.prefetch_queue_depth)
     def pipe():
         s = cache_reader(cache, rows, data_root=ds.root, groups=groups, fill_device="mixed" if gpu else "cpu",
@@ -158,11 +198,11 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
         if cfg.swap is not None and compose is None:
             # one pass: swap, random resized crop, flip and resize to the output size
             images = background_swap(images, s, cfg.swap, size=cfg.size, augment=aug, device=cfg.device,
-                                     seed=cfg.seed, batches_per_epoch=batches_per_epoch)
+                                     seed=seed, batches_per_epoch=batches_per_epoch)
             mirror = 0
         else:  # DALI's own crop and flip: after a composite of compose x compose, or the plain pipeline
             if cfg.swap is not None:
-                images = background_swap(images, s, cfg.swap, size=compose, device=cfg.device, seed=cfg.seed,
+                images = background_swap(images, s, cfg.swap, size=compose, device=cfg.device, seed=seed,
                                          batches_per_epoch=batches_per_epoch)
             if aug is not None and aug.random_resized_crop:
                 images = fn.random_resized_crop(images, size=[cfg.size, cfg.size], random_area=list(aug.area),
@@ -207,13 +247,16 @@ def create_loader(cache: str | os.PathLike | Cache, data: str | os.PathLike | Da
     if isinstance(data, Dataset):
         ds = data
     else:
-        ds = load_dataset(Path(data) if data is not None else cache.data_root)
+        ds = load_dataset(Path(data) if data is not None else cache.data_root,
+                          allow_outside=bool(cache.manifest["dataset"].get("allow_outside")))
     try:
         policy = LastBatchPolicy[cfg.last_batch_policy] if isinstance(cfg.last_batch_policy, str) \
             else LastBatchPolicy(cfg.last_batch_policy)
     except (KeyError, ValueError):
         raise DaliAbsError(f"last_batch_policy must be one of {', '.join(p.name for p in LastBatchPolicy)}, "
                            f"got {cfg.last_batch_policy!r}") from None
+    if cfg.device == "gpu":
+        _check_gpu(cfg, _device_id(cfg))
     pipe = build_pipeline(cache, ds, cfg)
     return DALIGenericIterator([pipe], output_map=list(cfg.output_map), reader_name=READER_NAME,
                                last_batch_policy=policy, auto_reset=cfg.auto_reset)

@@ -229,8 +229,10 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     of the pipeline before any image is decoded, so it must be given. ``augment``: also apply the
     random resized crop and flip of an :class:`~dali_abs.swap.config.AugmentConfig` in the same
     pass (None: the whole image, unmirrored). A ``p_schedule`` follows the reader's epochs
-    (``batches_per_epoch`` overrides the count). ``params``: records of :func:`swap_parameters`
-    to use instead of drawing new ones. Returns a data node of uint8 HWC RGB, S x S, on ``device``.
+    (``batches_per_epoch`` overrides the count). ``seed``: under data parallelism give every shard
+    its own (:func:`dali_abs.loader.iterator.augment_seed`), or all ranks draw the same swaps.
+    ``params``: records of :func:`swap_parameters` to use instead of drawing new ones. Returns a
+    data node of uint8 HWC RGB, S x S, on ``device``, with layout "HWC".
     """
     from nvidia.dali import fn
 
@@ -246,5 +248,6 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     fills = samples.fills
     if device == "gpu":  # a GPU operator takes GPU inputs: DALI copies the records over, in its own stream
         fills, params = fills.gpu(), params.gpu()
+    # The layout is declared: the GPU crop_mirror_normalize refuses an input without one.
     return fn.python_function(images, fills, params, function=_Composite(cfg, hw, samples.grid),
-                              batch_processing=True, num_outputs=1, device=device)
+                              batch_processing=True, num_outputs=1, device=device, output_layouts="HWC")

@@ -304,6 +304,12 @@ $("btn-save").addEventListener("click", () => save());
 $("btn-retrain").addEventListener("click", retrain);
 window.addEventListener("beforeunload", (ev) => { if (S.pending > 0) { ev.preventDefault(); ev.returnValue = ""; } });
 
+// Beyond loopback the page is opened as /?token=...: the server answered with an HttpOnly cookie
+// that every later request carries, so the secret leaves the address bar (and the history).
+if (new URLSearchParams(location.search).has("token")) {
+  history.replaceState(null, "", location.pathname + location.hash);
+}
+
 (async () => {
   try {
     const st = await loadState();
