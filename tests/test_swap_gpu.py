@@ -124,6 +124,13 @@ class _FakeCupy:
         def data(self):  # CuPy's MemoryPointer: .ptr is the device address
             return type("MemoryPointer", (), {"ptr": self.ctypes.data})()
 
+        @property
+        def __cuda_array_interface__(self):  # what tells device arrays apart
+            return self.__array_interface__
+
+        def get(self, *a, **k):  # a device-to-host copy: the GPU op must never make one
+            raise AssertionError("device-to-host copy")
+
     int64, float32, uint8 = np.int64, np.float32, np.uint8
 
     def __init__(self, lib):
@@ -148,6 +155,9 @@ class _FakeCupy:
 
     def zeros(self, shape, dtype):
         return np.zeros(shape, dtype).view(self.ndarray)
+
+    def asnumpy(self, *a, **k):
+        raise AssertionError("device-to-host copy")
 
     def _launch(self, name, grid, block, args):
         want = [("p" if a.shape else np.dtype(a.dtype).type) for a in signature.ARGS] if name == "abs_composite" \
@@ -186,6 +196,13 @@ def test_the_gpu_backends_host_code_drives_the_kernel_text(kernel_lib, monkeypat
     assert isinstance(got, fake.ndarray) and np.array_equal(np.asarray(got), twin(host))
     with pytest.raises(SwapError, match="the GPU backend needs CuPy arrays, got images of type ndarray"):
         gpu.composite(host)
+    # the loader's GPU operator itself: one call, one launch (two for the mean fill), no host copy
+    from dali_abs.loader.ops import _Composite
+
+    fake.launches.clear()
+    outs = _Composite(cfg, (24, 20), 4)(dev.images, dev.fills, dev.samples)
+    assert fake.launches == (["abs_tile_mean"] if cfg.fill == "mean" else []) + ["abs_composite"]
+    assert np.array_equal(np.stack([np.asarray(o) for o in outs]), twin(host))
 
 
 # --- the real kernel on a GPU --------------------------------------------------------------

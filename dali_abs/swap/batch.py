@@ -61,7 +61,8 @@ class Batch:
 
     @property
     def on_gpu(self) -> bool:
-        return not isinstance(self.images[0], np.ndarray)
+        """True when the pixels are device arrays (CuPy, or anything with ``__cuda_array_interface__``)."""
+        return hasattr(self.images[0], "__cuda_array_interface__")
 
     def records(self) -> np.ndarray:
         """The parameter records as one (N,) structured NumPy array (host batches only)."""
