@@ -70,14 +70,17 @@ class CacheSamples:
     grid: int = 0
     epoch_size: int = 0
     pad_last_batch: bool = False
+    fill_bytes: object = None  # the fills' JPEG bytes, before decoding (background_swap decodes only those it reads)
+    fill_device: str = "cpu"
 
 
-def _blank_jpeg() -> bytes:
+def _blank_jpeg() -> np.ndarray:
+    """The JPEG decoded in place of a fill nobody reads (8 x 8 gray)."""
     from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (128, 128, 128)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return np.frombuffer(buf.getvalue(), np.uint8)
 
 
 class _CacheLookup:
@@ -90,7 +93,7 @@ class _CacheLookup:
         self.boxes = cache.boxes.astype(np.float32) / np.float32(R)  # grid cells -> 0..1, (y0, x0, y1, x1)
         self.labels = cache.labels.astype(np.int64)
         self.groups = groups.astype(np.int32)
-        self.blank = np.frombuffer(_blank_jpeg(), np.uint8)
+        self.blank = _blank_jpeg()
 
     def __call__(self, rows: Sequence[np.ndarray]):
         labels, soft, fills, boxes, groups = [], [], [], [], []
@@ -132,7 +135,7 @@ def cache_reader(cache: Cache, rows: Sequence[int] | None = None, *, data_root: 
     # DALI's shards: shard i of n reads rows [floor(i N / n), floor((i + 1) N / n))
     epoch_size = (len(rows) * (shard + 1)) // shards - (len(rows) * shard) // shards
     return CacheSamples(jpegs, labels, row_ids, soft, fills, boxes, grp, cache.grid, epoch_size,
-                        bool(reader_kwargs.get("pad_last_batch", False)))
+                        bool(reader_kwargs.get("pad_last_batch", False)), fill_bytes, fill_device)
 
 
 class _Epochs:
@@ -156,13 +159,16 @@ class _Epochs:
 class _Sample:
     """The CPU side, per batch: draw the swap, crop and flip parameters (:func:`sample_params`)
     where the labels, groups, soft masks and boxes are, and pack them into one record per sample
-    (:func:`pack_samples`): data the compositing op reads without a host copy."""
+    (:func:`pack_samples`): data the compositing op reads without a host copy. Given the fills'
+    JPEG bytes too, it also passes on only those the batch's swaps read (the partners of swapped
+    samples, with a fill that reads the tile), a blank for the rest: fewer fills to decode."""
 
     def __init__(self, cfg: SwapConfig, seed: int, size: tuple[int, int], augment, epochs: _Epochs):
         self.cfg, self.seed, self.size, self.augment, self.epochs = cfg, seed, size, augment, epochs
         self.batches = 0  # batches drawn so far: the random key, and through _Epochs the epoch
+        self.blank = _blank_jpeg()
 
-    def __call__(self, labels, groups, soft, boxes):
+    def __call__(self, labels, groups, soft, boxes, fill_bytes=None):
         from dali_abs.swap import pack_samples, sample_params
 
         b, n = self.batches, len(labels)
@@ -174,7 +180,13 @@ class _Sample:
         params = sample_params(lab, rng, self.cfg, groups=grp if (grp >= 0).all() else None,
                                epoch=self.epochs(b, n), image_size=self.size, soft=soft, augment=self.augment)
         records = pack_samples(params, soft, np.stack(boxes), self.size).view(np.uint8).reshape(n, -1)
-        return [records[i] for i in range(n)]
+        records = [records[i] for i in range(n)]
+        if fill_bytes is None:
+            return records
+        read = np.zeros(n, bool)
+        if self.cfg.fill in ("cached", "mean"):
+            read[params["partner"][params["swap"] == 1]] = True
+        return records, [f if k else self.blank for f, k in zip(fill_bytes, read)]
 
 
 class _Composite:
@@ -234,7 +246,7 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     ``params``: records of :func:`swap_parameters` to use instead of drawing new ones. Returns a
     data node of uint8 HWC RGB, S x S, on ``device``, with layout "HWC".
     """
-    from nvidia.dali import fn
+    from nvidia.dali import fn, types
 
     if device not in ("cpu", "gpu"):
         raise DaliAbsError(f"device must be 'cpu' or 'gpu', got {device!r}")
@@ -242,10 +254,17 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
         raise DaliAbsError("background_swap needs size=S (or (H, W)): the output canvas, on which the swap, crop "
                            "and flip parameters are drawn before the images are decoded")
     hw = _canvas_size(size)
-    if params is None:
-        params = swap_parameters(samples, cfg, size=hw, augment=augment, seed=seed,
-                                 batches_per_epoch=batches_per_epoch)
-    fills = samples.fills
+    if params is None and samples.fill_bytes is not None:
+        params, read = fn.python_function(
+            samples.labels, samples.groups, samples.soft, samples.boxes, samples.fill_bytes,
+            function=_Sample(cfg, seed, hw, augment, _Epochs(samples, batches_per_epoch)), batch_processing=True,
+            num_outputs=2)
+        fills = fn.decoders.image(read, device=samples.fill_device, output_type=types.RGB)
+    else:
+        if params is None:
+            params = swap_parameters(samples, cfg, size=hw, augment=augment, seed=seed,
+                                     batches_per_epoch=batches_per_epoch)
+        fills = samples.fills
     if device == "gpu":  # a GPU operator takes GPU inputs: DALI copies the records over, in its own stream
         fills, params = fills.gpu(), params.gpu()
     # The layout is declared: the GPU crop_mirror_normalize refuses an input without one.
