@@ -260,6 +260,32 @@ __attribute__((target("avx2"))) static inline void store8(__m256i packed, unsign
   }
 }
 
+// The first `count` (1..8) pixels of RGBx lanes (rounded 0..255) at output row y of sample s,
+// in the batch's output format (abs_store: uint8 HWC, or float32 / float16 CHW normalised).
+__attribute__((target("avx2"))) static inline void store_out(__m256i packed, ABS_COMPOSITE_PARAMS, int s, int y,
+                                                             int x, int count) {
+  if (out_format == ABS_OUT_UINT8) {
+    store8(packed, out + (((long long)s * h + y) * w + x) * 3, count);
+    return;
+  }
+  const long long plane = (long long)h * w, at = (long long)s * 3 * plane + (long long)y * w + x;
+  const __m256i m = _mm256_set1_epi32(0xff);
+  for (int c = 0; c < 3; ++c) {
+    const __m256 v = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(packed, 8 * c), m));
+    const __m256 f = _mm256_mul_ps(_mm256_sub_ps(v, _mm256_set1_ps(norm[c])), _mm256_set1_ps(norm[3 + c]));
+    alignas(32) float tmp[8];
+    _mm256_store_ps(tmp, f);
+    if (out_format == ABS_OUT_FLOAT32) {
+      float* o = (float*)out + at + c * plane;
+      if (count == 8) _mm256_storeu_ps(o, f);
+      else memcpy(o, tmp, (size_t)count * 4);
+    } else {
+      unsigned short* o = (unsigned short*)out + at + c * plane;
+      for (int k = 0; k < count; ++k) o[k] = abs_half_bits(tmp[k]);
+    }
+  }
+}
+
 // Floor, fraction and the two clamped neighbours of eight coordinates (abs_bilerp_setup).
 __attribute__((target("avx2"))) static inline void axis8(__m256 g, int n, __m256i* i0, __m256i* i1, __m256* a) {
   const __m256 f0 = _mm256_floor_ps(g);
@@ -289,7 +315,6 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   const AbsRefs& rs = refs[s];
   const AbsSample* ps = rs.sample;
   const float py = ps->crop_y0 + ((float)y + 0.5f) * ps->crop_sy;
-  unsigned char* orow = out + ((long long)s * h + y) * w * 3;
   const int j = t.swapped ? abs_partner(ps, s, n) : s;
   const AbsRefs& rj = refs[j];
   const AbsSample* pj = rj.sample;
@@ -359,8 +384,11 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
     }
     if (fg_row && _mm256_movemask_ps(fg))
       take(fg, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], b0[2], b1[2], src[2].a, o, &ax, &ay);
-    __m256i packed = sample8<false>(base, o[0], o[1], o[2], o[3], ax, ay);
-    if (aff_row) {  // rotated / sheared foreground: each lane through the affine map
+    // the rotated / sheared foreground first: where all eight lanes are foreground the
+    // background is not sampled at all (as the body skips it where alpha is 1)
+    __m256 fgm = _mm256_setzero_ps();
+    __m256i fgp = _mm256_setzero_si256();
+    if (aff_row) {  // each lane through the affine map
       const __m256 px = _mm256_loadu_ps(&t.px[x]);
       const __m256 xs = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(A[0], px), a1py), A[2]);
       const __m256 ys = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(A[3], px), a4py), A[5]);
@@ -383,7 +411,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
         const __m256 top = _mm256_add_ps(v00, _mm256_mul_ps(_mm256_sub_ps(v01, v00), gfx));
         const __m256 bot = _mm256_add_ps(v10, _mm256_mul_ps(_mm256_sub_ps(v11, v10), gfx));
         const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfy));
-        const __m256 fgm = _mm256_and_ps(ok, _mm256_cmp_ps(pt, tight_v, _CMP_GT_OQ));
+        fgm = _mm256_and_ps(ok, _mm256_cmp_ps(pt, tight_v, _CMP_GT_OQ));
         if (_mm256_movemask_ps(fgm)) {
           __m256i ix0, ix1, iy0, iy1;
           __m256 iax, iay;
@@ -394,13 +422,19 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
           ix1 = _mm256_mullo_epi32(ix1, three);
           iy0 = _mm256_mullo_epi32(iy0, rowb);
           iy1 = _mm256_mullo_epi32(iy1, rowb);
-          const __m256i fgp = sample8<true>(img_s, _mm256_add_epi32(iy0, ix0), _mm256_add_epi32(iy0, ix1),
-                                            _mm256_add_epi32(iy1, ix0), _mm256_add_epi32(iy1, ix1), iax, iay);
-          packed = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(packed), _mm256_castsi256_ps(fgp), fgm));
+          fgp = sample8<true>(img_s, _mm256_add_epi32(iy0, ix0), _mm256_add_epi32(iy0, ix1),
+                              _mm256_add_epi32(iy1, ix0), _mm256_add_epi32(iy1, ix1), iax, iay);
         }
       }
     }
-    store8(packed, orow + x * 3, w - x < 8 ? w - x : 8);
+    const int fg_lanes = _mm256_movemask_ps(fgm);
+    __m256i packed = fgp;
+    if (fg_lanes != 0xff) {
+      packed = sample8<false>(base, o[0], o[1], o[2], o[3], ax, ay);
+      if (fg_lanes)
+        packed = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(packed), _mm256_castsi256_ps(fgp), fgm));
+    }
+    store_out(packed, ABS_COMPOSITE_ARGS, s, y, x, w - x < 8 ? w - x : 8);
   }
 }
 
