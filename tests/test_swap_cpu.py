@@ -16,7 +16,6 @@ import pytest
 from dali_abs import swap
 from dali_abs.swap import AugmentConfig, SwapConfig, SwapError
 from dali_abs.swap import cpu as native
-from dali_abs.swap.twin import composite as twin
 from dali_abs.swap.twin import composite_cpu
 from swap_cases import CASES, make_batch, params_for, ragged_batch
 
@@ -243,21 +242,3 @@ def test_native_can_be_switched_off_without_a_warning(fresh, monkeypatch):
         warnings.simplefilter("error")
         assert not native.native_available()
     assert native._STATE["why"] == "disabled by DALI_ABS_NATIVE"
-
-
-@pytest.mark.parametrize("fmt", ["float32", "float16"])
-@pytest.mark.parametrize("cfg", [SwapConfig(), SwapConfig.waterbirds(), SwapConfig(fill="noise", p=0.5)],
-                         ids=["default", "rotated", "noise"])
-def test_the_normalised_output_equals_the_twin(built, cfg, fmt):
-    """The row renderer and the per-pixel body write float32 / float16 CHW normalised output, the
-    twin's bytes (widths below, at and above 8, crops and flips, ragged sources)."""
-    rng = np.random.default_rng(800)
-    images, soft, fills, boxes = ragged_batch(rng, 7, 8)
-    norm = dict(out_format=fmt, mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4))
-    for size in ((33, 5), (40, 61)):
-        p = params_for(rng, soft, cfg, *size, augment=AugmentConfig(area=(0.3, 1.0)))
-        b = swap.batch(images, soft, fills, boxes, p, cfg, size, **norm)
-        want = twin(b)
-        assert want.dtype == fmt and want.shape == (7, 3, *size)
-        assert np.array_equal(native.composite(b, threads=2), want)
-        assert np.array_equal(native.composite(b, threads=1, vector=False), want)

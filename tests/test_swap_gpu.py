@@ -31,9 +31,6 @@ extern "C" void run_abs_composite(ABS_COMPOSITE_PARAMS, int grid, int block) {
 extern "C" void run_abs_tile_mean(const AbsRefs* refs, float* mean_colour, int n, int grid, int block) {
   ABS_SHIM_LAUNCH(grid, block, abs_tile_mean(refs, mean_colour, n));
 }
-extern "C" void half_bits(const float* x, unsigned short* y, long long n) {
-  for (long long i = 0; i < n; ++i) y[i] = abs_half_bits(x[i]);
-}
 """
 
 
@@ -53,14 +50,13 @@ def kernel_lib(tmp_path_factory):
     lib.run_abs_composite.argtypes = signature.argtypes(extra=(ctypes.c_int, ctypes.c_int))
     lib.run_abs_tile_mean.restype = None
     lib.run_abs_tile_mean.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int] * 3
-    lib.half_bits.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong]
     return lib
 
 
 def run_kernel_text(lib, b: swap.Batch, grid=13, block=64):
-    out = np.full(b.out_shape(), 77, b.out_format)
+    out = np.full((b.n, b.h, b.w, 3), 77, np.uint8)
     refs = b.refs(lambda a: a.ctypes.data)
-    values = b.kernel_values(refs, mean_colour(np, b.fills), out, b.norm())
+    values = b.kernel_values(refs, mean_colour(np, b.fills), out)
     signature.check(values, b.dims())
     lib.run_abs_composite(*signature.ctypes_args(values), grid, block)
     return out
@@ -84,41 +80,6 @@ def test_kernel_text_matches_the_twin(kernel_lib, cfg):
     print(f"{cfg.fill} feather={cfg.feather} rotation={cfg.rotation}: pixels differing {differ / total:.2e}, "
           f"by > 1 LSB {bad / total:.2e}")
     assert bad / total < 1e-3
-
-
-def test_float16_rounding_is_numpys(kernel_lib):
-    """abs_half_bits (the float16 output) rounds to nearest even as NumPy does: normal, subnormal,
-    overflowing and special values."""
-    rng = np.random.default_rng(9)
-    x = np.concatenate([rng.normal(0, 3, 100_000), rng.normal(0, 1e-5, 20_000), rng.normal(0, 7e4, 20_000),
-                        [0.0, -0.0, np.inf, -np.inf, 65504.0, 65520.0, 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -26]],
-                       ).astype(np.float32)
-    x = np.concatenate([x, np.arange(-256, 256, dtype=np.float32) / np.float32(57.1)])
-    got = np.empty(len(x), np.uint16)
-    kernel_lib.half_bits(x.ctypes.data, got.ctypes.data, len(x))
-    with np.errstate(over="ignore"):  # the overflowing ones: inf, as in the kernel
-        assert np.array_equal(got, x.astype(np.float16).view(np.uint16))
-    nan = np.array([np.nan], np.float32)
-    kernel_lib.half_bits(nan.ctypes.data, got.ctypes.data, 1)
-    assert np.isnan(got[:1].view(np.float16)[0])
-
-
-@pytest.mark.parametrize("fmt", ["float32", "float16"])
-def test_the_normalised_output_is_the_uint8_output_normalised(kernel_lib, fmt):
-    """out_format float32 / float16: CHW, (v - mean) * (1/std) of the very bytes of the uint8 output."""
-    rng = np.random.default_rng(13)
-    cfg = SwapConfig.waterbirds()
-    images, soft, fills, boxes = ragged_batch(rng, 6, 8)
-    p = params_for(rng, soft, cfg, 45, 50, augment=AugmentConfig())
-    mean, std = (123.7, 116.3, 103.5), (58.4, 57.1, 57.4)
-    u8 = twin(swap.batch(images, soft, fills, boxes, p, cfg, size=(45, 50)))
-    b = swap.batch(images, soft, fills, boxes, p, cfg, size=(45, 50), out_format=fmt, mean=mean, std=std)
-    want = ((u8.astype(np.float32) - np.float32(mean)) * (np.float32(1) / np.float32(std))).transpose(0, 3, 1, 2)
-    got = run_kernel_text(kernel_lib, b)
-    assert got.dtype == fmt and got.shape == (6, 3, 45, 50)
-    assert np.array_equal(got, want.astype(fmt)) and np.array_equal(twin(b), got)
-    with pytest.raises(SwapError, match="a float32 output needs mean and std"):
-        swap.batch(images, soft, fills, boxes, p, cfg, size=(45, 50), out_format="float32")
 
 
 def test_the_tile_mean_kernel_equals_the_twins_mean(kernel_lib):
@@ -238,12 +199,10 @@ def test_the_gpu_backends_host_code_drives_the_kernel_text(kernel_lib, monkeypat
     # the loader's GPU operator itself: one call, one launch (two for the mean fill), no host copy
     from dali_abs.loader.ops import _Composite
 
-    for output in (None, {"out_format": "float16", "mean": (120.0, 110.0, 100.0), "std": (60.0, 55.0, 50.0)}):
-        fake.launches.clear()
-        outs = _Composite(cfg, (24, 20), 4, output)(dev.images, dev.fills, dev.samples)
-        assert fake.launches == (["abs_tile_mean"] if cfg.fill == "mean" else []) + ["abs_composite"]
-        want = twin(swap.batch(images, soft, fills, boxes, p, cfg, size=(24, 20), **(output or {})))
-        assert np.array_equal(np.stack([np.asarray(o) for o in outs]), want)
+    fake.launches.clear()
+    outs = _Composite(cfg, (24, 20), 4)(dev.images, dev.fills, dev.samples)
+    assert fake.launches == (["abs_tile_mean"] if cfg.fill == "mean" else []) + ["abs_composite"]
+    assert np.array_equal(np.stack([np.asarray(o) for o in outs]), twin(host))
 
 
 # --- the real kernel on a GPU --------------------------------------------------------------

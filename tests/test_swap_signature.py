@@ -60,11 +60,10 @@ def test_the_argument_list_is_declared_as_tabled():
     assert 'extern "C" __global__ void abs_composite(ABS_COMPOSITE_PARAMS)' in CU
 
 
-def test_fill_and_output_codes_are_the_kernels_defines():
+def test_fill_codes_are_the_kernels_defines():
     defines = {m.group(1): int(m.group(2)) for m in re.finditer(r"#define ABS_FILL_(\w+) (\d+)", CU)}
     assert defines == {f.upper(): signature.fill_code(f) for f in FILLS}
-    outs = {m.group(1): int(m.group(2)) for m in re.finditer(r"#define ABS_OUT_(\w+) (\d+)", CU)}
-    assert outs == {f.upper(): signature.out_code(f) for f in signature.OUT_FORMATS}
+    assert "ABS_FILL_" + FILLS[0].upper() in CU  # the body tests the names, not the numbers
 
 
 def test_the_records_byte_layout_is_the_compilers(tmp_path):
@@ -95,12 +94,11 @@ def test_the_records_byte_layout_is_the_compilers(tmp_path):
 
 
 def test_the_checks_name_the_argument():
-    dims = {"n": 3, "h": 4, "w": 5, "r": 2, "out_bytes": 180}
     values = {a.name: None for a in signature.ARGS}
     values.update(refs=np.zeros(3, signature.REFS_DTYPE), mean_colour=np.zeros((3, 3), np.float32),
-                  out=np.zeros(180, np.uint8), norm=np.zeros(6, np.float32))
-    signature.check(values, dims)
-    with pytest.raises(Exception, match=r"kernel argument out must be uint8 \(720,\), got uint8 \(180,\)"):
-        signature.check(values, {**dims, "out_bytes": 720})
+                  out=np.zeros((3, 4, 5, 3), np.uint8))
+    signature.check(values, {"n": 3, "h": 4, "w": 5, "r": 2})
+    with pytest.raises(Exception, match=r"kernel argument out must be uint8 \(3, 4, 6, 3\), got uint8 \(3, 4, 5, 3\)"):
+        signature.check(values, {"n": 3, "h": 4, "w": 6, "r": 2})
     with pytest.raises(Exception, match=r"kernel argument mean_colour must be float32 \(3, 3\), got float64"):
-        signature.check({**values, "mean_colour": np.zeros((3, 3))}, dims)
+        signature.check({**values, "mean_colour": np.zeros((3, 3))}, {"n": 3, "h": 4, "w": 5, "r": 2})

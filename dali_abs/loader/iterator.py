@@ -195,13 +195,11 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
                          pad_last_batch=True, name=READER_NAME)
         images = fn.decoders.image(s.jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         aug = cfg.augment
-        mean, std = [m * 255 for m in MEAN], [s_ * 255 for s_ in STD]
         if cfg.swap is not None and compose is None:
-            # one pass: swap, random resized crop, flip, resize to the output size and normalise
-            # (crop_mirror_normalize's arithmetic on the rounded composite, the same bytes)
+            # one pass: swap, random resized crop, flip and resize to the output size
             images = background_swap(images, s, cfg.swap, size=cfg.size, augment=aug, device=cfg.device,
-                                     seed=seed, batches_per_epoch=batches_per_epoch, mean=mean, std=std,
-                                     dtype=cfg.dtype)
+                                     seed=seed, batches_per_epoch=batches_per_epoch)
+            mirror = 0
         else:  # DALI's own crop and flip: after a composite of compose x compose, or the plain pipeline
             if cfg.swap is not None:
                 images = background_swap(images, s, cfg.swap, size=compose, device=cfg.device, seed=seed,
@@ -213,8 +211,9 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
                 images = fn.resize(images, size=[cfg.size, cfg.size], interp_type=types.INTERP_LINEAR,
                                    antialias=False)
             mirror = fn.random.coin_flip(probability=aug.flip) if aug is not None and aug.flip > 0 else 0
-            images = fn.crop_mirror_normalize(images, mirror=mirror, mean=mean, std=std, output_layout="CHW",
-                                              dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT)
+        images = fn.crop_mirror_normalize(
+            images, mirror=mirror, mean=[m * 255 for m in MEAN], std=[s_ * 255 for s_ in STD],
+            dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT, output_layout="CHW")
         labels = s.labels.gpu() if gpu else s.labels
         return images, labels
 

@@ -193,15 +193,13 @@ class _Composite:
     """The compositing op, the same call on the CPU and on the GPU: one :class:`~dali_abs.swap.Batch`
     of the decoded images, the fill tiles and the records, composited where they are."""
 
-    def __init__(self, cfg: SwapConfig, size: tuple[int, int], grid: int, output: dict | None = None):
+    def __init__(self, cfg: SwapConfig, size: tuple[int, int], grid: int):
         self.cfg, self.size, self.grid = cfg, size, grid
-        self.output = output or {"out_format": "uint8"}  # or float32 / float16 CHW with mean and std
 
     def __call__(self, images, fills, records):
         from dali_abs.swap import batch_of_records, composite
 
-        out = composite(batch_of_records(list(images), list(fills), list(records), self.cfg, self.size, self.grid,
-                                         **self.output))
+        out = composite(batch_of_records(list(images), list(fills), list(records), self.cfg, self.size, self.grid))
         return [out[i] for i in range(out.shape[0])]
 
 
@@ -235,8 +233,7 @@ def swap_parameters(samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, si
 
 def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, size=None,
                     augment: AugmentConfig | None = None, device: str = "cpu", seed: int = 0,
-                    batches_per_epoch: int | None = None, params=None, mean=None, std=None,
-                    dtype: str = "float32"):
+                    batches_per_epoch: int | None = None, params=None):
     """Composite each sample's foreground onto a clean background of another sample of the batch.
 
     ``images``: data node of uint8 HWC RGB of any sizes, on ``device`` ("cpu" or "gpu").
@@ -247,10 +244,7 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     (``batches_per_epoch`` overrides the count). ``seed``: under data parallelism give every shard
     its own (:func:`dali_abs.loader.iterator.augment_seed`), or all ranks draw the same swaps.
     ``params``: records of :func:`swap_parameters` to use instead of drawing new ones. Returns a
-    data node of uint8 HWC RGB, S x S, on ``device``, with layout "HWC"; or, given ``mean`` and
-    ``std`` (3 values each, 0..255 units, as ``fn.crop_mirror_normalize`` takes them), normalised
-    in the same pass: ``dtype`` ("float32" or "float16") CHW, layout "CHW", the bytes
-    ``crop_mirror_normalize`` would make of the uint8 output.
+    data node of uint8 HWC RGB, S x S, on ``device``, with layout "HWC".
     """
     from nvidia.dali import fn, types
 
@@ -273,14 +267,6 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
         fills = samples.fills
     if device == "gpu":  # a GPU operator takes GPU inputs: DALI copies the records over, in its own stream
         fills, params = fills.gpu(), params.gpu()
-    output = {"out_format": "uint8"}
-    if mean is not None or std is not None:
-        if dtype not in ("float32", "float16"):
-            raise DaliAbsError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-        from dali_abs.swap.batch import check_output
-
-        output = check_output(dtype, mean, std)
     # The layout is declared: the GPU crop_mirror_normalize refuses an input without one.
-    return fn.python_function(images, fills, params, function=_Composite(cfg, hw, samples.grid, output),
-                              batch_processing=True, num_outputs=1, device=device,
-                              output_layouts="HWC" if output["out_format"] == "uint8" else "CHW")
+    return fn.python_function(images, fills, params, function=_Composite(cfg, hw, samples.grid),
+                              batch_processing=True, num_outputs=1, device=device, output_layouts="HWC")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dali_abs.swap.config import SwapConfig, SwapError
-from dali_abs.swap.signature import OUT_FORMATS, REFS_DTYPE, fill_code, out_code, sample_dtype
+from dali_abs.swap.signature import REFS_DTYPE, fill_code, sample_dtype
 
 F32 = np.float32
 PARAMS = (("partner", np.int32, 1), ("swap", np.uint8, 1), ("affine", np.float32, 6),
@@ -46,9 +46,6 @@ class Batch:
     (``image_hw`` / ``fill_hw``, int32 (N,2)). ``samples``: the parameter records, a
     :func:`~dali_abs.swap.signature.sample_dtype` (N,) NumPy array or a list of N uint8 arrays
     of one record each (what DALI hands over). ``cfg`` gives the thresholds and the fill.
-    ``out_format``: "uint8" (HWC 0..255) or "float32" / "float16" (CHW, ``(v - mean) / std``
-    of the rounded value, as DALI's crop_mirror_normalize computes it); ``mean`` and ``std``:
-    3 floats each, in 0..255 units.
     """
 
     n: int
@@ -61,17 +58,6 @@ class Batch:
     fills: list
     fill_hw: np.ndarray
     samples: object
-    out_format: str = "uint8"
-    mean: tuple = (0.0, 0.0, 0.0)
-    std: tuple = (1.0, 1.0, 1.0)
-
-    def out_shape(self) -> tuple:
-        return (self.n, self.h, self.w, 3) if self.out_format == "uint8" else (self.n, 3, self.h, self.w)
-
-    def norm(self) -> np.ndarray:
-        """float32 [6]: mean, then 1/std (float32 division, as crop_mirror_normalize)."""
-        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
-        return np.concatenate([mean, np.float32(1) / std]).astype(np.float32)
 
     @property
     def on_gpu(self) -> bool:
@@ -103,16 +89,14 @@ class Batch:
         refs["img_sy"] = self.image_hw[:, 0].astype(F32) / F32(self.h)
         return refs
 
-    def kernel_values(self, refs, mean, out, norm) -> dict:
+    def kernel_values(self, refs, mean, out) -> dict:
         """Every kernel argument by name (:data:`~dali_abs.swap.signature.ARGS`)."""
         c = self.cfg
-        return {"refs": refs, "mean_colour": mean, "out": out.view(np.uint8).reshape(-1), "norm": norm,
-                "n": self.n, "h": self.h, "w": self.w, "r": self.r, "tight": c.tight, "loose": c.loose,
-                "feather": c.feather, "fill_mode": fill_code(c.fill), "out_format": out_code(self.out_format)}
+        return {"refs": refs, "mean_colour": mean, "out": out, "n": self.n, "h": self.h, "w": self.w, "r": self.r,
+                "tight": c.tight, "loose": c.loose, "feather": c.feather, "fill_mode": fill_code(c.fill)}
 
     def dims(self) -> dict:
-        return {"n": self.n, "h": self.h, "w": self.w, "r": self.r,
-                "out_bytes": self.n * self.h * self.w * 3 * np.dtype(self.out_format).itemsize}
+        return {"n": self.n, "h": self.h, "w": self.w, "r": self.r}
 
 
 def _samples(name: str, a, n: int | None) -> list:
@@ -155,22 +139,6 @@ def _size(size, image_hw: np.ndarray) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise SwapError(f"size must be positive, got {size!r}")
     return h, w
-
-
-def check_output(out_format: str, mean, std) -> dict:
-    """The output fields of a :class:`Batch`, checked: ``out_format`` and, for the float ones, ``mean`` and ``std``."""
-    if out_format not in OUT_FORMATS:
-        raise SwapError(f"out_format must be one of {', '.join(OUT_FORMATS)}, got {out_format!r}")
-    if out_format == "uint8":
-        return {"out_format": out_format}
-    try:
-        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    except (TypeError, ValueError):
-        raise SwapError(f"a {out_format} output needs mean and std, 3 numbers each (0..255 units), got "
-                        f"mean={mean!r}, std={std!r}") from None
-    if len(mean) != 3 or len(std) != 3 or not all(v > 0 for v in std):
-        raise SwapError(f"mean and std must be 3 numbers each with std > 0, got mean={mean!r}, std={std!r}")
-    return {"out_format": out_format, "mean": mean, "std": std}
 
 
 def _pixels(images, fills, cfg, size):
@@ -253,27 +221,22 @@ def pack_samples(params: dict, soft: np.ndarray, boxes: np.ndarray, size: tuple[
     return rec
 
 
-def batch(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None, *, out_format: str = "uint8",
-          mean=None, std=None) -> Batch:
+def batch(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None) -> Batch:
     """A checked, packed :class:`Batch` from the kornia-style inputs (the conventions are in
-    :mod:`dali_abs.swap.twin`); ``size`` (H, W) defaults to the images' size when they share one.
-    ``out_format``, ``mean``, ``std``: the output (:class:`Batch`)."""
-    out = check_output(out_format, mean, std)
+    :mod:`dali_abs.swap.twin`); ``size`` (H, W) defaults to the images' size when they share one."""
     imgs, image_hw, tiles, fill_hw, h, w = _pixels(images, fills, cfg, size)
     n = len(imgs)
     soft, boxes, p = check_params(soft, boxes, params, n)
     return Batch(n, h, w, int(soft.shape[1]), cfg, imgs, image_hw, tiles, fill_hw,
-                 pack_samples(p, soft, boxes, (h, w)), **out)
+                 pack_samples(p, soft, boxes, (h, w)))
 
 
-def batch_of_records(images, fills, samples, cfg: SwapConfig, size, r: int, *, out_format: str = "uint8",
-                     mean=None, std=None) -> Batch:
+def batch_of_records(images, fills, samples, cfg: SwapConfig, size, r: int) -> Batch:
     """A :class:`Batch` from packed records (one uint8 array per sample, or a (N,) record array).
 
     Host records are checked in full (partner and patch indices in range); device records are
     data the host does not read: the kernel keeps ``partner`` and ``perm`` in range itself.
     """
-    out = check_output(out_format, mean, std)
     imgs, image_hw, tiles, fill_hw, h, w = _pixels(images, fills, cfg, size)
     n = len(imgs)
     dtype = sample_dtype(r)
@@ -290,7 +253,7 @@ def batch_of_records(images, fills, samples, cfg: SwapConfig, size, r: int, *, o
                     or not a.flags.c_contiguous:
                 raise SwapError(f"samples[{i}] must be one C-contiguous uint8 [{dtype.itemsize}] record (R = {r}), "
                                 f"got {_desc(a)}")
-    b = Batch(n, h, w, r, cfg, imgs, image_hw, tiles, fill_hw, recs, **out)
+    b = Batch(n, h, w, r, cfg, imgs, image_hw, tiles, fill_hw, recs)
     if not b.on_gpu:
         rec = b.records()
         _check_ranges(rec["partner"], rec["perm"], n, r, "samples")

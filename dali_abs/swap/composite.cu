@@ -27,11 +27,6 @@
 #define ABS_FILL_PIXELS 4
 #define ABS_FILL_PATCHES 5
 
-// out_format (dali_abs.swap.signature.OUT_FORMATS): uint8 HWC, or float32 / float16 CHW normalised.
-#define ABS_OUT_UINT8 0
-#define ABS_OUT_FLOAT32 1
-#define ABS_OUT_FLOAT16 2
-
 // The per-pixel body is inlined into the CUDA kernel and into the CPU launcher's row loop.
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define ABS_INLINE static __device__ __forceinline__
@@ -135,61 +130,14 @@ ABS_INLINE unsigned char abs_round_u8(float v) {
 // The grid cell (0..r-1) of grid coordinate g (canvas px times r / side): patch c covers [c, c + 1).
 ABS_INLINE int abs_cell(float g, int r) { return abs_clampi((int)floorf(g), 0, r - 1); }
 
-// IEEE binary16 bits of a float, rounded to nearest even (as NumPy's astype(float16)); integer
-// arithmetic only, so the CPU build and the GPU agree bit for bit.
-ABS_INLINE unsigned short abs_half_bits(float f) {
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-  const unsigned int x = __float_as_uint(f);
-#else
-  unsigned int x;
-  memcpy(&x, &f, 4);
-#endif
-  const unsigned int sign = (x >> 16) & 0x8000u, e = (x >> 23) & 0xffu;
-  unsigned int mant = x & 0x7fffffu;
-  if (e == 0xffu) return (unsigned short)(sign | 0x7c00u | (mant ? 0x200u : 0u));  // inf, nan
-  const int exp = (int)e - 112;  // the binary16 exponent field
-  if (exp >= 31) return (unsigned short)(sign | 0x7c00u);  // too large: inf
-  if (exp <= 0) {  // binary16 subnormal (or zero)
-    if (exp < -10) return (unsigned short)sign;
-    mant |= 0x800000u;
-    const int shift = 14 - exp;
-    unsigned int h = mant >> shift;
-    const unsigned int rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (h & 1u))) ++h;
-    return (unsigned short)(sign | h);
-  }
-  unsigned int h = ((unsigned int)exp << 10) | (mant >> 13);
-  const unsigned int rem = mant & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
-  return (unsigned short)(sign | h);
-}
-
-// Output pixel (y, x) of sample s from its three rounded values (0..255): uint8 HWC, or
-// (v - mean[c]) * inv_std[c] in float32 CHW (norm = mean[3], then 1/std[3]), optionally as float16.
-ABS_INLINE void abs_store(unsigned char* out, int out_format, const float* norm, int s, int y, int x, int h, int w,
-                          const unsigned char* v) {
-  if (out_format == ABS_OUT_UINT8) {
-    unsigned char* o = out + (((long long)s * h + y) * w + x) * 3;
-    o[0] = v[0]; o[1] = v[1]; o[2] = v[2];
-    return;
-  }
-  const long long plane = (long long)h * w, at = (long long)s * 3 * plane + (long long)y * w + x;
-  for (int c = 0; c < 3; ++c) {
-    const float f = ((float)v[c] - norm[c]) * norm[3 + c];
-    if (out_format == ABS_OUT_FLOAT32) ((float*)out)[at + c * plane] = f;
-    else ((unsigned short*)out)[at + c * plane] = abs_half_bits(f);
-  }
-}
-
 // First row of patch `r` of a side of `size` px split into `grid` patches: ceil(r*size/grid).
 ABS_INLINE int abs_patch_start(int r, int size, int grid) { return (r * size + grid - 1) / grid; }
 
 // The kernel's arguments (dali_abs.swap.signature.ARGS).
 #define ABS_COMPOSITE_PARAMS                                                                        \
   const AbsRefs* __restrict__ refs, const float* __restrict__ mean_colour, unsigned char* __restrict__ out, \
-      const float* __restrict__ norm, int n, int h, int w, int r, float tight, float loose, float feather,   \
-      int fill_mode, int out_format
-#define ABS_COMPOSITE_ARGS refs, mean_colour, out, norm, n, h, w, r, tight, loose, feather, fill_mode, out_format
+      int n, int h, int w, int r, float tight, float loose, float feather, int fill_mode
+#define ABS_COMPOSITE_ARGS refs, mean_colour, out, n, h, w, r, tight, loose, feather, fill_mode
 
 // The partner's index, kept inside the batch (records on the device are not checked by the host).
 ABS_INLINE int abs_partner(const AbsSample* p, int s, int n) {
@@ -201,7 +149,7 @@ ABS_INLINE int abs_partner(const AbsSample* p, int s, int n) {
 ABS_INLINE void abs_composite_pixel(ABS_COMPOSITE_PARAMS, int s, int y, int x) {
   const float fw = (float)w, fh = (float)h;
   const float sx = (float)r / fw, sy = (float)r / fh;
-  unsigned char o[3];
+  unsigned char* o = out + (((long long)s * h + y) * w + x) * 3;
   const AbsRefs& rs = refs[s];
   const AbsSample* ps = rs.sample;
   const int xm = ps->flip ? w - 1 - x : x;
@@ -211,7 +159,6 @@ ABS_INLINE void abs_composite_pixel(ABS_COMPOSITE_PARAMS, int s, int y, int x) {
   if (!ps->swap) {
     abs_canvas_sample(rs, px, py, fg);
     o[0] = abs_round_u8(fg[0]); o[1] = abs_round_u8(fg[1]); o[2] = abs_round_u8(fg[2]);
-    abs_store(out, out_format, norm, s, y, x, h, w, o);
     return;
   }
 
@@ -242,7 +189,6 @@ ABS_INLINE void abs_composite_pixel(ABS_COMPOSITE_PARAMS, int s, int y, int x) {
   }
   if (alpha == 1.0f) {
     o[0] = abs_round_u8(fg[0]); o[1] = abs_round_u8(fg[1]); o[2] = abs_round_u8(fg[2]);
-    abs_store(out, out_format, norm, s, y, x, h, w, o);
     return;
   }
 
@@ -298,7 +244,6 @@ ABS_INLINE void abs_composite_pixel(ABS_COMPOSITE_PARAMS, int s, int y, int x) {
   } else {
     o[0] = abs_round_u8(bg[0]); o[1] = abs_round_u8(bg[1]); o[2] = abs_round_u8(bg[2]);
   }
-  abs_store(out, out_format, norm, s, y, x, h, w, o);
 }
 
 // One CUDA thread per output pixel (all 3 channels); the grid-stride loop covers any batch.

@@ -260,32 +260,6 @@ __attribute__((target("avx2"))) static inline void store8(__m256i packed, unsign
   }
 }
 
-// The first `count` (1..8) pixels of RGBx lanes (rounded 0..255) at output row y of sample s,
-// in the batch's output format (abs_store: uint8 HWC, or float32 / float16 CHW normalised).
-__attribute__((target("avx2"))) static inline void store_out(__m256i packed, ABS_COMPOSITE_PARAMS, int s, int y,
-                                                             int x, int count) {
-  if (out_format == ABS_OUT_UINT8) {
-    store8(packed, out + (((long long)s * h + y) * w + x) * 3, count);
-    return;
-  }
-  const long long plane = (long long)h * w, at = (long long)s * 3 * plane + (long long)y * w + x;
-  const __m256i m = _mm256_set1_epi32(0xff);
-  for (int c = 0; c < 3; ++c) {
-    const __m256 v = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(packed, 8 * c), m));
-    const __m256 f = _mm256_mul_ps(_mm256_sub_ps(v, _mm256_set1_ps(norm[c])), _mm256_set1_ps(norm[3 + c]));
-    alignas(32) float tmp[8];
-    _mm256_store_ps(tmp, f);
-    if (out_format == ABS_OUT_FLOAT32) {
-      float* o = (float*)out + at + c * plane;
-      if (count == 8) _mm256_storeu_ps(o, f);
-      else memcpy(o, tmp, (size_t)count * 4);
-    } else {
-      unsigned short* o = (unsigned short*)out + at + c * plane;
-      for (int k = 0; k < count; ++k) o[k] = abs_half_bits(tmp[k]);
-    }
-  }
-}
-
 // Floor, fraction and the two clamped neighbours of eight coordinates (abs_bilerp_setup).
 __attribute__((target("avx2"))) static inline void axis8(__m256 g, int n, __m256i* i0, __m256i* i1, __m256* a) {
   const __m256 f0 = _mm256_floor_ps(g);
@@ -315,6 +289,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   const AbsRefs& rs = refs[s];
   const AbsSample* ps = rs.sample;
   const float py = ps->crop_y0 + ((float)y + 0.5f) * ps->crop_sy;
+  unsigned char* orow = out + ((long long)s * h + y) * w * 3;
   const int j = t.swapped ? abs_partner(ps, s, n) : s;
   const AbsRefs& rj = refs[j];
   const AbsSample* pj = rj.sample;
@@ -434,7 +409,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
       if (fg_lanes)
         packed = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(packed), _mm256_castsi256_ps(fgp), fgm));
     }
-    store_out(packed, ABS_COMPOSITE_ARGS, s, y, x, w - x < 8 ? w - x : 8);
+    store8(packed, orow + x * 3, w - x < 8 ? w - x : 8);
   }
 }
 

@@ -175,7 +175,7 @@ def default_threads() -> int:
 
 
 def composite(b: Batch, *, threads: int | None = None, vector: bool = True) -> np.ndarray:
-    """The batch composited by the kernel text on the CPU: a new array (:meth:`Batch.out_shape`), equal to
+    """The batch composited by the kernel text on the CPU: a new uint8 [N,H,W,3] array, equal to
     :func:`dali_abs.swap.twin.composite` byte for byte. ``vector``: whole rows eight pixels at a
     time (``composite_rows.h``) where the CPU has AVX2 and the sample allows it (False: the
     per-pixel body everywhere; same output). ``threads``: host threads (default
@@ -191,8 +191,8 @@ def composite(b: Batch, *, threads: int | None = None, vector: bool = True) -> n
     elif int(threads) < 1:
         raise SwapError(f"threads must be >= 1, got {threads}")
     mean = mean_colour(np, b.fills) if b.cfg.fill == "mean" else np.zeros((b.n, 3), np.float32)
-    out = np.empty(b.out_shape(), b.out_format)
-    values = b.kernel_values(b.refs(lambda a: a.ctypes.data), mean, out, b.norm())
+    out = np.empty((b.n, b.h, b.w, 3), np.uint8)
+    values = b.kernel_values(b.refs(lambda a: a.ctypes.data), mean, out)
     signature.check(values, b.dims())
     lib.abs_composite_host(*signature.ctypes_args(values), int(threads), int(bool(vector)))
     return out

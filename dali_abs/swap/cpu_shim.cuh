@@ -12,7 +12,6 @@
 //                                        threads, in order, on the calling host thread.
 #pragma once
 #include <math.h>
-#include <string.h>
 
 #define __global__
 #define __device__

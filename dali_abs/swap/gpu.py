@@ -49,25 +49,22 @@ def prepare(b: Batch, out=None, block: int = 256):
             raise SwapError(f"the GPU backend needs CuPy arrays, got samples[{i}] of type {type(a).__name__}")
         if a.data.ptr % 4:
             raise SwapError(f"samples[{i}] lies at a device address that is not 4-byte aligned ({a.data.ptr:#x})")
-    shape = b.out_shape()
+    shape = (b.n, b.h, b.w, 3)
     if out is None:
-        out = cupy.empty(shape, b.out_format)
-    elif out.dtype != np.dtype(b.out_format) or out.shape != shape or not out.flags.c_contiguous:
-        raise SwapError(f"out must be a C-contiguous {b.out_format} {shape} CuPy array, got {_desc(out)}")
+        out = cupy.empty(shape, cupy.uint8)
+    elif out.dtype != cupy.uint8 or out.shape != shape or not out.flags.c_contiguous:
+        raise SwapError(f"out must be a C-contiguous uint8 {shape} CuPy array, got {_desc(out)}")
     refs = b.refs(lambda a: a.data.ptr)
     mean = cupy.zeros((b.n, 3), cupy.float32)
-    # refs and norm go over in one upload (pinned, asynchronous): norm's 24 bytes after the table
-    table = np.concatenate([refs.view(np.uint8), b.norm().view(np.uint8)])
-    table_dev = cupy.asarray(table)
-    refs_dev, norm_dev = table_dev[:refs.nbytes], table_dev[refs.nbytes:].view(cupy.float32)
-    values = b.kernel_values(refs, mean, out, b.norm())
-    signature.check(values, b.dims())  # on the host copies of refs and norm
-    args = signature.cupy_args({**values, "refs": refs_dev, "norm": norm_dev})
+    values = b.kernel_values(refs, mean, out)
+    signature.check(values, b.dims())  # on the host copy of refs
+    refs_dev = cupy.asarray(refs.view(np.uint8))
+    args = signature.cupy_args({**values, "refs": refs_dev})
     module = _module()
     kernel = module.get_function("abs_composite")
     grid = min((b.n * b.h * b.w + block - 1) // block, 65535 * 4)
     tile_mean = module.get_function("abs_tile_mean") if b.cfg.fill == "mean" else None
-    keep = (b.images, b.fills, b.samples, table_dev)  # the refs point into these: alive while launch() can run
+    keep = (b.images, b.fills, b.samples, refs_dev)  # the refs point into these: alive while launch() can run
 
     def launch():
         if tile_mean is not None:

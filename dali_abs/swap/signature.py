@@ -12,10 +12,8 @@ The kernel (``abs_composite(ABS_COMPOSITE_PARAMS)`` in ``composite.cu``) takes:
   are, their sizes, and the image's px per canvas px. Written by the op that holds the buffers
   (the GPU op from the shapes and pointers DALI hands it: host metadata only).
 - ``mean_colour``: float32 [N,3] tile means (read only with ``fill="mean"``).
-- ``out``: the output's bytes, as ``out_format`` (:data:`OUT_FORMATS`) lays them out: uint8
-  [N,H,W,3] HWC, or float32 / float16 [N,3,H,W] CHW normalised with ``norm`` (mean[3], then
-  1/std[3]: ``(v - mean) * (1/std)`` of the rounded 0..255 value, as DALI's crop_mirror_normalize).
-- the batch's scalars ``n, h, w, r, tight, loose, feather, fill_mode, out_format``.
+- ``out``: uint8 [N,H,W,3] HWC.
+- the batch's scalars ``n, h, w, r, tight, loose, feather, fill_mode``.
 
 Each sample's parameter record (:data:`SAMPLE`, then ``soft`` float32 [R*R] and ``perm`` int32
 [R*R]) is written on the CPU side of the pipeline by :func:`dali_abs.swap.batch.pack_samples`
@@ -87,14 +85,11 @@ class Arg:
 ARGS = (
     Arg("refs", "AbsRefs", ("n",)),
     Arg("mean_colour", "float32", ("n", 3)),
-    Arg("out", "uint8", ("out_bytes",), writes=True),
-    Arg("norm", "float32", (6,)),
+    Arg("out", "uint8", ("n", "h", "w", 3), writes=True),
     Arg("n", "int32"), Arg("h", "int32"), Arg("w", "int32"), Arg("r", "int32"),
     Arg("tight", "float32"), Arg("loose", "float32"), Arg("feather", "float32"),
-    Arg("fill_mode", "int32"), Arg("out_format", "int32"),
+    Arg("fill_mode", "int32"),
 )
-# out_format codes (ABS_OUT_<NAME> in composite.cu): the output's dtype; float ones are CHW, normalised.
-OUT_FORMATS = ("uint8", "float32", "float16")
 
 # C spelling of each dtype, as composite.cu writes it.
 C_TYPES = {"int32": "int", "uint32": "unsigned int", "float32": "float", "uint8": "unsigned char",
@@ -120,11 +115,6 @@ def sample_dtype(r: int) -> np.dtype:
 def fill_code(fill: str) -> int:
     """The kernel's ``fill_mode`` of a fill name (``ABS_FILL_<NAME>`` in composite.cu)."""
     return FILLS.index(fill)
-
-
-def out_code(fmt: str) -> int:
-    """The kernel's ``out_format`` of an output dtype name (``ABS_OUT_<NAME>`` in composite.cu)."""
-    return OUT_FORMATS.index(fmt)
 
 
 def c_declaration(a: Arg) -> str:

@@ -56,9 +56,7 @@ used (the same float32 division everywhere). Then:
    the analytic gradient of the bilinear interpolant in canvas px (hard rule where it is 0).
    Colour: image n at ``(xs, ys)``.
 4. ``out = clamp(floor(alpha*fg + (1-alpha)*bg + 0.5), 0, 255)`` in float32, uint8
-   ``[N,H,W,3]`` HWC; or, normalised in the same pass, float32 / float16 ``[N,3,H,W]`` CHW
-   ``(out - mean) * (1/std)`` in float32 (rounded to float16 to nearest even), the arithmetic of
-   DALI's ``crop_mirror_normalize`` on the uint8 result.
+   ``[N,H,W,3]`` HWC.
 """
 
 from __future__ import annotations
@@ -226,16 +224,7 @@ def composite(b: Batch) -> np.ndarray:
             alpha = np.where(inside, alpha, F32(0))[..., None]
             fg = _canvas(b.images[s], ref_s, xs, ys)
             out[s] = np.where(alpha > 0, _round_u8(alpha * fg + (F32(1) - alpha) * bg), _round_u8(bg))
-    return _output(b, out)
-
-
-def _output(b: Batch, out: np.ndarray) -> np.ndarray:
-    """The uint8 HWC composite in the batch's output format (abs_store): float CHW ``(v - mean) * (1/std)``."""
-    if b.out_format == "uint8":
-        return out
-    norm = b.norm()
-    v = (out.astype(F32) - norm[:3]) * norm[3:]
-    return np.ascontiguousarray(v.transpose(0, 3, 1, 2)).astype(b.out_format)
+    return out
 
 
 def composite_cpu(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None) -> np.ndarray:
