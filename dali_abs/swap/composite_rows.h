@@ -177,30 +177,31 @@ static inline RowPair row_pair(const unsigned char* img, int ih, int iw, float g
 }
 
 // The row's sources as int32 byte offsets from one base: the rows in place when all lie within
-// reach of a 32-bit gather index and none is an image's last row, else copied (padded) into
-// `scratch`.
+// reach of a 32-bit gather index, none is an image's last row and every row has 32 bytes or more
+// (so that a 32-byte load anywhere in a row stays inside the image: sample8_near), else copied,
+// each followed by 32 bytes of padding, into `scratch`.
 static const unsigned char* gather_base(RowPair* src, int k, std::vector<unsigned char>& scratch, int32_t* b0,
                                         int32_t* b1) {
   const unsigned char* base = src[0].r0;
   bool copy = false;
   for (int i = 0; i < k && !copy; ++i) {
     const long long d0 = src[i].r0 - base, d1 = src[i].r1 - base;
-    copy = src[i].last || d0 < -(1LL << 30) || d0 > (1LL << 30) || d1 < -(1LL << 30) || d1 > (1LL << 30);
+    copy = src[i].last || src[i].bytes < 32 || d0 < -(1LL << 30) || d0 > (1LL << 30) || d1 < -(1LL << 30) || d1 > (1LL << 30);
     b0[i] = (int32_t)d0;
     b1[i] = (int32_t)d1;
   }
   if (!copy) return base;
   size_t need = 0;
-  for (int i = 0; i < k; ++i) need += 2 * ((size_t)src[i].bytes + 16);
+  for (int i = 0; i < k; ++i) need += 2 * ((size_t)src[i].bytes + 32);
   if (scratch.size() < need) scratch.resize(need);
   size_t at = 0;
   for (int i = 0; i < k; ++i) {
     memcpy(scratch.data() + at, src[i].r0, src[i].bytes);
     b0[i] = (int32_t)at;
-    at += src[i].bytes + 16;
+    at += src[i].bytes + 32;
     memcpy(scratch.data() + at, src[i].r1, src[i].bytes);
     b1[i] = (int32_t)at;
-    at += src[i].bytes + 16;
+    at += src[i].bytes + 32;
   }
   return scratch.data();
 }
@@ -209,8 +210,28 @@ __attribute__((target("avx2"))) static inline __m256i load_i(const int32_t* p) {
   return _mm256_loadu_si256((const __m256i*)p);
 }
 
+// abs_rgb_bilerp and abs_round_u8 lane by lane on the four neighbours' RGBx (v[0..3] = v00,
+// v01, v10, v11) and the weights: eight pixels, RGBx in the lanes.
+__attribute__((target("avx2"))) static inline __m256i blend8(const __m256i* v, __m256 ax, __m256 ay) {
+  const __m256i m = _mm256_set1_epi32(0xff);
+  const __m256 half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps(), top255 = _mm256_set1_ps(255.0f);
+  __m256i packed = _mm256_setzero_si256();
+  for (int c = 0; c < 3; ++c) {
+    const __m256 a00 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[0], 8 * c), m));
+    const __m256 a01 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[1], 8 * c), m));
+    const __m256 a10 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[2], 8 * c), m));
+    const __m256 a11 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[3], 8 * c), m));
+    const __m256 top = _mm256_add_ps(a00, _mm256_mul_ps(_mm256_sub_ps(a01, a00), ax));
+    const __m256 bot = _mm256_add_ps(a10, _mm256_mul_ps(_mm256_sub_ps(a11, a10), ax));
+    const __m256 val = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), ay));
+    const __m256 rv = _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(val, half)), zero), top255);
+    packed = _mm256_or_si256(packed, _mm256_slli_epi32(_mm256_cvttps_epi32(rv), 8 * c));
+  }
+  return packed;
+}
+
 // Eight pixels (RGBx in the lanes, rounded to 0..255) from the byte offsets of their four
-// neighbours from `base` and the weights; abs_rgb_bilerp and abs_round_u8 lane by lane.
+// neighbours from `base` and the weights, by gathers.
 // `from_below`: each 4-byte load ends at the pixel's last byte (starts one byte early) except
 // at offset 0, so that no load passes the end of an image of 2 px or more (a pixel is 3 bytes).
 template <bool from_below>
@@ -227,21 +248,47 @@ __attribute__((target("avx2"))) static inline __m256i sample8(const unsigned cha
       v[i] = _mm256_i32gather_epi32(b, v[i], 1);
     }
   }
-  const __m256i m = _mm256_set1_epi32(0xff);
-  const __m256 half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps(), top255 = _mm256_set1_ps(255.0f);
-  __m256i packed = _mm256_setzero_si256();
-  for (int c = 0; c < 3; ++c) {
-    const __m256 a00 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[0], 8 * c), m));
-    const __m256 a01 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[1], 8 * c), m));
-    const __m256 a10 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[2], 8 * c), m));
-    const __m256 a11 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[3], 8 * c), m));
-    const __m256 top = _mm256_add_ps(a00, _mm256_mul_ps(_mm256_sub_ps(a01, a00), ax));
-    const __m256 bot = _mm256_add_ps(a10, _mm256_mul_ps(_mm256_sub_ps(a11, a10), ax));
-    const __m256 val = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), ay));
-    const __m256 rv = _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(val, half)), zero), top255);
-    packed = _mm256_or_si256(packed, _mm256_slli_epi32(_mm256_cvttps_epi32(rv), 8 * c));
-  }
-  return packed;
+  return blend8(v, ax, ay);
+}
+
+__attribute__((target("avx2"))) static inline int hmin8(__m256i v) {
+  __m128i q = _mm_min_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  q = _mm_min_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm_cvtsi128_si32(_mm_min_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(2, 3, 0, 1))));
+}
+
+__attribute__((target("avx2"))) static inline int hmax8(__m256i v) {
+  __m128i q = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  q = _mm_max_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm_cvtsi128_si32(_mm_max_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(2, 3, 0, 1))));
+}
+
+// The four bytes at byte offset rel (0..28) of the 32 bytes `row`, lane by lane: a byte shuffle
+// across both halves instead of a gather.
+__attribute__((target("avx2"))) static inline __m256i bytes4(__m256i row, __m256i rel) {
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4,
+                                          8, 8, 8, 8, 12, 12, 12, 12);
+  const __m256i idx = _mm256_add_epi8(_mm256_shuffle_epi8(rel, spread), _mm256_set1_epi32(0x03020100));
+  const __m256i lo = _mm256_permute2x128_si256(row, row, 0x00), hi = _mm256_permute2x128_si256(row, row, 0x11);
+  return _mm256_blendv_epi8(_mm256_shuffle_epi8(lo, idx), _mm256_shuffle_epi8(hi, idx),
+                            _mm256_cmpgt_epi8(idx, _mm256_set1_epi8(15)));
+}
+
+// sample8<false> for eight lanes that read one source's two rows (o10 - o00 the same in every
+// lane): where their columns span 32 bytes or less, two loads and byte shuffles instead of four
+// gathers (same bytes, so the same pixels); else the gathers. Needs gather_base's guarantee
+// that a 32-byte load in any row stays inside its image.
+__attribute__((target("avx2"))) static inline __m256i sample8_near(const unsigned char* base, __m256i o00,
+                                                                   __m256i o01, __m256i o10, __m256i o11, __m256 ax,
+                                                                   __m256 ay) {
+  const int lo = hmin8(o00);
+  if (hmax8(o01) - lo > 28) return sample8<false>(base, o00, o01, o10, o11, ax, ay);
+  const int d = _mm256_cvtsi256_si32(_mm256_sub_epi32(o10, o00));
+  const __m256i row0 = _mm256_loadu_si256((const __m256i*)(base + lo));
+  const __m256i row1 = _mm256_loadu_si256((const __m256i*)(base + lo + d));
+  const __m256i l = _mm256_set1_epi32(lo), r00 = _mm256_sub_epi32(o00, l), r01 = _mm256_sub_epi32(o01, l);
+  const __m256i v[4] = {bytes4(row0, r00), bytes4(row0, r01), bytes4(row1, r00), bytes4(row1, r01)};
+  return blend8(v, ax, ay);
 }
 
 // The first `count` (1..8) pixels of RGBx lanes as contiguous RGB bytes at o.
@@ -344,6 +391,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
     __m256 ax = _mm256_setzero_ps(), ay = _mm256_setzero_ps();
     take(_mm256_castsi256_ps(_mm256_set1_epi32(-1)), &t.p_off0[x], &t.p_off1[x], &t.p_ax[x], b0[0], b1[0], src[0].a,
          o, &ax, &ay);
+    bool one_source = true;  // every lane reads the same source (then sample8_near may load instead of gather)
     __m256 fg = _mm256_setzero_ps();
     if (fg_row) {  // alpha = soft(s) at the source point > tight, where the column allows foreground
       const __m256 top = _mm256_loadu_ps(gs_rows.top + x), bot = _mm256_loadu_ps(gs_rows.bot + x);
@@ -354,11 +402,17 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
       const __m256 pt = _mm256_loadu_ps(j_cells + x);
       const __m256 fill = _mm256_andnot_ps(
           fg, _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.j_in[x])), _mm256_cmp_ps(pt, loose_v, _CMP_GT_OQ)));
-      if (_mm256_movemask_ps(fill))
+      const int fill_lanes = _mm256_movemask_ps(fill);
+      if (fill_lanes) {
         take(fill, &t.t_off0[x], &t.t_off1[x], &t.t_ax[x], b0[1], b1[1], src[1].a, o, &ax, &ay);
+        one_source = fill_lanes == 0xff;
+      }
     }
-    if (fg_row && _mm256_movemask_ps(fg))
+    const int fg_tab_lanes = fg_row ? _mm256_movemask_ps(fg) : 0;
+    if (fg_tab_lanes) {
       take(fg, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], b0[2], b1[2], src[2].a, o, &ax, &ay);
+      one_source = fg_tab_lanes == 0xff;
+    }
     // the rotated / sheared foreground first: where all eight lanes are foreground the
     // background is not sampled at all (as the body skips it where alpha is 1)
     __m256 fgm = _mm256_setzero_ps();
@@ -405,7 +459,8 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
     const int fg_lanes = _mm256_movemask_ps(fgm);
     __m256i packed = fgp;
     if (fg_lanes != 0xff) {
-      packed = sample8<false>(base, o[0], o[1], o[2], o[3], ax, ay);
+      packed = one_source ? sample8_near(base, o[0], o[1], o[2], o[3], ax, ay)
+                          : sample8<false>(base, o[0], o[1], o[2], o[3], ax, ay);
       if (fg_lanes)
         packed = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(packed), _mm256_castsi256_ps(fgp), fgm));
     }
