@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cub", type=Path, default=CUB, help="the cub-birds-300 folder (default: ../shared/data/cub-birds-300)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    results = {}
+    results, kernel = {}, {}
     count = lambda b: len(b[0]["labels"])  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         for name, (root, cache_dir) in prepare(Path(tmp), args.threads, args.cub).items():
@@ -188,6 +188,7 @@ def main(argv=None) -> int:
             files = [str(ds.root / r) for r in cache.relpaths]
             labels = [int(x) for x in cache.labels]
             peer = PeerSwapDataset(*write_peer_files(cache, ds, Path(tmp) / f"peer-{len(results)}"), size=args.size)
+            kernel[name] = kernel_ns_per_px(cache, ds, args.size)
             for batch in args.batch:
                 rounds = {"A": [], "B": [], "W": [], "C": []}
                 for _ in range(args.rounds):
@@ -218,9 +219,45 @@ def main(argv=None) -> int:
     print(f"(img/s, median of {args.rounds} rounds, ratios: median of the per-round ratios; {args.device}, "
           f"{args.threads} threads, {args.size} px, {os.cpu_count()} CPU cores)")
     print("targets: B/A >= 1.0 (batch 32 and 64), W/A >= 0.95, B/C and W/C >= 3")
+    print(f"\nthe compositing alone, one core, a 64 x {args.size} x {args.size} batch (ns per output pixel):")
+    print(f"{'dataset, swap':<44}{'per-pixel body':>16}{'row renderer':>14}")
+    for name, rows in kernel.items():
+        for swap, (body, fast) in rows.items():
+            print(f"{name + ', ' + swap:<44}{body:>16.1f}{fast:>14.1f}")
     print(json.dumps({"benchmark": "throughput", "device": args.device, "threads": args.threads, "batch": args.batch,
-                      "size": args.size, "cpu_count": os.cpu_count(), "results": results}))
+                      "size": args.size, "cpu_count": os.cpu_count(), "results": results, "kernel_ns_per_px": kernel}))
     return 0
+
+
+def kernel_ns_per_px(cache, ds, size: int, n: int = 64) -> dict[str, tuple[float, float]]:
+    """ns per output pixel of the CPU backend alone (one thread): per-pixel body and row renderer,
+    for no swap, SwapConfig() and the Waterbirds preset, on the first n cached images."""
+    from dali_abs import swap
+    from dali_abs.files import read_rgb
+    from dali_abs.swap import cpu
+
+    rows = list(range(min(n, len(cache))))
+    images = [read_rgb(ds.root / cache.relpaths[i]) for i in rows]
+    fills = [cache.fill(i) if cache.fill_bytes(i) else np.zeros((8, 8, 3), np.uint8) for i in rows]
+    soft = np.stack([cache.mask(i) for i in rows])
+    boxes = (cache.boxes[rows] / np.float32(cache.grid)).astype(np.float32)
+    out = {}
+    for name, cfg in (("no swap", swap.SwapConfig(p=0.0)), ("SwapConfig()", swap.SwapConfig()),
+                      ("SwapConfig.waterbirds()", swap.SwapConfig.waterbirds())):
+        params = swap.sample_params(cache.labels[rows], np.random.default_rng(0), cfg, image_size=(size, size),
+                                    soft=soft, augment=swap.AugmentConfig())
+        b = swap.batch(images, soft, fills, boxes, params, cfg, size)
+        times = []
+        for vector in (False, True):
+            cpu.composite(b, threads=1, vector=vector)
+            ts = []
+            for _ in range(5):
+                t0 = time.thread_time()
+                cpu.composite(b, threads=1, vector=vector)
+                ts.append(time.thread_time() - t0)
+            times.append(statistics.median(ts) / (len(rows) * size * size) * 1e9)
+        out[name] = tuple(times)
+    return out
 
 
 def _train_split(ds) -> str:
