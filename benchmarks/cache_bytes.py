@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=10, help="segmenter epochs (default 10)")
     ap.add_argument("--skip-segmenter", action="store_true", help="ground-truth masks only")
+    ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the fills (default 90, precompute's)")
     ap.add_argument("--cub", type=Path, default=CUB, help="the cub-birds-300 folder (default: ../shared/data/cub-birds-300)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -69,8 +70,8 @@ def main(argv=None) -> int:
             ds = load_dataset(root, cols)
             k = len(results)
             cache = tmp / f"gt-{k}"
-            precompute(ds, None, fill, cache, PrecomputeConfig(device="cpu"), progress=False,
-                       masks=GroundTruthMasks(masks))
+            precompute(ds, None, fill, cache, PrecomputeConfig(device="cpu", quality=args.quality),
+                       progress=False, masks=GroundTruthMasks(masks))
             results[f"{name}, ground-truth masks"] = row(cache)
             if not args.skip_segmenter:
                 from dali_abs.segmenter.train import train_segmenter
@@ -80,9 +81,9 @@ def main(argv=None) -> int:
                 seg = tmp / f"seg-{k}.onnx"
                 train_segmenter(ds, labels, seg, epochs=args.epochs, seed=0, progress=False)
                 cache = tmp / f"seg-{k}"
-                precompute(ds, seg, fill, cache, PrecomputeConfig(device="cpu"), progress=False)
+                precompute(ds, seg, fill, cache, PrecomputeConfig(device="cpu", quality=args.quality), progress=False)
                 results[f"{name}, segmenter ({args.epochs} epochs)"] = row(cache)
-    print(f"\n{'cache (defaults: 16 x 16 at 224 px, push-pull, p > 0.1, q90)':<58}{'B/img':>8}{'x source':>10}"
+    print(f"\n{f'cache (defaults: 16 x 16 at 224 px, push-pull, p > 0.1, q{args.quality})':<58}{'B/img':>8}{'x source':>10}"
           f"{'fills':>8}{'masks':>7}{'records':>9}")
     for name, r in results.items():
         print(f"{name:<58}{r['per_image']:>8.0f}{r['ratio']:>10.3f}{r['fills_per_image']:>8.0f}"

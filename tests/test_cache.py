@@ -343,10 +343,10 @@ def test_verify_detects_changed_added_removed_images_and_damage(tmp_path, tiny_d
     raw = bytearray(tar.read_bytes())
     raw[1000] ^= 0xFF
     tar.write_bytes(bytes(raw))
-    (out / CHUNKS / "c00002.masks.npy").unlink()
+    (out / CHUNKS / "c00002.masks.npz").unlink()
     v = verify(out)
     assert not v["ok"]
-    assert any("c00001.fills.bin hash" in p for p in v["problems"]) and any("c00002.masks.npy missing" in p
+    assert any("c00001.fills.bin hash" in p for p in v["problems"]) and any("c00002.masks.npz missing" in p
                                                                       for p in v["problems"])
 
 

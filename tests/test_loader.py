@@ -139,6 +139,8 @@ def test_bad_settings_fail_before_the_first_batch(tiny_cache, tiny_dataset, tmp_
         create_loader(tiny_cache, batch_size=8, device="cpu", compose_size="big")
     with pytest.raises(DaliAbsError, match="unknown option.*compose_sise.*LoaderConfig has"):
         create_loader(tiny_cache, batch_size=8, device="cpu", compose_sise=64)
+    with pytest.raises(DaliAbsError, match=r"loose=0.05\) is below the fill threshold 0.1 .* never filled"):
+        create_loader(tiny_cache, batch_size=8, device="cpu", swap=SwapConfig(loose=0.05))
     # A changed dataset: the cache is stale and says which command rebuilds it.
     copy = tmp_path / "data"
     shutil.copytree(tiny_dataset, copy)

@@ -5,7 +5,8 @@ Layout of a cache folder (format version :data:`FORMAT_VERSION`)::
     CACHE/plan.json                 settings of the run (dataset fingerprint, model hashes, grid, ...)
     CACHE/chunks/c00000.fills.bin   fills of chunk 0: the JPEG files of the images with a non-empty fill,
                                     concatenated (offsets and sizes in the chunk record)
-    CACHE/chunks/c00000.masks.npy   uint8 [n, R, R]: soft foreground probability, round(p * 255)
+    CACHE/chunks/c00000.masks.npz   uint8 [n, R, R]: soft foreground probability, round(p * 255)
+                                    (np.load(...)["masks"]; deflated, written deterministically)
     CACHE/chunks/c00000.json        the chunk record, written last (its presence = chunk finished)
     CACHE/parts/shard-<i>-of-<n>.json  written by each shard when its chunks are done
     CACHE/manifest.json             written by ``cache merge`` (or the last shard): the cache is complete
@@ -260,6 +261,34 @@ def read_json(path: Path, what: str) -> dict:
         raise CacheError(f"{path}: cannot read {what} ({e})") from None
 
 
+MASKS_SUFFIX = "masks.npz"
+
+
+def encode_masks(masks: np.ndarray) -> bytes:
+    """An ``.npz`` holding ``masks`` (uint8 [n, R, R]), deflated: soft masks are mostly 0 and 255,
+    a fifth to a half of their bytes compressed. Written with a fixed zip timestamp, so the same
+    masks give the same bytes (a resumed precompute is byte-identical)."""
+    import zipfile
+
+    npy = io.BytesIO()
+    np.save(npy, masks)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        info = zipfile.ZipInfo("masks.npy", date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, npy.getvalue(), compresslevel=9)
+    return buf.getvalue()
+
+
+def read_masks(path: Path) -> np.ndarray:
+    """The masks of one chunk file: ``.masks.npz`` (this version) or ``.masks.npy`` (caches written before)."""
+    data = np.load(path)
+    if isinstance(data, np.ndarray):
+        return data
+    with data:
+        return data["masks"]
+
+
 def write_chunk(root: Path, k: int, entries: list[dict], masks: np.ndarray, fills: list[bytes | None],
                 skipped: list[dict]) -> dict:
     """Write chunk ``k`` (fills, masks, then the record) atomically; returns the record.
@@ -273,14 +302,12 @@ def write_chunk(root: Path, k: int, entries: list[dict], masks: np.ndarray, fill
     it = iter(spans)
     for e, f in zip(entries, fills):
         e["fill"] = list(next(it)) if f is not None else None  # [offset, size] in the fills file
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(masks, np.uint8).reshape(len(entries), *masks.shape[1:]))
-    mask_bytes = buf.getvalue()
+    mask_bytes = encode_masks(np.ascontiguousarray(masks, np.uint8).reshape(len(entries), *masks.shape[1:]))
     atomic_write_bytes(d / f"{name}.fills.bin", blob)
-    atomic_write_bytes(d / f"{name}.masks.npy", mask_bytes)
+    atomic_write_bytes(d / f"{name}.{MASKS_SUFFIX}", mask_bytes)
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "chunk": k,
               "fills": f"{name}.fills.bin", "fills_sha256": sha256_bytes(blob), "fills_bytes": len(blob),
-              "masks": f"{name}.masks.npy", "masks_sha256": sha256_bytes(mask_bytes), "masks_bytes": len(mask_bytes),
+              "masks": f"{name}.{MASKS_SUFFIX}", "masks_sha256": sha256_bytes(mask_bytes), "masks_bytes": len(mask_bytes),
               "entries": entries, "skipped": skipped}
     write_json(d / f"{name}.json", record, compact=True)
     return record
@@ -489,7 +516,7 @@ def open_cache(path: str | os.PathLike) -> Cache:
         if rec is None:
             raise CacheError(f"{root}: chunk {k} is missing although the manifest lists it; run "
                              "`dali-abs cache verify` and rerun the precompute")
-        m = np.load(root / CHUNKS / rec["masks"])
+        m = read_masks(root / CHUNKS / rec["masks"])
         if len(m) != len(rec["entries"]):
             raise CacheError(f"{root / CHUNKS / rec['masks']}: {len(m)} masks for {len(rec['entries'])} entries")
         masks.append(m)

@@ -231,7 +231,8 @@ def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
         "thresholds": {"fill": cfg.fill_threshold, "tight_default": DEFAULT_TIGHT_THRESHOLD,
                        "meaning": "foreground probability above the threshold; fill = loose mask "
                                   "(background probability < 1 - fill), tight = cut-out alpha"},
-        "mask_encoding": "uint8 [R,R] round(255 * foreground probability), one .masks.npy per chunk",
+        "mask_encoding": "uint8 [R,R] round(255 * foreground probability), one deflated .masks.npz per chunk "
+                         "(np.load(path)['masks'])",
         "fill_encoding": {"format": "jpeg", "quality": cfg.quality, "huffman": "optimized",
                           "resolution": "work_size, or the source's where smaller",
                           "placeholder_ring": PLACEHOLDER_RING,
@@ -700,14 +701,14 @@ def merge(root: str | os.PathLike, sources: list[str | os.PathLike] = ()) -> dic
         if diffs:
             raise CacheError(f"{src}: made with other settings than {root} ({'; '.join(diffs)}); cannot merge")
         for f in sorted((src / CHUNKS).glob("c*.json")):
-            stem = f.name[:-len(".json")]
             if (root / CHUNKS / f.name).is_file():
                 continue
             (root / CHUNKS).mkdir(parents=True, exist_ok=True)
-            for suffix in (".fills.bin", ".masks.npy", ".json"):  # record last: it marks the chunk finished
-                tmp = root / CHUNKS / f".{stem}{suffix}.merge.tmp"
-                shutil.copyfile(src / CHUNKS / f"{stem}{suffix}", tmp)
-                os.replace(tmp, root / CHUNKS / f"{stem}{suffix}")
+            rec = read_json(f, "chunk record")
+            for name in (rec["fills"], rec["masks"], f.name):  # the record last: it marks the chunk finished
+                tmp = root / CHUNKS / f".{name}.merge.tmp"
+                shutil.copyfile(src / CHUNKS / name, tmp)
+                os.replace(tmp, root / CHUNKS / name)
     records, missing = [], []
     for k in range(plan["chunks"]):
         rec = read_chunk_record(root, k)

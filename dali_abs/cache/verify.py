@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.cache.format import (CHUNKS, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, CacheError, check_manifest,
-                                   chunk_name, decode_image, read_chunk_record, read_json, sha256_file,
-                                   stored_tile_size)
+                                   chunk_name, decode_image, read_chunk_record, read_json, read_masks,
+                                   sha256_file, stored_tile_size)
 
 
 def _load_manifest(root: Path) -> dict:
@@ -78,7 +78,7 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
         if not ok_files:
             continue
         try:
-            masks = np.load(root / CHUNKS / rec["masks"])
+            masks = read_masks(root / CHUNKS / rec["masks"])
         except Exception as e:
             problems.append(f"chunk {k}: {rec['masks']} unreadable ({e})")
             continue

@@ -135,6 +135,12 @@ def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards
         if cfg.swap.background == "other_group" and not ds.has_groups:
             raise DaliAbsError(f"background policy 'other_group' needs groups (a 'place' column in "
                                f"metadata.csv); {ds.root} has none")
+        loose = cfg.swap.loose
+        if cfg.swap.fill == "cached" and loose is not None and loose < cache.fill_threshold:
+            raise DaliAbsError(f"SwapConfig(loose={loose}) is below the fill threshold {cache.fill_threshold} "
+                               f"{cache.root} was built with: the cells in between were never filled and would show "
+                               f"the placeholder; use loose >= {cache.fill_threshold}, or rebuild the cache with "
+                               f"`dali-abs precompute ... --fill-threshold {loose}`")
 
 
 def _compose_side(cfg: LoaderConfig) -> int | None:

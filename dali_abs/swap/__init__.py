@@ -3,7 +3,9 @@ parameters drawn as data (:mod:`.sampling`), the checked batch and its parameter
 (:mod:`.batch`), the one table of the kernel's arguments (:mod:`.signature`), the compositing
 rule's NumPy reference twin (:mod:`.twin`) and its two backends, the kernel text compiled for the
 CPU (:mod:`.cpu`) and launched through CuPy (:mod:`.gpu`), with the kernel sources beside them;
-:func:`composite` (:mod:`.dispatch`) runs a batch on whichever side holds it. The loader
+:func:`composite` (:mod:`.dispatch`) runs a batch on whichever side holds it; :mod:`.leak`
+says where each composite pixel comes from (the foreground-leak measure), :mod:`.testing`
+makes random batches. The loader
 (:mod:`dali_abs.loader`) only wires these into DALI::
 
     from dali_abs import swap

@@ -42,9 +42,11 @@ class SwapConfig:
         +-64 px at 224 px). With ``keep_inside`` the offset is clipped so the transformed
         bounding box of the tight patches stays inside the image (centred if it cannot fit).
     Masks (thresholds on the foreground probability)
-        ``tight`` (0.5): alpha = fg prob > tight (paper: background prob < 0.5; 0.33 on
-        Waterbirds, i.e. tight 0.67). ``loose`` (0.1): the fill region is fg prob > loose
-        (paper: background prob < 0.9). ``feather`` (px, 0): 0 = hard binary alpha (paper);
+        ``tight`` (0.5): alpha = fg prob > tight, bilinear between patch centres (paper:
+        background prob < 0.5; 0.33 on Waterbirds, i.e. tight 0.67). ``loose`` (0.1): the fill
+        region is the cells with fg prob > loose (paper: background prob < 0.9), cell by cell: the
+        cells the cached fill was computed for (with the cache's fill threshold, so keep loose at
+        or above it). ``feather`` (px, 0): 0 = hard binary alpha (paper);
         > 0 ramps alpha over about ``2*feather`` source px across the tight threshold.
     Fill of the partner's foreground region (``fill``)
         ``"cached"`` (the inpainted tile), ``"gray"`` (128), ``"mean"`` (mean colour of the
