@@ -12,6 +12,11 @@ from dali_abs.dataset import Columns, Dataset, load_dataset
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """DATA positional plus metadata.csv column remapping."""
     parser.add_argument("data", metavar="DATA", help="dataset folder: metadata.csv (Waterbirds layout) or ImageFolder")
+    add_column_arguments(parser)
+
+
+def add_column_arguments(parser: argparse.ArgumentParser) -> None:
+    """The metadata.csv column remapping options (``--col-*``) alone, for a dataset given by an option."""
     g = parser.add_argument_group("metadata.csv columns (remap if your file uses other names)")
     d = Columns()
     g.add_argument("--col-id", default=d.id, help=f"image id column (default {d.id})")
@@ -21,9 +26,12 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--col-place", default=d.place, help=f"integer place (background) column, optional (default {d.place})")
 
 
+def columns_from_args(args: argparse.Namespace) -> Columns:
+    return Columns(args.col_id, args.col_filename, args.col_label, args.col_split, args.col_place)
+
+
 def dataset_from_args(args: argparse.Namespace) -> Dataset:
-    cols = Columns(args.col_id, args.col_filename, args.col_label, args.col_split, args.col_place)
-    return load_dataset(args.data, cols)
+    return load_dataset(args.data, columns_from_args(args))
 
 
 def add_json_argument(parser: argparse.ArgumentParser) -> None:

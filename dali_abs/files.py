@@ -76,8 +76,8 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
                            "or run `dali-abs data check` to list every such file.") from None
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask image to bool HW, True = foreground (pixel value > 127 of 0..255)."""
+def _read_gray(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Decode a mask image to (gray values HW, peak value): 8-bit masks peak at 255, 16-bit at 65535."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -85,12 +85,24 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float64)
-                return arr > (32767 if arr.max() > 255 else 127)
-            return np.asarray(im.convert("L")) > 127
+                return arr, (65535.0 if arr.max() > 255 else 255.0)
+            return np.asarray(im.convert("L")), 255.0
     except FileNotFoundError:
         raise DatasetError(f"{path}: mask file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"{path}: cannot decode mask image ({e})") from None
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask image to bool HW, True = foreground (pixel value > 127 of 0..255)."""
+    arr, peak = _read_gray(path)
+    return arr > (127 if peak == 255.0 else 32767)
+
+
+def read_soft_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask image to float32 HW in 0..1, 1 = foreground (255 of 0..255; soft values kept)."""
+    arr, peak = _read_gray(path)
+    return (np.asarray(arr, np.float32) / np.float32(peak)).astype(np.float32)
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, quality: int = 90) -> None:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from dali_abs.dataset import load_dataset
 from dali_abs.errors import LabelsError
-from dali_abs.labels import (import_reference, labels_from_masks, patch_coverage, read_labels,
+from dali_abs.labels import (find_mask_file, import_reference, labels_from_masks, patch_coverage, read_labels,
                              select_for_labelling, write_labels)
 
 
@@ -113,3 +113,14 @@ def test_missing_mask_names_the_paths_tried(tmp_path, tiny_dataset):
     (tmp_path / "masks").mkdir()
     with pytest.raises(LabelsError, match=r"no mask for image .*looked for .*masks/"):
         labels_from_masks(ds, tmp_path / "masks", grid=8, count=1, progress=False)
+
+
+def test_masks_beside_an_images_folder_are_found(tmp_path):
+    """cub-birds-300: images/<species>/<n>.jpg has its mask at masks/<species>/<n>.png (stems repeat
+    across species, so the stem alone would be ambiguous)."""
+    from dali_abs.dataset import Sample
+
+    (tmp_path / "masks" / "Gull").mkdir(parents=True)
+    (tmp_path / "masks" / "Gull" / "0054.png").write_bytes(b"")
+    s = Sample("2927", tmp_path / "images" / "Gull" / "0054.jpg", "images/Gull/0054.jpg", 1, "train")
+    assert find_mask_file(tmp_path / "masks", s) == tmp_path / "masks" / "Gull" / "0054.png"
