@@ -1,0 +1,385 @@
+"""A benchmark built from photos (``make-dataset --objects``): both place modes on a tiny photo set
+made here (red shapes photographed on two textured habitats), read back as a user reads it."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+from dali_abs.dataset import Columns, load_dataset
+from dali_abs.photobench import PhotoBenchError, PhotoConfig, make_photo_dataset
+from dali_abs.photobench import compose
+from dali_abs.photobench.plan import plan_split, shares, slots
+
+CLASSES = ("disk", "square")  # class k lives on habitat k: disk on grass, square on water
+N_PER_CLASS = 12
+CFG = PhotoConfig(size=32, split_fractions=(0.5, 0.25, 0.25), seed=1)
+RED = np.array([210, 40, 40], np.float32)
+
+
+def _habitat(rng, k: int, w: int, h: int) -> np.ndarray:
+    """Green grass noise (k = 0) or blue water stripes (k = 1), float HWC 0..255."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if k == 0:
+        shade = 0.75 + 0.25 * rng.random((h, w), dtype=np.float32)
+        return shade[:, :, None] * np.array([40, 170, 50], np.float32)
+    shade = 0.8 + 0.2 * np.sin(yy / 2.0 + rng.uniform(0, 6))
+    return shade[:, :, None] * np.array([40, 80, 200], np.float32)
+
+
+def _shape_mask(k: int, w: int, h: int, cx: float, cy: float, r: float) -> Image.Image:
+    im = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(im)
+    if k == 0:
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    else:
+        d.rectangle([cx - r, cy - r, cx + r, cy + r], fill=255)
+    return im.filter(ImageFilter.GaussianBlur(1.2))  # a soft edge, like a real mask
+
+
+def write_photo_set(root: Path, seed: int = 0) -> dict:
+    """objects/<class>/<i>.png, masks/<class>/<i>.png (255 = object, soft edges) and
+    places/<grass|water>/<j>.png. Photo 0 of disk has a tiny mask (cover < 2 %), photo 0 of
+    square an undecided one (0.6 on the object, 0.3 elsewhere); odd photos are 64 x 48 (not
+    square, object off-centre), photo 2 of each class has its mask at twice the resolution."""
+    rng = np.random.default_rng(seed)
+    for k, cls in enumerate(CLASSES):
+        (root / "objects" / cls).mkdir(parents=True)
+        (root / "masks" / cls).mkdir(parents=True)
+        for i in range(N_PER_CLASS):
+            w, h = (64, 48) if i % 2 else (56, 56)
+            r = rng.uniform(9, 12)
+            cx = rng.uniform(r + 2, w - r - 2) if i % 2 else rng.uniform(r + 2, w - r - 2)
+            cy = rng.uniform(r + 2, h - r - 2)
+            soft = np.asarray(_shape_mask(k, w, h, cx, cy, r), np.float32) / 255.0
+            photo = _habitat(rng, k, w, h) * (1 - soft[:, :, None]) + RED * soft[:, :, None]
+            Image.fromarray(np.clip(photo + 0.5, 0, 255).astype(np.uint8)).save(root / "objects" / cls / f"{i:02d}.png")
+            m = np.clip(soft * 255 + 0.5, 0, 255).astype(np.uint8)
+            if i == 0 and k == 0:
+                m = np.zeros_like(m)
+                m[10:12, 10:12] = 255
+            if i == 0 and k == 1:
+                m = np.where(soft > 0.5, 153, 77).astype(np.uint8)
+            mask = Image.fromarray(m)
+            if i == 2:
+                mask = mask.resize((2 * w, 2 * h), Image.BILINEAR)
+            mask.save(root / "masks" / cls / f"{i:02d}.png")
+    for k, place in enumerate(("grass", "water")):
+        (root / "places" / place).mkdir(parents=True)
+        for j in range(8):
+            img = _habitat(rng, k, 60, 60)
+            Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8)).save(root / "places" / place / f"{j}.png")
+    return {"objects": root / "objects", "masks": root / "masks", "places": root / "places"}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict:
+    return write_photo_set(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="module", params=["habitat", "places"])
+def built(request, photos, tmp_path_factory) -> tuple[str, Path, dict]:
+    out = tmp_path_factory.mktemp(request.param) / "bench"
+    places = photos["places"] if request.param == "places" else None
+    info = make_photo_dataset(out, photos["objects"], photos["masks"], places, CFG, progress=False)
+    return request.param, out, info
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "metadata.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _tree(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --- layout ------------------------------------------------------------------------------------
+
+def test_builds_our_waterbirds_layout_readable_by_load_dataset(built):
+    mode, out, info = built
+    ds = load_dataset(out)
+    assert ds.layout == "metadata" and ds.n_classes == 2 and ds.n_places == 2 and ds.n_groups == 4
+    assert set(ds.split_counts()) == {"train", "val", "test"}
+    header = list(_rows(out)[0])
+    assert header == ["img_id", "img_filename", "y", "split", "place", "mask_filename", "background_filename",
+                      "object_id", "object_file", "place_id", "place_file"]
+    s = ds.samples[0]
+    img = np.asarray(Image.open(s.path))
+    mask = np.asarray(Image.open(out / s.extra["mask_filename"]))
+    bg = np.asarray(Image.open(out / s.extra["background_filename"]))
+    assert img.shape == bg.shape == (32, 32, 3) and mask.shape == (32, 32) and mask.dtype == np.uint8
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["mode"] == mode and meta["config"]["min_confidence"] == 0.6
+    for split, c in meta["counts"].items():
+        assert c["composites"] == ds.split_counts()[split]
+    png = Image.open(out / "preview.png")
+    assert png.format == "PNG" and png.width >= 2 * 96 and png.height >= 6 * 96  # 4 groups, 2 places
+
+
+def test_train_at_rho_1_has_no_conflicting_sample_and_val_test_are_balanced(built):
+    _, out, _ = built
+    ds = load_dataset(out)
+    assert all(s.label == s.place for s in ds.split("train"))
+    for split in ("val", "test"):
+        counts = Counter(ds.group(s) for s in ds.split(split))
+        assert len(counts) == 4 and len(set(counts.values())) == 1, (split, counts)
+
+
+def test_no_source_photo_serves_train_and_eval_in_any_role(built):
+    mode, out, _ = built
+    rows = _rows(out)
+    root = "objects" if mode == "habitat" else None
+
+    def used(splits):
+        files = set()
+        for r in rows:
+            if r["split"] in splits:
+                files.add(("objects", r["object_file"]))
+                files.add((root or "places", r["place_file"]))
+        return files
+
+    assert used({"0"}).isdisjoint(used({"1", "2"}))
+    assert used({"1"}).isdisjoint(used({"2"}))
+    if mode == "habitat":
+        assert all(r["object_file"] != r["place_file"] for r in rows)  # never pasted onto its own photo
+
+
+def test_every_train_object_is_pasted_once_and_places_are_used_evenly(built):
+    _, out, info = built
+    rows = _rows(out)
+    n_train = sum(info["source_photos"]["train"]["objects"].values())
+    train_objects = Counter(r["object_file"] for r in rows if r["split"] == "0")
+    assert len(train_objects) == n_train and set(train_objects.values()) == {1}  # the default: one per object
+    for split, name in (("1", "val"), ("2", "test")):
+        n = sum(info["source_photos"][name]["objects"].values())
+        assert sum(r["split"] == split for r in rows) == n // 4 * 4  # rounded down to balance the 4 groups
+    for split in ("0", "1", "2"):
+        uses = Counter(r["place_file"] for r in rows if r["split"] == split)
+        by_place: dict[str, list[int]] = {}
+        for r in rows:
+            if r["split"] == split:
+                by_place.setdefault(r["place"], []).append(uses[r["place_file"]])
+        assert all(max(v) - min(v) <= 1 for v in by_place.values())
+
+
+def test_bad_masks_are_skipped_with_their_reason_and_threshold(built):
+    mode, out, info = built
+    by_file = {r["file"]: r for r in info["skipped"]["list"] if r["role"] != "place"}
+    assert "below --min-cover 2%" in by_file["disk/00.png"]["reason"]
+    assert "below --min-confidence 0.6" in by_file["square/00.png"]["reason"]
+    assert by_file["square/00.png"]["decisive_fraction"] == 0.0
+    used = {r["object_file"] for r in _rows(out)} | {r["place_file"] for r in _rows(out)}
+    assert not {"disk/00.png", "square/00.png"} & used
+    assert info["skipped"]["by_kind"]["mask too small (" + ("object and place" if mode == "habitat" else "object")
+                                      + ")"] == 1
+
+
+def test_a_lower_threshold_takes_the_undecided_mask(photos, tmp_path):
+    info = make_photo_dataset(tmp_path / "o", photos["objects"], photos["masks"], photos["places"],
+                              replace(CFG, min_confidence=0.0), progress=False)
+    assert "square/00.png" not in {r["file"] for r in info["skipped"]["list"]}
+    assert info["config"]["min_confidence"] == 0.0
+
+
+# --- pixels ------------------------------------------------------------------------------------
+
+def test_the_composite_mask_marks_exactly_the_pasted_object(built, photos):
+    mode, out, _ = built
+    for r in _rows(out)[:12]:
+        src = np.asarray(Image.open(photos["masks"] / r["object_file"]).convert("L"), np.float32) / 255.0
+        if src.shape[0] != src.shape[1] or src.shape[0] != 56:
+            continue  # square photos at the mask's own resolution: the expected mask is a plain resize
+        expected = np.asarray(Image.fromarray(src, "F").resize((32, 32), Image.BILINEAR)) > 0.5
+        mask = np.asarray(Image.open(out / r["mask_filename"]))
+        fg = mask > 127
+        iou = (fg & expected).sum() / (fg | expected).sum()
+        assert iou > 0.9, (r["img_id"], iou)
+        img = np.asarray(Image.open(out / r["img_filename"])).astype(int)
+        bg = np.asarray(Image.open(out / r["background_filename"])).astype(int)
+        inside = mask == 255
+        assert (img[inside][:, 0] > 150).all() and (img[inside][:, 1] < 110).all()  # the red object
+        far = ~np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(5))).astype(bool)
+        assert np.abs(img[far] - bg[far]).mean() < 6  # elsewhere the clean place, up to JPEG error
+
+
+def test_pasting_carries_no_rim_of_the_source_background(built):
+    """Disks photographed on grass pasted onto water (and squares from water onto grass): their
+    soft edge must blend red with the new place, never with the old one's colour."""
+    mode, out, _ = built
+    for r in _rows(out):
+        if r["y"] == r["place"]:
+            continue
+        mask = np.asarray(Image.open(out / r["mask_filename"]))
+        img = np.asarray(Image.open(out / r["img_filename"])).astype(int)
+        edge = (mask > 30) & (mask < 225)
+        old = 1 if r["y"] == "0" else 2  # disks come from green grass, squares from blue water
+        assert img[edge][:, old].mean() < 120, (r["img_id"], img[edge][:, old].mean())
+
+
+def test_habitat_backgrounds_hold_no_trace_of_the_object(photos, tmp_path):
+    make_photo_dataset(tmp_path / "h", photos["objects"], photos["masks"], None, CFG, progress=False)
+    for r in _rows(tmp_path / "h"):
+        bg = np.asarray(Image.open(tmp_path / "h" / r["background_filename"])).astype(int)
+        red = (bg[:, :, 0] > 120) & (bg[:, :, 0] > bg[:, :, 1] + 50) & (bg[:, :, 0] > bg[:, :, 2] + 50)
+        assert not red.any(), r["background_filename"]
+
+
+def test_square_crop_keeps_an_off_centre_object():
+    m = np.zeros((40, 100), np.float32)
+    m[10:30, 75:95] = 1.0  # near the right edge: a centred 40 px square would cut it away
+    (x0, y0, side), lost = compose.square_box(m)
+    assert (y0, side) == (0, 40) and x0 <= 75 and x0 + side >= 95 and lost == 0.0
+    assert compose.centre_box((40, 100)) == (30, 0, 40)
+
+
+# --- determinism, inputs, options --------------------------------------------------------------
+
+def test_same_command_gives_byte_identical_files(photos, tmp_path):
+    def digest(root: Path) -> str:
+        h = hashlib.sha256()
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
+        return h.hexdigest()
+
+    runs = [make_photo_dataset(tmp_path / name, photos["objects"], photos["masks"], None, replace(CFG, seed=seed),
+                               progress=False) and digest(tmp_path / name) for name, seed in
+            (("a", 5), ("b", 5), ("c", 6))]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_input_folders_are_never_written(photos, tmp_path):
+    before = {k: _tree(v) for k, v in photos.items()}
+    make_photo_dataset(tmp_path / "x", photos["objects"], photos["masks"], photos["places"], CFG, progress=False)
+    assert {k: _tree(v) for k, v in photos.items()} == before
+    with pytest.raises(PhotoBenchError, match="is inside DATA"):
+        make_photo_dataset(photos["objects"] / "out", photos["objects"], photos["masks"], None, CFG, progress=False)
+
+
+def test_rho_below_one_and_counts_per_split(photos, tmp_path):
+    info = make_photo_dataset(tmp_path / "r", photos["objects"], photos["masks"], photos["places"],
+                              replace(CFG, rho=0.5, train=20, val=8, test=10), progress=False)
+    ds = load_dataset(tmp_path / "r")
+    train = ds.split("train")
+    assert len(train) == 20 and sum(s.label != s.place for s in train) == 10
+    assert info["counts"]["test"] == {"composites": 8, "asked": 10,
+                                      "groups": {f"y={y},place={p}": 2 for y in (0, 1) for p in (0, 1)}}
+
+
+def test_metadata_layout_with_remapped_columns_and_masks_beside_images(tmp_path, photos):
+    """cub-birds-300's layout: images/<species>/<n>.jpg, masks/<species>/<n>.png, label y_waterbird."""
+    root = tmp_path / "cub"
+    rows = [("img_id", "img_filename", "y_waterbird", "split_flag")]
+    for k, cls in enumerate(CLASSES):
+        (root / "images" / cls).mkdir(parents=True)
+        (root / "masks" / cls).mkdir(parents=True)
+        for i in range(1, N_PER_CLASS):
+            Image.open(photos["objects"] / cls / f"{i:02d}.png").convert("RGB").save(root / "images" / cls / f"{i:02d}.jpg")
+            (root / "masks" / cls / f"{i:02d}.png").write_bytes((photos["masks"] / cls / f"{i:02d}.png").read_bytes())
+            rows.append((f"{k}{i:02d}", f"images/{cls}/{i:02d}.jpg", k, i % 2))
+    with open(root / "metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    cols = Columns(label="y_waterbird", split="split_flag")
+    info = make_photo_dataset(tmp_path / "o", root, root / "masks", None, replace(CFG, class_names=("land", "water")),
+                              cols, progress=False)
+    assert info["skipped"]["objects"] == 0 and sorted(os.listdir(tmp_path / "o" / "images")) == ["land", "water"]
+    with pytest.raises(PhotoBenchError, match=r"no split column 'split'.*--col-split"):
+        make_photo_dataset(tmp_path / "p", root, root / "masks", None, CFG, Columns(label="y_waterbird"),
+                           progress=False)
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+def test_shares_and_slots():
+    assert shares(10, (0.5, 0.2, 0.3)) == [5, 2, 3] and sum(shares(7, (0.5, 0.2, 0.3))) == 7
+    s = slots("train", {0: 30, 1: 10}, None, 2, 0.8)
+    assert len(s[0]) == 30 and len(s[1]) == 10 and s[0].count(1) == 6 and s[1].count(0) == 2
+    v = slots("test", {0: 5, 1: 6}, None, 2, 1.0)
+    assert {y: Counter(p) for y, p in v.items()} == {0: {0: 2, 1: 2}, 1: {0: 2, 1: 2}}
+
+
+def test_pairing_prefers_the_place_whose_hole_the_object_hides():
+    objects, places = {0: [0], 1: [1]}, {0: [0, 2, 4], 1: [1, 3, 5]}
+    cost = lambda o, keys: np.where(np.asarray(keys) == 4, 0.0, 1.0)  # noqa: E731: place 4 is hidden best
+    plan = plan_split("train", objects, places, 1, 1.0, 0, same_photos=True, cost=cost)
+    assert [(c.obj, c.bg) for c in plan if c.y == 0] == [(0, 4)]
+
+
+# --- the command -------------------------------------------------------------------------------
+
+EXE = Path(sys.executable).with_name("dali-abs")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(EXE), "make-dataset", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_cli_builds_and_reports_counts_and_threshold(photos, tmp_path):
+    r = run(str(tmp_path / "o"), "--objects", str(photos["objects"]), "--masks", str(photos["masks"]),
+            "--size", "32", "--split-fractions", "0.5,0.25,0.25")
+    assert r.returncode == 0, r.stderr
+    assert "train: " in r.stdout and "y=1,place=1" in r.stdout and "--min-confidence 0.6" in r.stdout
+    assert "mask too small" in r.stdout
+    r = run(str(tmp_path / "j"), "--objects", str(photos["objects"]), "--masks", str(photos["masks"]),
+            "--places", str(photos["places"]), "--size", "32", "--split-fractions", "0.5,0.25,0.25", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mode"] == "places"
+
+
+def _aspect_masks(photos, tmp_path) -> Path:
+    d = tmp_path / "m2"
+    for cls in CLASSES:
+        (d / cls).mkdir(parents=True)
+        for p in sorted((photos["masks"] / cls).iterdir()):
+            Image.open(p).resize((40, 20)).save(d / cls / p.name)
+    return d
+
+
+def _place_without_images(photos, tmp_path) -> Path:
+    d = tmp_path / "pl"
+    (d / "grass").mkdir(parents=True)
+    (d / "water").mkdir()
+    for p in (photos["places"] / "grass").iterdir():
+        (d / "grass" / p.name).write_bytes(p.read_bytes())
+    (d / "water" / "notes.txt").write_text("no photos here")
+    return d
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("no masks", r"no mask for any of the 24 photos"),
+    ("aspect", r"00.png: mask is 40x20 px but its photo .* is 56x56 px .*another aspect ratio"),
+    ("few", r"class 'disk' has no usable object photo in val"),
+    ("empty place", r"place folder 'water' has no readable images"),
+    ("synthetic + masks", r"--masks belongs to building from photos"),
+    ("classes", r"--classes is for the built-in benchmark"),
+])
+def test_errors_are_one_line_naming_the_file_and_the_fix(photos, tmp_path, case, pattern):
+    base = [str(tmp_path / "o"), "--objects", str(photos["objects"]), "--masks", str(photos["masks"]),
+            "--size", "32"]
+    args = {"no masks": [str(tmp_path / "o"), "--objects", str(photos["objects"]), "--masks", str(photos["places"])],
+            "aspect": base[:4] + [str(_aspect_masks(photos, tmp_path))],
+            "few": base + ["--split-fractions", "0.9,0.02,0.08"],
+            "empty place": base + ["--places", str(_place_without_images(photos, tmp_path))],
+            "synthetic + masks": [str(tmp_path / "o"), "--masks", str(photos["masks"])],
+            "classes": base + ["--classes", "3"]}[case]
+    r = run(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    errors = [ln for ln in r.stderr.splitlines() if "error" in ln.lower() or "Traceback" in ln]
+    assert len(errors) == 1 and errors[0].startswith("dali-abs: error:"), r.stderr  # (above it: progress bars)
+    assert re.search(pattern, errors[0]), errors[0]
+    assert not (tmp_path / "o" / "metadata.csv").exists()
