@@ -318,7 +318,7 @@ def _write(out: Path, plans: list[Composite], objs: list[Photo], place_photos: l
         """(the object's colours, free of its source background under the soft edge; its alpha)."""
         img, mask = prepared(key)
         alpha = compose.alpha_of(mask)
-        return compose.object_colours(img, alpha), alpha
+        return compose.object_colours(img, alpha, cfg.edge_px), alpha
 
     @functools.lru_cache(maxsize=256)
     def place_image(key: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -393,9 +393,9 @@ def _write(out: Path, plans: list[Composite], objs: list[Photo], place_photos: l
                    if habitat else {"root": str(pds.root), "photos": len(pds.samples)}),
         "classes": class_names,
         "places_names": place_names,
-        "alpha": f"soft: 0 below mask {LOW}, 1 above {HIGH}, linear between; under alpha < 1 the object's "
-                 "colours are extrapolated (push-pull) from its pixels of alpha 1, so no rim of its source "
-                 "background is pasted",
+        "alpha": f"soft: 0 below mask {LOW}, 1 above {HIGH}, linear between; on the soft edge (alpha < 1 within "
+                 f"{cfg.edge_px} px of alpha 0) the object's colours are extrapolated (push-pull) from "
+                 "its other pixels, so no rim of its source background is pasted",
         "mask_polarity": "255 = object (soft: the pasted alpha)",
         "group": "y * n_places + place",
         "source_photos": source_counts,

@@ -84,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
         raise PhotoBenchError("--objects needs --masks MASKS: the folder of the object photos' masks "
                               "(grayscale, 255 = object)")
     cfg = config_from_args(args)
+    if args.places:
+        given = [o for o, v in (("--max-hole", args.max_hole != PhotoConfig().max_hole), ("--dilate", args.dilate),
+                                ("--inpainter", args.inpainter)) if v]
+        if given:
+            raise PhotoBenchError(f"{given[0]} shapes the habitat fill, which --places replaces: leave out one "
+                                  "of the two")
     t0 = time.perf_counter()
     info = make_photo_dataset(args.out, args.objects, args.masks, args.places, cfg, columns_from_args(args),
                               progress=not args.json)

@@ -157,15 +157,23 @@ def _merge(img: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(hole)[:, :, None], out, img)
 
 
-def object_colours(obj: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """The object's own colours under its soft edge, so that pasting carries no rim of its source
-    background: where the alpha is below 1 the pixel mixes object and source background, so
-    there the colour is extrapolated (push-pull) from the pixels that are surely object
-    (alpha 1). The alpha then blends these colours with the new place. uint8 HWC."""
-    sure = np.asarray(alpha) >= 1.0
-    if not sure.any():
+def object_colours(obj: np.ndarray, alpha: np.ndarray, edge_px: int) -> np.ndarray:
+    """The object's own colours along its soft edge, so that pasting carries no rim of its source
+    background. The edge: pixels with 0 < alpha < 1 at most ``edge_px`` px from an alpha-0
+    pixel. They mix object and source background, so there the colour is extrapolated
+    (push-pull) from the object's other pixels (alpha > 0, off the edge). Soft parts deeper
+    inside the object (an unsure head, a blurred wing) keep their real colours. uint8 HWC."""
+    import torch
+
+    from dali_abs.inpainter.train import dilate
+
+    a = np.asarray(alpha)
+    outside = a <= 0.0
+    near = (dilate(torch.from_numpy(outside)[None, None], edge_px)[0, 0] > 0.5).numpy()
+    edge = near & ~outside & (a < 1.0)
+    if not edge.any() or (outside | edge).all():
         return obj
-    return pushpull(obj, ~sure)
+    return np.where(edge[:, :, None], pushpull(obj, outside | edge), obj)
 
 
 class HabitatFill:

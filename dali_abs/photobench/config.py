@@ -49,6 +49,11 @@ class PhotoConfig:
     def dilate_px(self) -> int:
         return max(1, round(0.02 * self.size)) if self.dilate is None else int(self.dilate)
 
+    @property
+    def edge_px(self) -> int:
+        """Width of the object's soft edge whose colours are cleaned before pasting (2 % of the side)."""
+        return max(2, round(0.02 * self.size))
+
     def check(self) -> None:
         if self.size < 32:
             raise PhotoBenchError(f"--size must be at least 32 px, got {self.size}")
@@ -81,4 +86,5 @@ class PhotoConfig:
         d["split_fractions"] = list(self.split_fractions)
         d["class_names"] = list(self.class_names) if self.class_names else None
         d["dilate_px"] = self.dilate_px
+        d["edge_px"] = self.edge_px
         return d
