@@ -317,6 +317,15 @@ def test_rho_below_one_and_counts_per_split(photos, tmp_path):
                                       "groups": {f"y={y},place={p}": 2 for y in (0, 1) for p in (0, 1)}}
 
 
+def test_val_0_builds_no_val_split(photos, tmp_path):
+    info = make_photo_dataset(tmp_path / "v", photos["objects"], photos["masks"], None, replace(CFG, val=0),
+                              progress=False)
+    assert set(info["counts"]) == {"train", "test"} and set(load_dataset(tmp_path / "v").split_counts()) == \
+        {"train", "test"}
+    with pytest.raises(PhotoBenchError, match="--train must be positive"):
+        make_photo_dataset(tmp_path / "w", photos["objects"], photos["masks"], None, replace(CFG, train=0))
+
+
 def test_metadata_layout_with_remapped_columns_and_masks_beside_images(tmp_path, photos):
     """cub-birds-300's layout: images/<species>/<n>.jpg, masks/<species>/<n>.png, label y_waterbird."""
     root = tmp_path / "cub"

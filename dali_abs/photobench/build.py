@@ -112,6 +112,8 @@ def _make(out: Path, objects, masks, places, cfg: PhotoConfig, columns: Columns,
                 raise PhotoBenchError(f"--val {cfg.val} asks for val composites but --split-fractions gives val "
                                       "no photos; give val a share (e.g. 0.5,0.2,0.3) or drop --val")
             continue
+        if asked[split] == 0:
+            continue
         by_class, by_place = sources[split]
         _check_split(split, by_class, by_place, class_names, place_names, cfg, asked[split], source_counts)
         plans += plan_split(split, by_class, by_place, asked[split], cfg.rho, cfg.seed, same_photos=pds is None,

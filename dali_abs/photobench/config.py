@@ -16,8 +16,8 @@ class PhotoConfig:
     """How to build the benchmark. Sizes are output pixels; fractions are 0..1.
 
     ``train`` / ``val`` / ``test``: composites per split; None = one per usable object photo of
-    the split (each object pasted once, as in Waterbirds). Val and test are rounded down to a
-    multiple of the number of groups so that every group has the same count.
+    the split (each object pasted once, as in Waterbirds); 0 = no val (test) split. Val and test
+    are rounded down to a multiple of the number of groups so that every group has the same count.
     ``split_fractions``: shares of the source photos (per class; places per place) given to
     train, val and test. A source photo serves one split only, as object and as place.
     ``min_confidence``, ``min_cover``, ``max_cover``: an object photo is skipped (and reported)
@@ -68,8 +68,8 @@ class PhotoConfig:
                                   "of the photos (val may be 0)")
         for name in ("train", "val", "test"):
             n = getattr(self, name)
-            if n is not None and n < 0:
-                raise PhotoBenchError(f"--{name} must be positive, got {n}")
+            if n is not None and n < (1 if name == "train" else 0):
+                raise PhotoBenchError(f"--{name} must be {'positive' if name == 'train' else '0 or more'}, got {n}")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise PhotoBenchError(f"--min-confidence must be in [0, 1], got {self.min_confidence}")
         if not 0.0 <= self.min_cover < self.max_cover <= 1.0:
