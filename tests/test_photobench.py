@@ -365,6 +365,18 @@ def test_pairing_prefers_the_place_whose_hole_the_object_hides():
     assert [(c.obj, c.bg) for c in plan if c.y == 0] == [(0, 4)]
 
 
+def test_an_object_pasted_again_stands_on_a_new_place():
+    """--train above the object count: a cost that always prefers one place must not give the
+    same object on the same place twice (an exact duplicate at scale 1) while a new place is left."""
+    objects, places = {0: [0, 2], 1: [1, 3]}, {0: [0, 2, 4, 6, 8], 1: [1, 3, 5, 7, 9]}
+    cost = lambda o, keys: np.where(np.asarray(keys) == 8, 0.0, 1.0)  # noqa: E731
+    plan = plan_split("train", objects, places, 16, 1.0, 0, same_photos=True, cost=cost)
+    pairs = Counter((c.obj, c.bg) for c in plan)
+    assert len(plan) == 16 and set(pairs.values()) == {1}
+    uses = Counter(c.bg for c in plan)
+    assert max(uses.values()) - min(uses.values()) <= 1
+
+
 # --- the command -------------------------------------------------------------------------------
 
 EXE = Path(sys.executable).with_name("dali-abs")

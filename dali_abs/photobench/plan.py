@@ -10,9 +10,11 @@ with a places folder, of every place) by :func:`assign_splits`; no photo serves 
 - **val / test**: the same count for every group (class, place).
 
 Objects of a class are used in a shuffled cycle and photos of a place least-used first, so
-their use counts differ by at most one. In habitat mode (objects and places are the same
-photos) an object is never pasted onto its own photo, and among the least-used places it
-takes the one whose filled hole it hides best (a ``cost`` of the pair).
+their use counts differ by at most one. An object pasted several times (``--train`` above the
+number of object photos) stands on a new place each time while its place has one it has not
+stood on; that can leave a place used once more than the rule above. In habitat mode (objects
+and places are the same photos) an object is never pasted onto its own photo, and among the
+least-used places it takes the one whose filled hole it hides best (a ``cost`` of the pair).
 """
 
 from __future__ import annotations
@@ -90,8 +92,8 @@ def plan_split(split: str, objects: dict[int, list[int]], places: dict[int, list
     """Composites of one split. ``objects``: class -> object keys; ``places``: place -> place keys
     (both of this split only). ``same_photos``: keys name the same photos in both (habitat mode).
 
-    Each composite takes one of the least-used photos of its place (so uses differ by at most
-    one). Among the first ``window`` of those in shuffled order it takes the one of lowest
+    Each composite takes one of the least-used photos of its place that its object has not
+    stood on yet in this split (any, once it has stood on all of them). Among the first ``window`` of those in shuffled order it takes the one of lowest
     ``cost(object_key, place_keys)`` (an array, one value per place key; ties: the earlier),
     or simply the first when ``cost`` is None.
     """
@@ -100,6 +102,7 @@ def plan_split(split: str, objects: dict[int, list[int]], places: dict[int, list
     place_order = {p: [keys[i] for i in np.random.default_rng([seed, _PLACE_TAG, si, p]).permutation(len(keys))]
                    for p, keys in places.items()}
     uses = {p: np.zeros(len(keys), np.int64) for p, keys in place_order.items()}
+    paired: dict[int, set[int]] = {}  # object key -> place keys it already stands on in this split
     out: list[Composite] = []
     for y in sorted(plan_slots):
         want = plan_slots[y]
@@ -118,8 +121,12 @@ def plan_split(split: str, objects: dict[int, list[int]], places: dict[int, list
                 if not allowed.any():
                     raise PhotoBenchError(f"{split}: place {p} has one photo, the object's own; it needs another photo "
                                           "of that class to paste on (add photos or change --split-fractions)")
+            fresh = allowed & ~np.isin(pool, list(paired.get(o, ())))
+            if fresh.any():  # a repeated (object, place) pair only once the object has stood on every place
+                allowed = fresh
             least = np.flatnonzero(allowed & (used == used[allowed].min()))[:window]
             pick = least[0] if cost is None else least[int(np.argmin(cost(o, np.asarray(pool)[least])))]
             used[pick] += 1
+            paired.setdefault(o, set()).add(pool[pick])
             out.append(Composite(split, y, p, o, pool[pick]))
     return out
