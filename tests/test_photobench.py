@@ -116,7 +116,7 @@ def test_builds_our_waterbirds_layout_readable_by_load_dataset(built):
     assert set(ds.split_counts()) == {"train", "val", "test"}
     header = list(_rows(out)[0])
     assert header == ["img_id", "img_filename", "y", "split", "place", "mask_filename", "background_filename",
-                      "object_id", "object_file", "place_id", "place_file"]
+                      "object_id", "object_file", "place_id", "place_file", "object_scale", "object_x", "object_y"]
     s = ds.samples[0]
     img = np.asarray(Image.open(s.path))
     mask = np.asarray(Image.open(out / s.extra["mask_filename"]))
@@ -222,6 +222,12 @@ def test_pasting_carries_no_rim_of_the_source_background(built):
     their soft edge must blend the object's red with the new place, with none of the old place's
     colour (which the photo's own edge pixels hold)."""
     _, out, _ = built
+    errors = _rim_errors(out)
+    assert errors and np.mean(errors) < 6, errors  # with the old colour left in: 11.5
+
+
+def _rim_errors(out: Path) -> list[float]:
+    """Per conflicting composite: the mean excess of the old place's channel on the soft edge."""
     errors = []
     for r in _rows(out):
         if r["y"] == r["place"]:
@@ -233,7 +239,7 @@ def test_pasting_carries_no_rim_of_the_source_background(built):
         old = 1 if r["y"] == "0" else 2  # the green or the blue channel
         clean = alpha * RED + (1 - alpha) * bg
         errors.append((img - clean)[edge][:, old].mean())
-    assert errors and np.mean(errors) < 6, errors  # with the old colour left in: 11.5
+    return errors
 
 
 def test_edge_cleaning_keeps_soft_parts_inside_the_object():
@@ -273,6 +279,123 @@ def test_a_brought_inpainter_fills_the_habitats(photos, tmp_path):
         x = np.asarray(Image.open(tmp_path / "a" / r["background_filename"])).astype(int)
         y = np.asarray(Image.open(tmp_path / "b" / r["background_filename"])).astype(int)
         assert np.abs(x - y).max() <= 2
+
+
+# --- object scale ------------------------------------------------------------------------------
+
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask > 0)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def test_a_shrunk_object_has_the_right_size_its_own_colours_and_an_exact_alpha():
+    obj = np.zeros((64, 64, 3), np.uint8)
+    obj[:] = (0, 0, 255)  # the source background, blue, must not reach the shrunk object
+    alpha = np.asarray(_shape_mask(0, 64, 64, 30, 34, 16), np.float32) / 255.0
+    obj[alpha > 0] = (210, 40, 40)
+    colours = compose.object_colours(obj, alpha, 2, everywhere=True)
+    c, a = compose.shrink_object(colours, alpha, 0.5)
+    x0, y0, x1, y1 = compose.object_box(alpha)
+    assert abs(a.shape[1] - 0.5 * (x1 - x0)) <= 1.5 and abs(a.shape[0] - 0.5 * (y1 - y0)) <= 1.5
+    assert abs((a >= 0.5).sum() / (alpha >= 0.5).sum() - 0.25) < 0.03
+    assert _box(a) == (0, 0, a.shape[1], a.shape[0])  # cut to the object's box
+    assert np.array_equal(np.round(a * 255.0), a * 255.0)  # 1/255 steps: the mask file holds it exactly
+    assert (c[a > 0][:, 2] < 60).all() and (c[a > 0][:, 0] > 180).all()  # red only, no blue rim
+    frame, fa = compose.place(c, a, 48, compose.random_offset(a.shape, 48, (0.999, 0.0)))
+    assert _box(fa) == (48 - a.shape[1], 0, 48, a.shape[0]) and fa.sum() == pytest.approx(a.sum())
+
+
+def test_an_object_cut_by_its_photo_stays_on_the_frame_edge():
+    alpha = np.zeros((40, 40), np.float32)
+    alpha[20:, 10:30] = 1.0  # a perched bird running off the bottom of its photo
+    assert compose.cut_sides(alpha) == (0, 1)
+    assert compose.cut_sides(np.rot90(alpha)) == (1, 0) and compose.cut_sides(np.zeros((4, 4))) == (0, 0)
+    colours = np.full((40, 40, 3), 200, np.uint8)
+    c, a = compose.shrink_object(colours, alpha, 0.5, (0, 1))
+    assert (a[-1] == 1.0).sum() >= 9  # the cut stays a full edge, no fade
+    x, y = compose.random_offset(a.shape, 40, (0.3, 0.0), (0, 1))
+    assert y == 40 - a.shape[0] and 0 <= x <= 40 - a.shape[1]
+    assert compose.random_offset((5, 5), 40, (0.0, 0.999), (-1, 0)) == (0, 35)
+
+
+@pytest.fixture(scope="module")
+def scaled(photos, tmp_path_factory) -> tuple[Path, Path]:
+    """Places mode at scale 1 and at 0.5 with the same seed (the same pairs: no cost there)."""
+    root = tmp_path_factory.mktemp("scaled")
+    cfg = replace(CFG, size=48)
+    for name, sc in (("one", (1.0, 1.0)), ("half", (0.5, 0.5))):
+        make_photo_dataset(root / name, photos["objects"], photos["masks"], photos["places"],
+                           replace(cfg, object_scale=sc), progress=False)
+    return root / "one", root / "half"
+
+
+def test_scaled_objects_are_half_size_wholly_inside_and_their_mask_is_the_pasted_alpha(scaled, photos):
+    one, half = scaled
+    rows1, rows = _rows(one), _rows(half)
+    exact = 0
+    assert [(r["object_file"], r["place_file"]) for r in rows1] == [(r["object_file"], r["place_file"]) for r in rows]
+    moved = 0
+    for r1, r in zip(rows1, rows):
+        m1 = np.asarray(Image.open(one / r1["mask_filename"])).astype(float) / 255.0
+        m = np.asarray(Image.open(half / r["mask_filename"])).astype(float) / 255.0
+        assert float(r["object_scale"]) == 0.5 and float(r1["object_scale"]) == 1.0
+        (x0, y0, x1, y1), (u0, v0, u1, v1) = _box(m1), _box(m)
+        assert (int(r["object_x"]), int(r["object_y"])) == (u0, v0) and (int(r1["object_x"]), int(r1["object_y"]))             == (x0, y0)
+        assert abs((u1 - u0) - 0.5 * (x1 - x0)) <= 1.5 and abs((v1 - v0) - 0.5 * (y1 - y0)) <= 1.5
+        assert 0.2 < (m >= 0.5).sum() / (m1 >= 0.5).sum() < 0.3
+        assert 0 <= u0 and u1 <= 48 and 0 <= v0 and v1 <= 48  # inside: the mask is the whole object
+        moved += (u0, v0) != (x0, y0)
+        img = np.asarray(Image.open(half / r["img_filename"])).astype(int)
+        bg = np.asarray(Image.open(half / r["background_filename"])).astype(int)
+        red = img[m == 1.0]
+        assert len(red) and (red[:, 0] > 120).all() and (red[:, 0] > red[:, 1] + 50).all()  # the red object
+        far = ~np.asarray(Image.fromarray(m > 0).filter(ImageFilter.MaxFilter(5))).astype(bool)
+        assert np.abs(img[far] - bg[far]).mean() < 6  # elsewhere the clean place, up to JPEG error
+        src = np.asarray(Image.open(photos["masks"] / r["object_file"]).convert("L"), np.float32) / 255.0
+        if src.shape == (56, 56):  # the mask file is the alpha pasted, at the recorded place, exactly
+            alpha = compose.alpha_of(compose.crop_resize_mask(src, (0, 0, 56), 48))
+            _, a = compose.shrink_object(np.zeros((48, 48, 3), np.uint8), alpha, 0.5, compose.cut_sides(alpha))
+            _, placed = compose.place(np.zeros(a.shape + (3,), np.uint8), a, 48, (u0, v0))
+            assert np.array_equal(np.asarray(Image.open(half / r["mask_filename"])),
+                                  np.round(placed * 255.0).astype(np.uint8))
+            exact += 1
+    assert moved >= 0.8 * len(rows) and exact >= 5
+
+
+def test_shrinking_carries_no_rim_of_the_source_background(scaled):
+    errors = _rim_errors(scaled[1])
+    assert errors and np.mean(errors) < 6, errors
+
+
+def test_object_scale_is_deterministic_and_1_keeps_objects_where_they_were(photos, scaled, tmp_path):
+    one, _ = scaled
+    for r in _rows(one)[:12]:  # scale 1: the mask is the source mask's alpha where it was, exactly
+        src = np.asarray(Image.open(photos["masks"] / r["object_file"]).convert("L"), np.float32) / 255.0
+        if src.shape != (56, 56):
+            continue
+        alpha = compose.alpha_of(compose.crop_resize_mask(src, (0, 0, 56), 48))
+        assert np.array_equal(np.asarray(Image.open(one / r["mask_filename"])),
+                              np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8))
+
+    def build(name, seed):
+        make_photo_dataset(tmp_path / name, photos["objects"], photos["masks"], None,
+                           replace(CFG, seed=seed, object_scale=(0.4, 0.8)), progress=False)
+        return {p.relative_to(tmp_path / name).as_posix(): p.read_bytes()
+                for p in sorted((tmp_path / name).rglob("*")) if p.is_file()}
+
+    a, b, c = build("a", 3), build("b", 3), build("c", 4)
+    assert a == b and a != c
+    scales = [float(r["object_scale"]) for r in _rows(tmp_path / "a")]
+    assert all(0.4 <= v <= 0.8 for v in scales) and len(set(scales)) == len(scales)
+    meta = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    assert meta["config"]["object_scale"] == [0.4, 0.8] and "random position" in meta["object_placement"]
+
+
+def test_an_object_too_small_for_its_scale_is_a_clear_error(photos, tmp_path):
+    with pytest.raises(PhotoBenchError, match=r"the object vanishes at scale 0.010 at --size 32; raise the lower "
+                                              r"--object-scale"):
+        make_photo_dataset(tmp_path / "v", photos["objects"], photos["masks"], None,
+                           replace(CFG, object_scale=(0.01, 0.01)), progress=False)
 
 
 def test_square_crop_keeps_an_off_centre_object():
@@ -360,7 +483,7 @@ def test_shares_and_slots():
 
 def test_pairing_prefers_the_place_whose_hole_the_object_hides():
     objects, places = {0: [0], 1: [1]}, {0: [0, 2, 4], 1: [1, 3, 5]}
-    cost = lambda o, keys: np.where(np.asarray(keys) == 4, 0.0, 1.0)  # noqa: E731: place 4 is hidden best
+    cost = lambda o, keys, *_: np.where(np.asarray(keys) == 4, 0.0, 1.0)  # noqa: E731: place 4 is hidden best
     plan = plan_split("train", objects, places, 1, 1.0, 0, same_photos=True, cost=cost)
     assert [(c.obj, c.bg) for c in plan if c.y == 0] == [(0, 4)]
 
@@ -369,7 +492,7 @@ def test_an_object_pasted_again_stands_on_a_new_place():
     """--train above the object count: a cost that always prefers one place must not give the
     same object on the same place twice (an exact duplicate at scale 1) while a new place is left."""
     objects, places = {0: [0, 2], 1: [1, 3]}, {0: [0, 2, 4, 6, 8], 1: [1, 3, 5, 7, 9]}
-    cost = lambda o, keys: np.where(np.asarray(keys) == 8, 0.0, 1.0)  # noqa: E731
+    cost = lambda o, keys, *_: np.where(np.asarray(keys) == 8, 0.0, 1.0)  # noqa: E731
     plan = plan_split("train", objects, places, 16, 1.0, 0, same_photos=True, cost=cost)
     pairs = Counter((c.obj, c.bg) for c in plan)
     assert len(plan) == 16 and set(pairs.values()) == {1}
@@ -432,6 +555,9 @@ def _place_without_images(photos, tmp_path) -> Path:
     ("synthetic + masks", r"--masks belongs to building from photos"),
     ("classes", r"--classes is for the built-in benchmark"),
     ("places + dilate", r"--dilate shapes the habitat fill, which --places replaces"),
+    ("object scale", r"--object-scale must be LO or LO,HI with 0 < LO <= HI <= 1 .*got 0.5,1.5"),
+    ("object scale text", r"--object-scale must be LO or LO,HI \(e.g. 0.5 or 0.4,0.6\), got 'half'"),
+    ("scale + built-in", r"--object-scale belongs to building from photos"),
 ])
 def test_errors_are_one_line_naming_the_file_and_the_fix(photos, tmp_path, capsys, case, pattern):
     """Through the command's entry point, in-process (test_cli runs the console script itself)."""
@@ -445,7 +571,10 @@ def test_errors_are_one_line_naming_the_file_and_the_fix(photos, tmp_path, capsy
             "empty place": base + ["--places", str(_place_without_images(photos, tmp_path))],
             "synthetic + masks": [str(tmp_path / "o"), "--masks", str(photos["masks"])],
             "classes": base + ["--classes", "3"],
-            "places + dilate": base + ["--places", str(photos["places"]), "--dilate", "2"]}[case]
+            "places + dilate": base + ["--places", str(photos["places"]), "--dilate", "2"],
+            "object scale": base + ["--object-scale", "0.5,1.5"],
+            "object scale text": base + ["--object-scale", "half"],
+            "scale + built-in": [str(tmp_path / "o"), "--object-scale", "0.5"]}[case]
     assert main(["make-dataset", *args]) == 2
     err = capsys.readouterr().err
     errors = [ln for ln in err.splitlines() if "error" in ln.lower() or "Traceback" in ln]

@@ -2,8 +2,10 @@
 (``dali-abs make-dataset OUT --objects DATA --masks MASKS [--places PLACES]``).
 
 Objects are cut out of their photos by their masks (grayscale, 255 = object, soft values
-allowed) and pasted, where they were in their photo and with their soft alpha, onto photos of
-places. Places come from a folder of place photos by place (ImageFolder: place = folder), or,
+allowed) and pasted with their soft alpha onto photos of places: where they were in their
+photo, or (``--object-scale LO[,HI]``) shrunk by a factor drawn per composite and put at a
+random position wholly inside the frame, a side their photo cut them on kept on the frame's
+edge. Places come from a folder of place photos by place (ImageFolder: place = folder), or,
 without one (the *habitat* mode), from the object photos themselves: each photo with its object
 filled out (the push-pull fill of the inpainter stage, over the mask dilated a little) is a
 place of its class, a class's natural habitat.
@@ -25,7 +27,8 @@ readable by :func:`dali_abs.dataset.load_dataset`):
 - ``backgrounds/<id>.jpg``      the clean place under the object (quality 95)
 - ``metadata.csv``              ``img_id,img_filename,y,split,place,mask_filename,background_filename``
                                 plus provenance ``object_id,object_file,place_id,place_file``
-                                (files relative to DATA, and to PLACES or DATA)
+                                (files relative to DATA, and to PLACES or DATA) and the pose
+                                ``object_scale,object_x,object_y`` (top-left of the object's box)
 - ``dataset.json``              settings, thresholds, source photos and composites per split and
                                 group, every skipped photo with its reason
 - ``preview.png``               test composites per group, backgrounds per place, skipped masks

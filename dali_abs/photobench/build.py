@@ -23,7 +23,7 @@ from dali_abs.photobench.quality import HIGH, LOW, mask_quality, skip_reason
 
 MAX_LOST = 0.02  # share of an object's mask a square crop may cut away before the object is skipped
 COLUMNS = ("img_id", "img_filename", "y", "split", "place", "mask_filename", "background_filename",
-           "object_id", "object_file", "place_id", "place_file")
+           "object_id", "object_file", "place_id", "place_file", "object_scale", "object_x", "object_y")
 _ORDER_TAG = 15
 
 
@@ -40,6 +40,7 @@ class Photo:
     as_place: bool = True
     object_grid: np.ndarray | None = None  # habitat mode: coarse object (alpha > 0.5) and hole, for pairing
     hole_grid: np.ndarray | None = None
+    stick: tuple[int, int] = (0, 0)  # habitat mode: the sides its photo cuts it on (compose.cut_sides)
 
 
 def make_photo_dataset(out: str | os.PathLike, objects: str | os.PathLike | Dataset, masks: str | os.PathLike,
@@ -105,7 +106,7 @@ def _make(out: Path, objects, masks, places, cfg: PhotoConfig, columns: Columns,
         sources[split] = by_class, by_place
         source_counts[split] = {"objects": {class_names[y]: len(v) for y, v in by_class.items()},
                                 "places": {place_names[q]: len(v) for q, v in by_place.items()}}
-    cost = _hidden_cost(objs) if pds is None else None
+    cost = (_hidden_cost_moved(objs) if cfg.moves_objects else _hidden_cost(objs)) if pds is None else None
     for split in SPLITS:
         if split == "val" and cfg.split_fractions[1] == 0.0:
             if cfg.val:
@@ -117,7 +118,7 @@ def _make(out: Path, objects, masks, places, cfg: PhotoConfig, columns: Columns,
         by_class, by_place = sources[split]
         _check_split(split, by_class, by_place, class_names, place_names, cfg, asked[split], source_counts)
         plans += plan_split(split, by_class, by_place, asked[split], cfg.rho, cfg.seed, same_photos=pds is None,
-                            cost=cost)
+                            cost=cost, object_scale=tuple(cfg.object_scale))
     order = np.random.default_rng([cfg.seed, _ORDER_TAG]).permutation(len(plans))
     plans = [plans[i] for i in order]
 
@@ -133,8 +134,26 @@ def _hidden_cost(photos: list[Photo]):
     objects = np.stack([p.object_grid if p.object_grid is not None else blank for p in photos])
     holes = np.stack([p.hole_grid if p.hole_grid is not None else blank for p in photos])
 
-    def cost(obj: int, places: np.ndarray) -> np.ndarray:
+    def cost(obj: int, places: np.ndarray, scale: float, at: tuple[float, float]) -> np.ndarray:
         return (holes[places] * (1.0 - objects[obj])).mean(axis=(1, 2))
+
+    return cost
+
+
+def _hidden_cost_moved(photos: list[Photo]):
+    """:func:`_hidden_cost` for scaled, moved objects: the coarse object at the composite's
+    scale and at its position (the same draws and cut sides as its pixels)."""
+    n = compose.COARSE
+    blank = np.zeros((n, n), np.float32)
+    objects = [p.object_grid if p.object_grid is not None else blank for p in photos]
+    holes = np.stack([p.hole_grid if p.hole_grid is not None else blank for p in photos])
+
+    def cost(obj: int, places: np.ndarray, scale: float, at: tuple[float, float]) -> np.ndarray:
+        cover = compose.coarse_shrunk(objects[obj], scale)
+        x, y = compose.random_offset(cover.shape, n, at, photos[obj].stick)
+        frame = np.zeros((n, n), np.float32)
+        frame[y:y + cover.shape[0], x:x + cover.shape[1]] = cover
+        return (holes[places] * (1.0 - frame)).mean(axis=(1, 2))
 
     return cost
 
@@ -232,7 +251,9 @@ def _check_objects(ds: Dataset, masks: Path, cfg: PhotoConfig, habitat: bool, sk
         if habitat:
             small = compose.crop_resize_mask(mask, box, cfg.size)
             hole_px = compose.hole_of(small, cfg.dilate_px)
-            photo.object_grid, photo.hole_grid = compose.coarse(compose.alpha_of(small) > 0.5), compose.coarse(hole_px)
+            alpha = compose.alpha_of(small)
+            photo.object_grid, photo.hole_grid = compose.coarse(alpha > 0.5), compose.coarse(hole_px)
+            photo.stick = compose.cut_sides(alpha)
             hole = float(hole_px.mean())
             if hole > cfg.max_hole:
                 photo.as_place = False
@@ -317,10 +338,26 @@ def _write(out: Path, plans: list[Composite], objs: list[Photo], place_photos: l
 
     @functools.lru_cache(maxsize=256)
     def cutout(key: int) -> tuple[np.ndarray, np.ndarray]:
-        """(the object's colours, free of its source background under the soft edge; its alpha)."""
+        """(the object's colours, free of its source background under the soft edge, and
+        everywhere at alpha 0 when it is to be resampled; its alpha)."""
         img, mask = prepared(key)
         alpha = compose.alpha_of(mask)
-        return compose.object_colours(img, alpha, cfg.edge_px), alpha
+        return compose.object_colours(img, alpha, cfg.edge_px, everywhere=cfg.moves_objects), alpha
+
+    def posed(c: Composite, obj: np.ndarray, alpha: np.ndarray):
+        """(colours, alpha, (x, y)) of the object in the composite's frame, (x, y) the top-left of
+        its box: where it was, or scaled and put anywhere its photo's cut sides allow."""
+        if not cfg.moves_objects:
+            return obj, alpha, compose.object_box(alpha)[:2]
+        stick = compose.cut_sides(alpha)
+        try:
+            colours, a = compose.shrink_object(obj, alpha, c.scale, stick)
+        except ValueError:
+            raise PhotoBenchError(f"{objs[c.obj].sample.path}: the object vanishes at scale {c.scale:.3f} at "
+                                  f"--size {size}; raise the lower --object-scale (now {cfg.object_scale[0]}) or "
+                                  "--size") from None
+        xy = compose.random_offset(a.shape, size, c.at, stick)
+        return (*compose.place(colours, a, size, xy), xy)
 
     @functools.lru_cache(maxsize=256)
     def place_image(key: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -344,8 +381,8 @@ def _write(out: Path, plans: list[Composite], objs: list[Photo], place_photos: l
     visible: dict[str, list[float]] = {s: [] for s in SPLITS}
     n_places = len(place_names)
     for img_id, c in enumerate(tqdm(plans, desc="make-dataset", unit="img", disable=not progress)):
-        obj, alpha = cutout(c.obj)
         bg, hole = place_image(c.bg)
+        obj, alpha, (x, y) = posed(c, *cutout(c.obj))
         img = compose.paste(obj, alpha, bg)
         if hole is not None:
             visible[c.split].append(float((hole & (alpha < 0.5)).mean()))
@@ -356,7 +393,7 @@ def _write(out: Path, plans: list[Composite], objs: list[Photo], place_photos: l
         write_image(out / rel_bg, bg, quality=95)
         o, q = objs[c.obj].sample, place_photos[c.bg].sample
         rows.append((img_id, rel_img, c.y, split_code[c.split], c.place, rel_mask, rel_bg, o.id, o.relpath, q.id,
-                     q.relpath))
+                     q.relpath, round(c.scale, 4), x, y))
         g = c.y * n_places + c.place
         groups[(c.split, g)] += 1
         preview_split = "test"
@@ -398,6 +435,13 @@ def _write(out: Path, plans: list[Composite], objs: list[Photo], place_photos: l
         "alpha": f"soft: 0 below mask {LOW}, 1 above {HIGH}, linear between; on the soft edge (alpha < 1 within "
                  f"{cfg.edge_px} px of alpha 0) the object's colours are extrapolated (push-pull) from "
                  "its other pixels, so no rim of its source background is pasted",
+        "object_placement": (f"scaled by a factor drawn uniformly from [{cfg.object_scale[0]}, {cfg.object_scale[1]}] "
+                             "(antialiased, colours and alpha together; alpha in 1/255 steps, as in masks/), put "
+                             "at a uniformly random position wholly inside the frame; a side its photo cuts it on "
+                             "stays on the frame's edge; metadata.csv: object_scale, object_x, object_y (top-left "
+                             "of its box, mask > 0)" if cfg.moves_objects else
+                             "unchanged, where it was in its photo (object_scale 1); metadata.csv: object_x, "
+                             "object_y (top-left of its box, mask > 0)"),
         "mask_polarity": "255 = object (soft: the pasted alpha)",
         "group": "y * n_places + place",
         "source_photos": source_counts,

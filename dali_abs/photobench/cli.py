@@ -9,7 +9,7 @@ from dali_abs.photobench.config import PhotoBenchError, PhotoConfig
 
 # Options only the photo mode has (dest names); given without --objects they are an error.
 PHOTO_ONLY = ("masks", "places", "split_fractions", "min_confidence", "min_cover", "max_cover", "max_hole", "dilate",
-              "inpainter", "class_names")
+              "inpainter", "object_scale", "class_names")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 2%% of --size)")
     g.add_argument("--inpainter", metavar="ONNX", help="habitat mode: fill with this inpainter (dali-abs contract) "
                                                        "instead of the built-in push-pull fill")
+    g.add_argument("--object-scale", metavar="LO[,HI]", default=None,
+                   help="shrink each object by a factor drawn from [LO, HI] (0 < LO <= HI <= 1) and put it anywhere "
+                        "wholly inside the frame (a side its photo cuts it on stays on the frame's edge); default 1: "
+                        "unchanged, where it was. 0.5 lets the place dominate the frame, as in Waterbirds (README)")
     g.add_argument("--class-names", metavar="A,B", help="names of the classes in label order (folders, preview)")
     add_column_arguments(parser)
 
@@ -68,10 +72,19 @@ def config_from_args(args: argparse.Namespace) -> PhotoConfig:
                               f"{args.split_fractions!r}") from None
     names = tuple(n.strip() for n in args.class_names.split(",")) if args.class_names else None
     d = PhotoConfig()
+    scale = d.object_scale
+    if args.object_scale is not None:
+        try:
+            parts = tuple(float(x) for x in args.object_scale.split(","))
+        except ValueError:
+            parts = ()
+        if len(parts) not in (1, 2):
+            raise PhotoBenchError(f"--object-scale must be LO or LO,HI (e.g. 0.5 or 0.4,0.6), got {args.object_scale!r}")
+        scale = (parts[0], parts[-1])
     return PhotoConfig(size=args.size or d.size, train=args.train, val=args.val, test=args.test,
                        split_fractions=fractions, rho=args.rho, seed=args.seed, min_confidence=args.min_confidence,
                        min_cover=args.min_cover, max_cover=args.max_cover, max_hole=args.max_hole, dilate=args.dilate,
-                       inpainter=args.inpainter, class_names=names)
+                       inpainter=args.inpainter, object_scale=scale, class_names=names)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
     places = info["places"]
     print(f"  places: {places['root'] if 'root' in places else places['from']}"
           + (f" ({places['fill']} fill; hole = {places['hole']})" if "fill" in places else ""))
+    lo, hi = cfg.object_scale
+    print("  objects: " + ("unchanged, where they were in their photos" if not cfg.moves_objects else
+                           f"scaled by {lo if lo == hi else f'{lo}-{hi}'}, anywhere inside the frame (a side cut by "
+                           "the photo's edge stays on the edge)"))
+    if places.get("fill_visible"):
+        print("  fill visible on " + ", ".join(f"{v['mean']:.0%} ({s})" for s, v in places["fill_visible"].items())
+              + " of the frame on average (a place's filled hole beside the object)")
     for split, c in counts.items():
         groups = ", ".join(f"{k} {v}" for k, v in c["groups"].items())
         note = f" of {c['asked']} asked (balanced)" if c["asked"] is not None and c["asked"] != c["composites"] else ""

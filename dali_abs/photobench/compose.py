@@ -116,6 +116,20 @@ def coarse(mask: np.ndarray) -> np.ndarray:
     return np.asarray(im.resize((COARSE, COARSE), Image.BOX), np.float32).clip(0.0, 1.0)
 
 
+def coarse_shrunk(grid: np.ndarray, scale: float) -> np.ndarray:
+    """A coarse object grid (:func:`coarse`) cut to its box (grid > 0) and shrunk by ``scale``
+    (area average; at least 1 x 1): the object's footprint at that scale, for pairing."""
+    from PIL import Image
+
+    ys, xs = np.nonzero(grid > 0)
+    if not len(ys):
+        return np.zeros((1, 1), np.float32)
+    g = np.ascontiguousarray(grid[ys.min():ys.max() + 1, xs.min():xs.max() + 1], np.float32)
+    h, w = g.shape
+    out = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(g, mode="F").resize(out, Image.BOX), np.float32).clip(0.0, 1.0)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int = 1):
     """Run torch on ``n`` threads inside the block. The fill and dilation are small ops on one
@@ -157,12 +171,15 @@ def _merge(img: np.ndarray, filled: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(hole)[:, :, None], out, img)
 
 
-def object_colours(obj: np.ndarray, alpha: np.ndarray, edge_px: int) -> np.ndarray:
+def object_colours(obj: np.ndarray, alpha: np.ndarray, edge_px: int, everywhere: bool = False) -> np.ndarray:
     """The object's own colours along its soft edge, so that pasting carries no rim of its source
     background. The edge: pixels with 0 < alpha < 1 at most ``edge_px`` px from an alpha-0
     pixel. They mix object and source background, so there the colour is extrapolated
     (push-pull) from the object's other pixels (alpha > 0, off the edge). Soft parts deeper
-    inside the object (an unsure head, a blurred wing) keep their real colours. uint8 HWC."""
+    inside the object (an unsure head, a blurred wing) keep their real colours. uint8 HWC.
+
+    ``everywhere``: the alpha-0 pixels take the extrapolated colours too (the same fill), so
+    that resampling the object (:func:`shrink_object`) mixes no source background into it."""
     import torch
 
     from dali_abs.inpainter.train import dilate
@@ -171,9 +188,95 @@ def object_colours(obj: np.ndarray, alpha: np.ndarray, edge_px: int) -> np.ndarr
     outside = a <= 0.0
     near = (dilate(torch.from_numpy(outside)[None, None], edge_px)[0, 0] > 0.5).numpy()
     edge = near & ~outside & (a < 1.0)
-    if not edge.any() or (outside | edge).all():
+    hole = outside | edge
+    if hole.all() or not (edge.any() or (everywhere and outside.any())):
         return obj
-    return np.where(edge[:, :, None], pushpull(obj, outside | edge), obj)
+    filled = pushpull(obj, hole)
+    return filled if everywhere else np.where(edge[:, :, None], filled, obj)
+
+
+def object_box(alpha: np.ndarray) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)``, ends exclusive: the bounding box of ``alpha > 0`` (float HW 0..1)."""
+    ys, xs = np.nonzero(np.asarray(alpha) > 0.0)
+    if not len(ys):
+        raise ValueError("object_box: alpha is 0 everywhere (no object)")
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def cut_sides(alpha: np.ndarray) -> tuple[int, int]:
+    """Where the photo's edge cuts the object: ``(sx, sy)``, each -1 (left / top), +1 (right /
+    bottom) or 0, for the frame's sides that the object (``alpha > 0``, float HW 0..1) touches; of
+    two opposite sides touched, the one with the longer cut (more alpha on it; ties: -1). A
+    shrunk object keeps these sides on the frame's edge, so no straight cut shows mid-frame."""
+    a = np.asarray(alpha, np.float32)
+
+    def side(first: np.ndarray, last: np.ndarray) -> int:
+        f, g = float(first.sum()), float(last.sum())
+        return 0 if f == g == 0.0 else (-1 if f >= g else 1)
+
+    return side(a[:, 0], a[:, -1]), side(a[0, :], a[-1, :])
+
+
+def shrink_object(colours: np.ndarray, alpha: np.ndarray, scale: float,
+                  stick: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """The object (``alpha > 0``) cut to its box and resized by ``scale`` (0 < scale <= 1), with
+    antialiasing: colours (uint8 HWC, Lanczos) and alpha (float32 HW 0..1, bilinear) together,
+    from a margin around the box so that the soft edge keeps its fade. On the sides in ``stick``
+    (:func:`cut_sides`) the box ends at the frame's edge with no margin: the cut stays a full
+    edge there. ``colours`` must be the object's colours at alpha 0 too (:func:`object_colours`
+    ``everywhere``). The alpha is rounded to 1/255 steps, so that the mask file (255 = object)
+    holds exactly the alpha pasted, and both are cut to the box of what is left above 0. An
+    object left with no pixel of alpha 0.5 or more (it vanishes) raises ValueError."""
+    from PIL import Image
+
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"shrink_object: scale must be in (0, 1], got {scale}")
+    x0, y0, x1, y1 = object_box(alpha)
+    m = int(np.ceil(2.0 / scale)) + 1  # the bilinear kernel reaches 1/scale px; the margin holds its tail
+    a = np.pad(np.asarray(alpha, np.float32), m)
+    c = np.pad(colours, ((m, m), (m, m), (0, 0)), mode="edge")
+    sx, sy = stick  # in the padded frame the box is [x0 + m, x1 + m); a free side takes m more
+    left, right = x0 + (m if sx == -1 else 0), x1 + (m if sx == 1 else 2 * m)
+    top, bottom = y0 + (m if sy == -1 else 0), y1 + (m if sy == 1 else 2 * m)
+    a, c = a[top:bottom, left:right], c[top:bottom, left:right]
+    h, w = a.shape
+    out = (max(1, round(w * scale)), max(1, round(h * scale)))
+    c = np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize(out, Image.LANCZOS))
+    a = np.asarray(Image.fromarray(np.ascontiguousarray(a), mode="F").resize(out, Image.BILINEAR), np.float32)
+    a = np.round(a.clip(0.0, 1.0) * 255.0) / np.float32(255.0)
+    if not (a >= 0.5).any():  # nothing left that reads as the object, only a faint smear
+        raise ValueError(f"shrink_object: a {x1 - x0}x{y1 - y0} px object vanishes at scale {scale}")
+    bx0, by0, bx1, by1 = object_box(a)
+    return np.ascontiguousarray(c[by0:by1, bx0:bx1]), np.ascontiguousarray(a[by0:by1, bx0:bx1])
+
+
+def random_offset(patch_hw: tuple[int, int], size: int, at: tuple[float, float],
+                  stick: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """``(x, y)``: the top-left pixel of an ``h x w`` patch wholly inside a ``size`` frame, taken
+    uniformly from the integer positions by the draws ``at`` (two numbers in [0, 1)); along an
+    axis whose ``stick`` is -1 / +1 (:func:`cut_sides`) the patch sits on the first / last edge."""
+    h, w = patch_hw
+    if h > size or w > size:
+        raise ValueError(f"random_offset: a {w}x{h} patch does not fit a {size} px frame")
+
+    def pick(u: float, free: int, s: int) -> int:
+        return 0 if s == -1 else free if s == 1 else min(int(u * (free + 1)), free)
+
+    return pick(at[0], size - w, stick[0]), pick(at[1], size - h, stick[1])
+
+
+def place(colours: np.ndarray, alpha: np.ndarray, size: int, xy: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A patch (uint8 hwc colours, float32 hw alpha) put at ``xy`` (its top-left) into a ``size``
+    frame: (uint8 HWC colours, 0 where nothing is; float32 HW alpha, 0 outside the patch)."""
+    h, w = alpha.shape
+    x, y = xy
+    if x < 0 or y < 0 or x + w > size or y + h > size:
+        raise ValueError(f"place: a {w}x{h} patch at {xy} leaves the {size} px frame")
+    c = np.zeros((size, size, 3), np.uint8)
+    a = np.zeros((size, size), np.float32)
+    c[y:y + h, x:x + w] = colours
+    a[y:y + h, x:x + w] = alpha
+    return c, a
 
 
 class HabitatFill:

@@ -27,6 +27,10 @@ class PhotoConfig:
     above 0.1, dilated by ``dilate`` px) covers more of the frame is not used as a place: the
     fill would be mostly invented. ``dilate``: None = 2 % of ``size``.
     ``inpainter``: an inpainter ONNX file (our contract) for the habitat fill; None = push-pull.
+    ``object_scale``: (lo, hi), 0 < lo <= hi <= 1: each composite's object is shrunk by a factor
+    drawn uniformly from [lo, hi] (of its size in the ``size`` crop of its photo) and put where it
+    stays wholly inside the frame (see :mod:`dali_abs.photobench`); (1.0, 1.0) pastes it
+    unchanged where it was in its photo.
     """
 
     size: int = 224
@@ -42,12 +46,18 @@ class PhotoConfig:
     max_hole: float = 0.6
     dilate: int | None = None
     inpainter: str | None = None
+    object_scale: tuple[float, float] = (1.0, 1.0)
     class_names: tuple[str, ...] | None = None
     preview_per_group: int = 6
 
     @property
     def dilate_px(self) -> int:
         return max(1, round(0.02 * self.size)) if self.dilate is None else int(self.dilate)
+
+    @property
+    def moves_objects(self) -> bool:
+        """Objects are scaled and moved (any ``object_scale`` but 1); else pasted where they were."""
+        return tuple(self.object_scale) != (1.0, 1.0)
 
     @property
     def edge_px(self) -> int:
@@ -78,12 +88,17 @@ class PhotoConfig:
             raise PhotoBenchError(f"--max-hole must be in (0, 1], got {self.max_hole}")
         if self.dilate is not None and not 0 <= self.dilate <= self.size // 4:
             raise PhotoBenchError(f"--dilate must be 0..{self.size // 4} px at --size {self.size}, got {self.dilate}")
+        sc = tuple(self.object_scale)
+        if len(sc) != 2 or not 0.0 < sc[0] <= sc[1] <= 1.0:
+            raise PhotoBenchError(f"--object-scale must be LO or LO,HI with 0 < LO <= HI <= 1 (objects are shrunk, "
+                                  f"never enlarged), got {','.join(str(v) for v in sc)}")
         if self.preview_per_group < 1:
             raise PhotoBenchError(f"preview_per_group must be positive, got {self.preview_per_group}")
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["split_fractions"] = list(self.split_fractions)
+        d["object_scale"] = list(self.object_scale)
         d["class_names"] = list(self.class_names) if self.class_names else None
         d["dilate_px"] = self.dilate_px
         d["edge_px"] = self.edge_px

@@ -27,7 +27,7 @@ import numpy as np
 from dali_abs.dataset import SPLITS
 from dali_abs.photobench.config import PhotoBenchError
 
-_SPLIT_TAG, _PAIR_TAG, _SLOT_TAG, _PLACE_TAG = 11, 12, 13, 14
+_SPLIT_TAG, _PAIR_TAG, _SLOT_TAG, _PLACE_TAG, _PASTE_TAG = 11, 12, 13, 14, 16
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class Composite:
     place: int
     obj: int  # key of the object photo
     bg: int  # key of the place photo
+    scale: float = 1.0  # the object's size factor, drawn from --object-scale
+    at: tuple[float, float] = (0.0, 0.0)  # two draws in [0, 1) that pick where a scaled object goes
 
 
 def shares(n: int, fractions) -> list[int]:
@@ -88,14 +90,17 @@ def slots(split: str, n_objects: dict[int, int], n: int | None, n_places: int, r
 
 def plan_split(split: str, objects: dict[int, list[int]], places: dict[int, list[int]], n: int | None,
                rho: float, seed: int, same_photos: bool,
-               cost: Callable[[int, np.ndarray], np.ndarray] | None = None, window: int = 64) -> list[Composite]:
+               cost: Callable[[int, np.ndarray, float, tuple[float, float]], np.ndarray] | None = None,
+               window: int = 64, object_scale: tuple[float, float] = (1.0, 1.0)) -> list[Composite]:
     """Composites of one split. ``objects``: class -> object keys; ``places``: place -> place keys
     (both of this split only). ``same_photos``: keys name the same photos in both (habitat mode).
+    Each composite draws its object's scale uniformly from ``object_scale`` (lo, hi) and two
+    numbers ``at`` in [0, 1) for its position, from the seed and its place in the plan.
 
     Each composite takes one of the least-used photos of its place that its object has not
     stood on yet in this split (any, once it has stood on all of them). Among the first ``window`` of those in shuffled order it takes the one of lowest
-    ``cost(object_key, place_keys)`` (an array, one value per place key; ties: the earlier),
-    or simply the first when ``cost`` is None.
+    ``cost(object_key, place_keys, scale, at)`` (an array, one value per place key; ties: the
+    earlier), or simply the first when ``cost`` is None.
     """
     si = SPLITS.index(split)
     plan_slots = slots(split, {y: len(k) for y, k in objects.items()}, n, len(places), rho)
@@ -104,16 +109,20 @@ def plan_split(split: str, objects: dict[int, list[int]], places: dict[int, list
     uses = {p: np.zeros(len(keys), np.int64) for p, keys in place_order.items()}
     paired: dict[int, set[int]] = {}  # object key -> place keys it already stands on in this split
     out: list[Composite] = []
+    lo, hi = object_scale
     for y in sorted(plan_slots):
         want = plan_slots[y]
         if not want:
             continue
+        draws = np.random.default_rng([seed, _PASTE_TAG, si, y]).random((len(want), 3))
         objs = objects[y]
         obj_order = [objs[i] for i in np.random.default_rng([seed, _PAIR_TAG, si, y]).permutation(len(objs))]
         order = np.random.default_rng([seed, _SLOT_TAG, si, y]).permutation(len(want))
         for j, k in enumerate(order):
             p = want[k]
             o = obj_order[j % len(obj_order)]
+            scale = lo if hi == lo else float(lo + (hi - lo) * draws[j, 0])
+            at = (float(draws[j, 1]), float(draws[j, 2]))
             pool, used = place_order[p], uses[p]
             allowed = np.ones(len(pool), bool)
             if same_photos:
@@ -125,8 +134,8 @@ def plan_split(split: str, objects: dict[int, list[int]], places: dict[int, list
             if fresh.any():  # a repeated (object, place) pair only once the object has stood on every place
                 allowed = fresh
             least = np.flatnonzero(allowed & (used == used[allowed].min()))[:window]
-            pick = least[0] if cost is None else least[int(np.argmin(cost(o, np.asarray(pool)[least])))]
+            pick = least[0] if cost is None else least[int(np.argmin(cost(o, np.asarray(pool)[least], scale, at)))]
             used[pick] += 1
             paired.setdefault(o, set()).add(pool[pick])
-            out.append(Composite(split, y, p, o, pool[pick]))
+            out.append(Composite(split, y, p, o, pool[pick], scale, at))
     return out
