@@ -340,7 +340,8 @@ def test_scaled_objects_are_half_size_wholly_inside_and_their_mask_is_the_pasted
         m = np.asarray(Image.open(half / r["mask_filename"])).astype(float) / 255.0
         assert float(r["object_scale"]) == 0.5 and float(r1["object_scale"]) == 1.0
         (x0, y0, x1, y1), (u0, v0, u1, v1) = _box(m1), _box(m)
-        assert (int(r["object_x"]), int(r["object_y"])) == (u0, v0) and (int(r1["object_x"]), int(r1["object_y"]))             == (x0, y0)
+        assert (int(r["object_x"]), int(r["object_y"])) == (u0, v0)
+        assert (int(r1["object_x"]), int(r1["object_y"])) == (x0, y0)
         assert abs((u1 - u0) - 0.5 * (x1 - x0)) <= 1.5 and abs((v1 - v0) - 0.5 * (y1 - y0)) <= 1.5
         assert 0.2 < (m >= 0.5).sum() / (m1 >= 0.5).sum() < 0.3
         assert 0 <= u0 and u1 <= 48 and 0 <= v0 and v1 <= 48  # inside: the mask is the whole object

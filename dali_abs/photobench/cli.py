@@ -79,7 +79,8 @@ def config_from_args(args: argparse.Namespace) -> PhotoConfig:
         except ValueError:
             parts = ()
         if len(parts) not in (1, 2):
-            raise PhotoBenchError(f"--object-scale must be LO or LO,HI (e.g. 0.5 or 0.4,0.6), got {args.object_scale!r}")
+            raise PhotoBenchError(f"--object-scale must be LO or LO,HI (e.g. 0.5 or 0.4,0.6), got "
+                                  f"{args.object_scale!r}")
         scale = (parts[0], parts[-1])
     return PhotoConfig(size=args.size or d.size, train=args.train, val=args.val, test=args.test,
                        split_fractions=fractions, rho=args.rho, seed=args.seed, min_confidence=args.min_confidence,

@@ -98,9 +98,10 @@ def plan_split(split: str, objects: dict[int, list[int]], places: dict[int, list
     numbers ``at`` in [0, 1) for its position, from the seed and its place in the plan.
 
     Each composite takes one of the least-used photos of its place that its object has not
-    stood on yet in this split (any, once it has stood on all of them). Among the first ``window`` of those in shuffled order it takes the one of lowest
-    ``cost(object_key, place_keys, scale, at)`` (an array, one value per place key; ties: the
-    earlier), or simply the first when ``cost`` is None.
+    stood on yet in this split (any, once it has stood on all of them). Among the first
+    ``window`` of those in shuffled order it takes the one of lowest ``cost(object_key,
+    place_keys, scale, at)`` (an array, one value per place key; ties: the earlier), or simply
+    the first when ``cost`` is None.
     """
     si = SPLITS.index(split)
     plan_slots = slots(split, {y: len(k) for y, k in objects.items()}, n, len(places), rho)
