@@ -310,6 +310,10 @@ def test_an_object_cut_by_its_photo_stays_on_the_frame_edge():
     alpha[20:, 10:30] = 1.0  # a perched bird running off the bottom of its photo
     assert compose.cut_sides(alpha) == (0, 1)
     assert compose.cut_sides(np.rot90(alpha)) == (1, 0) and compose.cut_sides(np.zeros((4, 4))) == (0, 0)
+    veiled = alpha.copy()
+    veiled[:, 0] = 0.05  # a machine mask's faint veil reaching the left edge: no cut
+    veiled[0, 20] = 1.0  # nor a one-pixel tip on the top edge
+    assert compose.cut_sides(veiled) == (0, 1)
     colours = np.full((40, 40, 3), 200, np.uint8)
     c, a = compose.shrink_object(colours, alpha, 0.5, (0, 1))
     assert (a[-1] == 1.0).sum() >= 9  # the cut stays a full edge, no fade
