@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--chunk-size", type=int, default=256)
     ap.add_argument("--fill-threshold", type=float, default=None,
-                    help="loose-mask threshold (foreground probability; default the precompute default 0.1)")
+                    help="loose-mask threshold (foreground probability; default the segmenter's recorded one)")
     args = ap.parse_args()
 
     from dali_abs.cache.format import open_cache
@@ -204,7 +204,7 @@ def main() -> None:
                "images": len(ds.samples), "images_per_s": res["images_per_s"], "seconds": res["seconds"],
                "stage_seconds": stages, "stage_shares": shares, "cache_bytes_per_image": b["per_image"],
                "source_bytes_per_image": b["source_per_image"], "ratio_to_source": b["ratio_to_source"],
-               "filled": cache.manifest["counts"]["filled"], "fill_threshold": cfg.fill_threshold,
+               "filled": cache.manifest["counts"]["filled"], "fill_threshold": cache.fill_threshold,
                "mean_box_area": round(box_area, 4), "loose_cell_fraction": round(loose_frac, 4), "segmenter": train_info or str(seg),
                "alternatives": alts}
         print(json.dumps(out))

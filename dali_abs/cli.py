@@ -87,7 +87,7 @@ def _labels_from_masks(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from dali_abs.demo import run_demo
 
-    return run_demo(Path(args.out), fresh=args.fresh)
+    return run_demo(Path(args.out), fresh=args.fresh, hand_picked=args.hand_picked)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole chain on the built-in data (what `make demo` runs)")
     p.add_argument("out", nargs="?", default="demo-out", metavar="OUT", help="output folder (default ./demo-out)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first instead of reusing finished steps")
+    p.add_argument("--hand-picked", action="store_true",
+                   help="swap with the hand-picked thresholds the demo used before (tight 0.8, loose 0.1) instead "
+                        "of those chosen on the segmenter's validation images (its own result file in OUT)")
     p.set_defaults(func=_demo)
     return parser
 

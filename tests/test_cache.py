@@ -86,6 +86,13 @@ def test_precompute_writes_a_cache_the_loader_can_read(tmp_path, tiny_dataset, t
     assert cache.grid == 8 and cache.work_size == 64 and cache.masks.shape == (256, 8, 8)
     m = cache.manifest
     assert m["dataset"]["fingerprint"] == ds.fingerprint() and m["thresholds"]["fill"] == 0.5
+    from dali_abs.segmenter.inference import read_thresholds
+
+    recorded = read_thresholds(seg)  # the fill threshold given wins; tight stays the segmenter's choice
+    assert cache.thresholds.loose == cache.fill_threshold == 0.5 and cache.thresholds.tight == recorded.tight
+    assert cache.thresholds.loose_source == "given to precompute (--fill-threshold)"
+    assert cache.thresholds.tight_source == recorded.tight_source and str(seg) in recorded.tight_source
+    assert res["thresholds"] == m["thresholds"]
     assert len(m["models"]["segmenter"]["sha256"]) == 64 and m["counts"]["cached"] == 256
     assert m["bytes"]["ratio_to_source"] > 0
     assert [p.name for p in cache.fill_files()] == ["c00000.fills.bin", "c00001.fills.bin", "c00002.fills.bin"]
@@ -125,6 +132,38 @@ def test_precompute_writes_a_cache_the_loader_can_read(tmp_path, tiny_dataset, t
     v = json.loads(capsys.readouterr().out)
     assert v["ok"] and v["counts"]["fills_checked"] == m["counts"]["filled"]
     assert v["stale"] == {"changed": [], "added": [], "removed": []}
+    assert main(["cache", "info", str(tmp_path / "c")]) == 0
+    text = capsys.readouterr().out
+    assert f"tight threshold {recorded.tight} (cut-out; the loader's default): segmenter {seg}" in text
+    assert "fill threshold 0.5 (loose mask, filled): given to precompute (--fill-threshold)" in text
+
+
+def test_the_fills_use_the_segmenters_loose_threshold_and_the_cache_records_both(tmp_path, tiny_dataset,
+                                                                                 tiny_models, tiny_cache):
+    from dali_abs.cache.format import manifest_thresholds, threshold_mask
+    from dali_abs.models import segmenter as net
+    from dali_abs.segmenter.inference import read_thresholds
+
+    seg, fill = tiny_models
+    recorded, cache = read_thresholds(seg), open_cache(tiny_cache)  # tiny_cache: PrecomputeConfig() defaults
+    assert (cache.thresholds.tight, cache.thresholds.loose) == (recorded.tight, recorded.loose)
+    assert cache.thresholds.loose_source == cache.thresholds.tight_source == recorded.tight_source
+    for row in range(len(cache)):  # each fill box is the box of the cells above the recorded loose threshold
+        rows, cols = np.nonzero(threshold_mask(cache.masks[row], recorded.loose))
+        want = (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) if len(rows) else (0, 0, 0, 0)
+        assert tuple(cache.boxes[row]) == want
+    assert (cache.tight(0) == threshold_mask(cache.masks[0], recorded.tight)).all()
+
+    # a segmenter exported before thresholds were recorded: the library defaults, said so
+    old = net.export_onnx(net.PatchCNN(8, 64, width=8), tmp_path / "old.onnx", 8, 64)
+    assert read_thresholds(old) is None
+    data = small_dataset(tiny_dataset, tmp_path / "small", 16)
+    precompute(load_dataset(data), old, fill, tmp_path / "c", PrecomputeConfig(device="cpu"), progress=False)
+    t = open_cache(tmp_path / "c").thresholds
+    assert (t.tight, t.loose) == (0.5, 0.1) and f"segmenter {old} records no thresholds" in t.tight_source
+    # a cache written before the tight threshold was recorded
+    legacy = manifest_thresholds({"thresholds": {"fill": 0.1, "tight_default": 0.5}})
+    assert (legacy.tight, legacy.loose) == (0.5, 0.1) and "records no tight threshold" in legacy.tight_source
 
 
 # --- crash safety ----------------------------------------------------------------------------
@@ -411,6 +450,10 @@ def test_ground_truth_masks_give_the_patch_coverage_of_the_masks(tmp_path, tiny_
     assert main(["cache", "info", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"skipped {gone.relpath}: no ground-truth mask" in text and "masks: " in text
+    # ground-truth coverage is cut at fixed values, not chosen: 0.5 = mostly object, 0.1 = a tenth of it
+    assert (cache.thresholds.tight, cache.thresholds.loose) == (0.5, 0.1)
+    assert "tight threshold 0.5 (cut-out; the loader's default): ground-truth coverage: 0.5 = the patch is " \
+           "mostly object" in text
 
 
 def test_precompute_cli_takes_a_segmenter_or_masks_not_both(tmp_path, tiny_dataset, tiny_models, capsys):

@@ -272,3 +272,25 @@ def test_gpu_loader_matches_the_cpu_reader(dali_torch_cuda, tiny_cache):
     assert gpu_images.is_cuda and gpu_images.shape == cpu_images.shape == (160, 3, 48, 48)
     assert torch.equal(gpu_labels.cpu(), cpu_labels)
     assert -3 < float(gpu_images.mean()) < 3
+
+
+def test_swap_thresholds_default_to_the_caches_and_the_users_win(tiny_cache):
+    """SwapConfig() cuts at the thresholds the cache records; a number the user sets is kept."""
+    from dali_abs.loader.ops import swap_thresholds
+    from dali_abs.loader.params import SwapError
+
+    rec = open_cache(tiny_cache).thresholds
+    assert SwapConfig().tight is None and SwapConfig.waterbirds().tight is None
+    assert (swap_thresholds(SwapConfig(), rec).tight, swap_thresholds(SwapConfig(), rec).loose) == (rec.tight, rec.loose)
+    mine = swap_thresholds(SwapConfig(tight=0.9), rec)
+    assert (mine.tight, mine.loose) == (0.9, rec.loose)
+    assert swap_thresholds(SwapConfig.waterbirds(tight=0.67), rec).tight == 0.67
+    with pytest.raises(SwapError, match="carry no recorded thresholds"):
+        swap_thresholds(SwapConfig(), None)
+
+    kw = dict(batch_size=32, size=48, device="cpu", seed=4, augment=None)
+    default = _epoch(create_loader(tiny_cache, swap=SwapConfig(translate=0.0), **kw))[0]
+    spelled = _epoch(create_loader(tiny_cache, swap=SwapConfig(translate=0.0, tight=rec.tight, loose=rec.loose),
+                                   **kw))[0]
+    other = _epoch(create_loader(tiny_cache, swap=SwapConfig(translate=0.0, tight=0.99, loose=rec.loose), **kw))[0]
+    assert torch.equal(default, spelled) and not torch.equal(default, other)

@@ -17,6 +17,17 @@ from dali_abs.loader.params import FILLS, AugmentConfig, SwapConfig, SwapError, 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def paper_swap(**kw) -> SwapConfig:
+    """A SwapConfig with numeric thresholds (the paper's 0.5 / 0.1): the compositing functions
+    see no cache, so SwapConfig's default None (= the cache's thresholds) does not apply."""
+    return SwapConfig(**{"tight": 0.5, "loose": 0.1, **kw})
+
+
+def paper_waterbirds(**kw) -> SwapConfig:
+    """The Waterbirds preset with the paper's thresholds (tight 0.67, loose 0.1)."""
+    return SwapConfig.waterbirds(**{"tight": 0.67, "loose": 0.1, **kw})
+
+
 def make_batch(rng, n=8, h=48, w=40, r=8, f=16, degenerate_box=True):
     """Images, blob-shaped soft masks (foreground probability), fills and boxes around the blobs."""
     images = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
@@ -60,7 +71,7 @@ def test_a_one_patch_grid_is_a_valid_batch():
     soft = np.array([0.9, 0.2, 0.9, 0.0], np.float32).reshape(4, 1, 1)
     fills = rng.integers(0, 256, (4, 2, 2, 3), dtype=np.uint8)
     boxes = np.tile(np.array([0, 0, 1, 1], np.float32), (4, 1))
-    cfg = SwapConfig(translate=0.0)
+    cfg = paper_swap(translate=0.0)
     p = params_for(rng, soft, cfg, 12, 10)
     assert p["perm"].shape == (4, 1)
     out = composite_cpu(images, soft, fills, boxes, p, cfg)
@@ -70,7 +81,7 @@ def test_a_one_patch_grid_is_a_valid_batch():
 def test_swap_probability_zero_returns_the_input_exactly():
     rng = np.random.default_rng(0)
     images, soft, fills, boxes = make_batch(rng)
-    cfg = SwapConfig(p=0.0)
+    cfg = paper_swap(p=0.0)
     p = params_for(rng, soft, cfg, 48, 40)
     assert not p["swap"].any()
     out = composite_cpu(images, soft, fills, boxes, p, cfg)
@@ -81,7 +92,7 @@ def test_empty_foreground_gives_the_partner_background():
     rng = np.random.default_rng(1)
     images, soft, fills, boxes = make_batch(rng)
     soft[:] = 0.0  # no foreground anywhere: no fill region either
-    cfg = SwapConfig(background="uniform")
+    cfg = paper_swap(background="uniform")
     p = params_for(rng, soft, cfg, 48, 40)
     out = composite_cpu(images, soft, fills, boxes, p, cfg)
     assert np.array_equal(out, images[p["partner"]])
@@ -91,10 +102,10 @@ def test_full_foreground_with_identity_affine_gives_the_input():
     rng = np.random.default_rng(2)
     images, soft, fills, boxes = make_batch(rng)
     soft[:] = 1.0
-    cfg = SwapConfig(translate=0.0)
+    cfg = paper_swap(translate=0.0)
     p = params_for(rng, soft, cfg, 48, 40)
     assert np.array_equal(p["affine"], np.tile(np.float32([1, 0, 0, 0, 1, 0]), (8, 1)))
-    for c in (cfg, SwapConfig(translate=0.0, feather=2.0)):
+    for c in (cfg, paper_swap(translate=0.0, feather=2.0)):
         assert np.array_equal(composite_cpu(images, soft, fills, boxes, p, c), images)
 
 
@@ -102,14 +113,14 @@ def test_fill_region_takes_the_cached_tile_and_the_cheap_fills():
     rng = np.random.default_rng(3)
     images, soft, fills, boxes = make_batch(rng, degenerate_box=False)
     fills[:] = (10, 200, 30)  # a flat tile: bilinear sampling gives the same colour
-    cfg = SwapConfig(translate=0.0)
+    cfg = paper_swap(translate=0.0)
     p = params_for(rng, soft, cfg, 48, 40)
     p["affine"][:] = (1, 0, 1000, 0, 1, 0)  # foreground moved out of the image: background only
     out = composite_cpu(images, soft, fills, boxes, p, cfg)
     bg = images[p["partner"]]
     changed = (out != bg).any(-1)
     assert changed.any() and (out[changed] == (10, 200, 30)).all()
-    gray = composite_cpu(images, soft, fills, boxes, p, SwapConfig(fill="gray"))
+    gray = composite_cpu(images, soft, fills, boxes, p, paper_swap(fill="gray"))
     assert (gray[changed] == 128).all() and np.array_equal(gray[~changed], bg[~changed])
 
 
@@ -117,23 +128,23 @@ def test_cheap_fills_follow_their_definitions():
     rng = np.random.default_rng(8)
     images, soft, fills, boxes = make_batch(rng, n=6, degenerate_box=False)
     boxes[:] = (0, 0, 1, 1)
-    p = params_for(rng, soft, SwapConfig(), 48, 40)
+    p = params_for(rng, soft, paper_swap(), 48, 40)
     p["affine"][:] = (1, 0, 1000, 0, 1, 0)  # background only
-    region = composite_cpu(images, soft, fills, boxes, p, SwapConfig(fill="gray")) == 128
+    region = composite_cpu(images, soft, fills, boxes, p, paper_swap(fill="gray")) == 128
     region = region.all(-1)
     bg = images[p["partner"]]
     # patches with the identity permutation: every patch is itself, i.e. the image
     ident = {**p, "perm": np.tile(np.arange(64, dtype=np.int32), (6, 1))}
-    assert np.array_equal(composite_cpu(images, soft, fills, boxes, ident, SwapConfig(fill="patches")), bg)
+    assert np.array_equal(composite_cpu(images, soft, fills, boxes, ident, paper_swap(fill="patches")), bg)
     # mean: the tile's mean colour, rounded
-    out = composite_cpu(images, soft, fills, boxes, p, SwapConfig(fill="mean"))
+    out = composite_cpu(images, soft, fills, boxes, p, paper_swap(fill="mean"))
     want = np.floor(fills.reshape(6, -1, 3).mean(1) + 0.5)[p["partner"]]
     assert np.array_equal(out[region], np.broadcast_to(want[:, None, None], bg.shape)[region])
     # noise: roughly uniform 0..255, different per channel and per seed
-    out = composite_cpu(images, soft, fills, boxes, p, SwapConfig(fill="noise"))[region].astype(float)
+    out = composite_cpu(images, soft, fills, boxes, p, paper_swap(fill="noise"))[region].astype(float)
     assert abs(out.mean() - 127.5) < 6 and abs(out.std() - 73.9) < 5 and (out[:, 0] != out[:, 1]).mean() > 0.9
     # pixels: colours of the partner image, shuffled
-    out = composite_cpu(images, soft, fills, boxes, p, SwapConfig(fill="pixels"))
+    out = composite_cpu(images, soft, fills, boxes, p, paper_swap(fill="pixels"))
     k = np.flatnonzero(region.any((1, 2)))[0]
     colours = {tuple(c) for c in bg[k].reshape(-1, 3)}
     assert all(tuple(c) in colours for c in out[k][region[k]]) and (out[k][region[k]] != bg[k][region[k]]).any()
@@ -142,7 +153,7 @@ def test_cheap_fills_follow_their_definitions():
 def test_crop_flip_and_resize_are_part_of_the_same_pass():
     rng = np.random.default_rng(9)
     images, soft, fills, boxes = make_batch(rng)
-    cfg = SwapConfig(p=0.0)
+    cfg = paper_swap(p=0.0)
     p = params_for(rng, soft, cfg, 48, 40, augment=AugmentConfig(random_resized_crop=False, flip=1.0))
     assert p["flip"].all()
     assert np.array_equal(composite_cpu(images, soft, fills, boxes, p, cfg), images[:, :, ::-1])
@@ -152,7 +163,7 @@ def test_crop_flip_and_resize_are_part_of_the_same_pass():
     half = composite_cpu(images, soft, fills, boxes, p, cfg, size=(24, 20))
     assert np.array_equal(half, images[:, :24, :20])
     # a swapped sample is mirrored as a whole: flip=1 is the flip=0 composite, mirrored
-    cfg = SwapConfig(fill="gray")
+    cfg = paper_swap(fill="gray")
     p = params_for(np.random.default_rng(3), soft, cfg, 48, 40)
     a = composite_cpu(images, soft, fills, boxes, p, cfg)
     b = composite_cpu(images, soft, fills, boxes, {**p, "flip": np.ones(8, np.uint8)}, cfg)
@@ -178,7 +189,7 @@ def test_random_resized_crops_follow_the_augment_config():
 
 def test_sample_params_shapes_and_empty_foreground():
     soft = np.zeros((5, 4, 4), np.float32)
-    p = sample_params(np.arange(5), np.random.default_rng(0), SwapConfig.waterbirds(), image_size=(32, 32), soft=soft)
+    p = sample_params(np.arange(5), np.random.default_rng(0), paper_waterbirds(), image_size=(32, 32), soft=soft)
     assert {k: (v.dtype, v.shape) for k, v in p.items()} == {
         "partner": (np.int32, (5,)), "swap": (np.uint8, (5,)), "affine": (np.float32, (5, 6)),
         "noise_seed": (np.uint32, (5,)), "perm": (np.int32, (5, 16)), "fg_box": (np.float32, (5, 4)),
@@ -190,7 +201,7 @@ def test_sample_params_shapes_and_empty_foreground():
 
 def test_same_seed_same_batch():
     images, soft, fills, boxes = make_batch(np.random.default_rng(4))
-    cfg = SwapConfig.waterbirds(fill="noise", p=0.7)
+    cfg = paper_waterbirds(fill="noise", p=0.7)
     runs = []
     for _ in range(2):
         p = params_for(np.random.default_rng(123), soft, cfg, 48, 40)
@@ -206,7 +217,7 @@ def test_same_seed_same_batch():
 def _partner_class_freq(policy, labels, groups=None, draws=400):
     rng = np.random.default_rng(5)
     soft = np.zeros((len(labels), 4, 4), np.float32)
-    cfg = SwapConfig(background=policy)
+    cfg = paper_swap(background=policy)
     parts = np.stack([sample_params(labels, rng, cfg, groups, image_size=(16, 16), soft=soft)["partner"]
                       for _ in range(draws)])
     return parts
@@ -245,13 +256,13 @@ def test_policy_errors_name_the_problem():
     soft = np.zeros((4, 4, 4), np.float32)
     rng = np.random.default_rng(0)
     with pytest.raises(SwapError, match="other_class.*two classes.*only class 7"):
-        sample_params(np.full(4, 7), rng, SwapConfig(background="other_class"), image_size=(8, 8), soft=soft)
+        sample_params(np.full(4, 7), rng, paper_swap(background="other_class"), image_size=(8, 8), soft=soft)
     with pytest.raises(SwapError, match="needs groups"):
-        sample_params(np.arange(4), rng, SwapConfig(background="other_group"), image_size=(8, 8), soft=soft)
+        sample_params(np.arange(4), rng, paper_swap(background="other_group"), image_size=(8, 8), soft=soft)
     with pytest.raises(SwapError, match=r"labels must be an integer array of shape \(N,\), got float64 \(4,\)"):
-        sample_params(np.zeros(4), rng, SwapConfig(), image_size=(8, 8), soft=soft)
+        sample_params(np.zeros(4), rng, paper_swap(), image_size=(8, 8), soft=soft)
     with pytest.raises(SwapError, match=r"soft must be \[N,R,R\] with N = len\(labels\) = 3, got shape \(4, 4, 4\)"):
-        sample_params(np.arange(3), rng, SwapConfig(), image_size=(8, 8), soft=soft)
+        sample_params(np.arange(3), rng, paper_swap(), image_size=(8, 8), soft=soft)
     with pytest.raises(SwapError, match="background must be one of .*got 'random'"):
         SwapConfig(background="random")
     with pytest.raises(SwapError, match=r"SwapConfig.p must be in \[0, 1\], got 1.5"):
@@ -261,9 +272,9 @@ def test_policy_errors_name_the_problem():
 
 
 def test_swap_probability_schedules():
-    lin = SwapConfig(p=1.0, p_start=0.2, p_schedule="linear", schedule_epochs=4)
+    lin = paper_swap(p=1.0, p_start=0.2, p_schedule="linear", schedule_epochs=4)
     assert [lin.swap_probability(e) for e in (0, 2, 4, 9)] == pytest.approx([0.2, 0.6, 1.0, 1.0])
-    cos = SwapConfig(p=0.8, p_start=0.0, p_schedule="cosine", schedule_epochs=10)
+    cos = paper_swap(p=0.8, p_start=0.0, p_schedule="cosine", schedule_epochs=10)
     assert [cos.swap_probability(e) for e in (0, 5, 10)] == pytest.approx([0.0, 0.4, 0.8])
     labels = np.zeros(4000, int)
     soft = np.zeros((4000, 2, 2), np.float32)
@@ -276,7 +287,7 @@ def test_jitter_keeps_the_object_inside_and_rotates_about_its_centre():
     n, h, w, r = 200, 64, 64, 8
     soft = np.zeros((n, r, r), np.float32)
     soft[:, 2:5, 3:6] = 0.9  # tight box: x 24..48, y 16..40 px
-    cfg = SwapConfig.waterbirds(translate=0.5)
+    cfg = paper_waterbirds(translate=0.5)
     a = sample_params(np.zeros(n, int), rng, cfg, image_size=(h, w), soft=soft)["affine"].astype(np.float64)
     # the forward map of the box corners (invert the 2x2 part) lands inside the image
     A = a[:, [0, 1, 3, 4]].reshape(n, 2, 2)
@@ -289,7 +300,7 @@ def test_jitter_keeps_the_object_inside_and_rotates_about_its_centre():
     rot = np.degrees(np.arctan2(a[:, 1], a[:, 0]))  # inverse rotates by -theta
     assert rot.min() >= -30.001 and rot.max() <= 30.001 and rot.std() > 10
     # without translation the centre (36, 28) is a fixed point
-    a0 = sample_params(np.zeros(n, int), rng, SwapConfig.waterbirds(translate=0.0), image_size=(h, w),
+    a0 = sample_params(np.zeros(n, int), rng, paper_waterbirds(translate=0.0), image_size=(h, w),
                        soft=soft)["affine"].astype(np.float64)
     c = np.array([36.0, 28.0])
     xs = a0[:, 0] * c[0] + a0[:, 1] * c[1] + a0[:, 2]
@@ -302,7 +313,7 @@ def test_jitter_keeps_the_object_inside_and_rotates_about_its_centre():
 def test_composite_rejects_bad_inputs_with_the_values_found():
     rng = np.random.default_rng(7)
     images, soft, fills, boxes = make_batch(rng)
-    cfg = SwapConfig()
+    cfg = paper_swap()
     p = params_for(rng, soft, cfg, 48, 40)
     cases = [
         (dict(images=images.astype(np.float32)), r"images must be uint8 \[N,H,W,3\].*got float32 \(8, 48, 40, 3\)"),
@@ -377,10 +388,10 @@ def mismatch(a, b):
     return float((np.abs(a.astype(np.int16) - b.astype(np.int16)) > 1).any(-1).mean())
 
 
-CASES = [SwapConfig(fill=m) for m in FILLS] + [
-    SwapConfig.waterbirds(fill="cached", p=0.8),
-    SwapConfig.waterbirds(fill="patches", feather=1.5),
-    SwapConfig(fill="cached", feather=3.0),
+CASES = [paper_swap(fill=m) for m in FILLS] + [
+    paper_waterbirds(fill="cached", p=0.8),
+    paper_waterbirds(fill="patches", feather=1.5),
+    paper_swap(fill="cached", feather=3.0),
 ]
 
 
@@ -458,7 +469,7 @@ class _FakeCupy:
         self.lib.run_abs_composite(*conv, ctypes.c_int(grid[0]), ctypes.c_int(block[0]))
 
 
-@pytest.mark.parametrize("cfg", [SwapConfig(), SwapConfig(fill="mean", p=0.7), SwapConfig.waterbirds(feather=1.0)],
+@pytest.mark.parametrize("cfg", [paper_swap(), paper_swap(fill="mean", p=0.7), paper_waterbirds(feather=1.0)],
                          ids=["cached", "mean", "waterbirds-feather"])
 def test_composite_gpu_host_code_drives_the_kernel_text(kernel_lib, monkeypatch, cfg):
     import sys
@@ -491,3 +502,14 @@ def test_composite_gpu_matches_the_twin(cfg):
     dev = composite_gpu([cupy.asarray(a) for a in images], cupy.asarray(soft), [cupy.asarray(a) for a in fills],
                         cupy.asarray(boxes), p, cfg, size=(96, 80))
     assert mismatch(twin, cupy.asnumpy(dev)) < 1e-3
+
+
+def test_without_a_cache_the_thresholds_must_be_numbers():
+    """SwapConfig's None thresholds mean the cache's: the functions that see no cache say so."""
+    rng = np.random.default_rng(0)
+    images, soft, fills, boxes = make_batch(rng, n=4)
+    with pytest.raises(SwapError, match=r"SwapConfig.tight and loose left None \(= the cache's recorded threshold"):
+        sample_params(np.arange(4), rng, SwapConfig(), image_size=(48, 40), soft=soft)
+    p = params_for(rng, soft, paper_swap(), 48, 40)
+    with pytest.raises(SwapError, match=r"SwapConfig.loose left None"):
+        composite_cpu(images, soft, fills, boxes, p, SwapConfig(tight=0.5))

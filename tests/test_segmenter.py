@@ -126,6 +126,24 @@ def test_training_writes_onnx_checkpoint_and_metrics(trained):
     assert 1 <= m["best_epoch"] <= m["epochs_run"] == 3
 
 
+def test_training_chooses_and_records_the_thresholds(trained):
+    """Tight and loose come from the validation split and travel in the ONNX file and the checkpoint."""
+    from dali_abs.segmenter.inference import read_thresholds
+
+    _, out, m = trained
+    th = m["thresholds"]
+    assert 0.5 <= th["tight"] <= 0.95 and 0.02 <= th["loose"] <= 0.1
+    assert th["foreground_patches"] + th["background_patches"] == m["val_images"] * GRID * GRID
+    rec = Segmenter(out).thresholds
+    assert (rec.tight, rec.loose) == (th["tight"], th["loose"])
+    assert rec.tight_source == f"segmenter {out} (chosen on {m['val_images']} validation images" + \
+        (f" ({th['note']}))" if "note" in th else ")")
+    assert rec.stats["precision_at_tight"] == th["precision_at_tight"]
+    assert read_thresholds(out) == rec
+    _, info = load_checkpoint(m["checkpoint"])
+    assert info["thresholds"]["tight_threshold"] == repr(th["tight"])
+
+
 def test_torch_and_onnxruntime_agree(trained):
     _, out, m = trained
     model, info = load_checkpoint(m["checkpoint"])
@@ -222,6 +240,8 @@ def test_cli_train_eval_export(tmp_path, tiny_dataset, tiny_labels, capsys):
     capsys.readouterr()
     x = np.random.default_rng(2).random((2, 3, SIZE, SIZE), dtype=np.float32)
     np.testing.assert_allclose(Segmenter(again).predict(x), Segmenter(out).predict(x), atol=1e-6)
+    a, b = Segmenter(again).thresholds, Segmenter(out).thresholds  # re-export keeps the chosen thresholds
+    assert (a.tight, a.loose, a.stats) == (b.tight, b.loose, b.stats)
     assert main(["segmenter", "eval", str(tiny_dataset), "--model", str(out)]) == 2
     assert "--labels" in capsys.readouterr().err
     assert main(["segmenter", "export", str(tiny_labels), "--out", str(tmp_path / "bad.onnx")]) == 2

@@ -15,11 +15,17 @@ Per image the cache stores:
 - the **soft patch mask**: foreground probability on the R x R grid as uint8 ``round(p * 255)``
   (so loose and tight masks are chosen at load time by thresholding);
 - the **fill**: the inpainter's output inside the bounding box of the loose mask
-  (``p > fill_threshold``, default 0.1, i.e. background probability < 0.9 as in the paper),
+  (``p > fill_threshold``: the loose threshold recorded with the segmenter, chosen on its
+  validation images, unless the user passed one; 0.1 = background probability < 0.9 as in the
+  paper for ground-truth masks and for segmenters that record none),
   cropped from the working-size (segmenter input size S) image and stored as JPEG (cells of
   the box outside the loose mask hold a smooth placeholder: never use them). The box
   is in **grid cells** ``(r0, c0, r1, c1)`` (half-open), so it maps onto the source image at
   any resolution: rows ``r0 * H / R .. r1 * H / R``, columns ``c0 * W / R .. c1 * W / R``.
+
+The manifest's ``thresholds`` record the fill (loose) threshold and the tight (cut-out)
+threshold the loader uses unless told otherwise, each with where it came from
+(:attr:`Cache.thresholds`, shown by ``dali-abs cache info``).
 
 The clean background of image j is image j with its loose-mask cells replaced by the fill
 (resized to the cells' size in the image): see :meth:`Cache.background`. A loader that
@@ -47,6 +53,7 @@ import numpy as np
 
 from dali_abs.errors import DaliAbsError
 from dali_abs.files import atomic_write_bytes, atomic_write_text
+from dali_abs.segmenter.thresholds import DEFAULT_LOOSE, DEFAULT_TIGHT, Thresholds
 
 FORMAT = "dali-abs-cache"
 FORMAT_VERSION = 1
@@ -54,12 +61,24 @@ PLAN = "plan.json"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks"
 PARTS = "parts"
-DEFAULT_FILL_THRESHOLD = 0.1  # foreground probability above which a cell is filled (loose mask)
-DEFAULT_TIGHT_THRESHOLD = 0.5  # foreground probability above which a cell is cut out (tight mask)
+# Library defaults where nothing was chosen (a segmenter that records no thresholds): the paper's.
+DEFAULT_FILL_THRESHOLD = DEFAULT_LOOSE  # foreground probability above which a cell is filled (loose mask)
+DEFAULT_TIGHT_THRESHOLD = DEFAULT_TIGHT  # foreground probability above which a cell is cut out (tight mask)
 
 
 class CacheError(DaliAbsError, ValueError):
     """A cache folder that is missing, incomplete, or does not match what was asked."""
+
+
+def manifest_thresholds(manifest: dict) -> Thresholds:
+    """The tight and fill (loose) thresholds a cache's plan or manifest records, with their sources.
+
+    Caches written before the tight threshold was recorded get the library default 0.5, said so.
+    """
+    t = manifest.get("thresholds", {})
+    return Thresholds(tight=float(t.get("tight", DEFAULT_TIGHT_THRESHOLD)), loose=float(t["fill"]),
+                      tight_source=t.get("tight_source", "library default (the cache records no tight threshold)"),
+                      loose_source=t.get("fill_source", "precompute --fill-threshold or its default"))
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -214,7 +233,8 @@ class Cache:
     """A finished cache, read for training.
 
     Attributes: :attr:`root`, :attr:`manifest`, :attr:`grid` (R), :attr:`work_size` (S, the px
-    size the fill was computed at), :attr:`fill_threshold`, :attr:`ids` (cached image ids, dataset
+    size the fill was computed at), :attr:`fill_threshold`, :attr:`thresholds` (tight and fill
+    thresholds with their sources: what the loader uses by default), :attr:`ids` (cached image ids, dataset
     order), :attr:`indices` (their dataset sample index), :attr:`relpaths` (path under the dataset
     root), :attr:`labels`, :attr:`masks` (uint8 [N, R, R], ``round(p * 255)``), :attr:`boxes`
     (int32 [N, 4] grid-cell boxes ``r0, c0, r1, c1``; all zero = nothing filled), :attr:`fill_spans`
@@ -246,6 +266,11 @@ class Cache:
         return float(self.manifest["thresholds"]["fill"])
 
     @property
+    def thresholds(self) -> Thresholds:
+        """The recorded tight (cut-out) and loose (= fill) thresholds and where they came from."""
+        return manifest_thresholds(self.manifest)
+
+    @property
     def data_root(self) -> Path:
         return Path(self.manifest["dataset"]["root"])
 
@@ -273,9 +298,10 @@ class Cache:
         """Bool [R, R] loose mask (default: the threshold the fill was computed with)."""
         return threshold_mask(self.masks[self._row(key)], self.fill_threshold if threshold is None else threshold)
 
-    def tight(self, key: str | int, threshold: float = DEFAULT_TIGHT_THRESHOLD) -> np.ndarray:
-        """Bool [R, R] tight mask (cut-out alpha), foreground probability above ``threshold``."""
-        return threshold_mask(self.masks[self._row(key)], threshold)
+    def tight(self, key: str | int, threshold: float | None = None) -> np.ndarray:
+        """Bool [R, R] tight mask (cut-out alpha), foreground probability above ``threshold``
+        (default: the cache's recorded tight threshold)."""
+        return threshold_mask(self.masks[self._row(key)], self.thresholds.tight if threshold is None else threshold)
 
     def fill_files(self) -> list[Path]:
         """The chunks' fills files in chunk order (``fill_spans[:, 0]`` indexes this list)."""

@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from dali_abs.cache.format import (CHUNKS, DEFAULT_FILL_THRESHOLD, DEFAULT_TIGHT
                                    write_chunk, write_json)
 from dali_abs.dataset import Dataset, Sample
 from dali_abs.files import MAX_PIXELS
+from dali_abs.segmenter.thresholds import Thresholds
 
 STAGES = ("decode", "segmenter", "inpainter", "encode", "write")
 MASK_STAGES = ("decode", "masks", "inpainter", "encode", "write")  # with ground-truth masks instead of a segmenter
@@ -48,7 +49,9 @@ DALI_FORMATS = {"JPEG": ("RGB", "L"), "PNG": ("RGB", "L"), "BMP": ("RGB", "L")}
 class PrecomputeConfig:
     chunk_size: int = 256  # images per chunk file (the unit of resumption and sharding)
     batch_size: int = 32  # images per DALI / onnxruntime batch
-    fill_threshold: float = DEFAULT_FILL_THRESHOLD  # loose mask: foreground probability above this is filled
+    # loose mask: foreground probability above this is filled; None = the loose threshold the
+    # segmenter records (chosen on its validation images), else DEFAULT_FILL_THRESHOLD
+    fill_threshold: float | None = None
     quality: int = 90  # JPEG quality of the stored fill
     max_pixels: int = MAX_PIXELS  # larger images are skipped (reported) from their header, never decoded
     device: str = "auto"  # auto / cpu / cuda: onnxruntime provider and DALI decoder placement
@@ -56,7 +59,7 @@ class PrecomputeConfig:
     def check(self) -> None:
         if self.chunk_size < 1 or self.batch_size < 1:
             raise CacheError(f"chunk_size and batch_size must be positive, got {self.chunk_size}, {self.batch_size}")
-        if not 0.0 <= self.fill_threshold < 1.0:
+        if self.fill_threshold is not None and not 0.0 <= self.fill_threshold < 1.0:
             raise CacheError(f"fill threshold must be in [0, 1), got {self.fill_threshold}")
         if not 1 <= self.quality <= 100:
             raise CacheError(f"JPEG quality must be 1..100, got {self.quality}")
@@ -92,8 +95,9 @@ class GroundTruthMasks:
 
     The soft value of a patch is the fraction of its pixels that are foreground
     (:func:`dali_abs.labels.patch_coverage` on the mask at its own resolution, patch edges at
-    ``round(i * H / R)`` as everywhere else), stored like a segmenter's probability, so the loose
-    and tight thresholds keep their meaning (0.1: any of the object; 0.5: mostly object).
+    ``round(i * H / R)`` as everywhere else), stored like a segmenter's probability. The
+    thresholds on it are fixed, not chosen (:attr:`thresholds`): fill (loose) 0.1 = at least a
+    tenth of the patch is object, tight 0.5 = mostly object.
     ``grid`` (R) and ``input_size`` (S, the work size the images are decoded to for the
     inpainter and the fills are stored at; default as ``dali-abs segmenter train``: 224 for
     R = 16, else 16 px per patch) take the segmenter's roles. :meth:`prepare` finds every
@@ -102,6 +106,9 @@ class GroundTruthMasks:
     """
 
     kind = "ground-truth masks"
+    thresholds = Thresholds(tight=0.5, loose=DEFAULT_FILL_THRESHOLD,
+                            tight_source="ground-truth coverage: 0.5 = the patch is mostly object",
+                            loose_source="ground-truth coverage: 0.1 = a tenth of the patch is object")
 
     def __init__(self, path: str | os.PathLike, grid: int = DEFAULT_MASK_GRID, input_size: int | None = None):
         from dali_abs.segmenter.train import default_input_size
@@ -228,15 +235,31 @@ def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
             "inpainter": {"path": str(inp.path), "sha256": sha256_file(inp.path), "fill": inp.fill_name},
         },
         "grid": seg.grid, "work_size": seg.input_size,
-        "thresholds": {"fill": cfg.fill_threshold, "tight_default": DEFAULT_TIGHT_THRESHOLD,
-                       "meaning": "foreground probability above the threshold; fill = loose mask "
-                                  "(background probability < 1 - fill), tight = cut-out alpha"},
+        "thresholds": plan_thresholds(seg, cfg),
         "mask_encoding": "uint8 [R,R] round(255 * foreground probability), one .masks.npy per chunk",
         "fill_encoding": {"format": "jpeg", "quality": cfg.quality, "resolution": "work_size",
                           "region": "bounding box of the loose-mask cells, box in grid cells (r0, c0, r1, c1)"},
         "chunk_size": cfg.chunk_size, "chunks": (n + cfg.chunk_size - 1) // cfg.chunk_size,
         "max_pixels": cfg.max_pixels,
     }
+
+
+def plan_thresholds(seg, cfg: PrecomputeConfig) -> dict:
+    """The cache's thresholds: ``fill`` (loose; the fills are computed with it) from ``cfg`` when
+    given, else the segmenter's recorded loose threshold; ``tight`` (the loader's default cut-out)
+    the segmenter's recorded one; library defaults for a segmenter that records none; the fixed
+    coverage cuts of :class:`GroundTruthMasks`. Each with its source."""
+    rec = seg.thresholds
+    if rec is None:
+        why = (f"library default: segmenter {seg.path} records no thresholds (exported before they were "
+               "chosen; retrain it, or pass your own)")
+        rec = Thresholds(DEFAULT_TIGHT_THRESHOLD, DEFAULT_FILL_THRESHOLD, why, why)
+    fill, fill_source = rec.loose, rec.loose_source
+    if cfg.fill_threshold is not None:
+        fill, fill_source = float(cfg.fill_threshold), "given to precompute (--fill-threshold)"
+    return {"fill": fill, "tight": rec.tight, "fill_source": fill_source, "tight_source": rec.tight_source,
+            "meaning": "foreground probability above the threshold; fill = loose mask (background probability "
+                       "< 1 - fill), tight = cut-out alpha (the loader's default; SwapConfig(tight=...) overrides)"}
 
 
 _PLAN_KEYS = ("format_version", "grid", "work_size", "thresholds", "mask_encoding", "fill_encoding", "chunk_size",
@@ -639,6 +662,7 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
     if isinstance(seg, GroundTruthMasks):
         seg.prepare(ds)  # finds every image's mask file; refuses a folder with none before anything is written
     plan = make_plan(ds, seg, inp, cfg)
+    cfg = replace(cfg, fill_threshold=plan["thresholds"]["fill"])  # the fills use the recorded threshold
     old_path = root / PLAN
     if old_path.is_file():
         old = read_json(old_path, "cache plan")
@@ -685,7 +709,7 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
                "devices": {"decode": f"gpu {worker.device_id}" if worker.gpu else "cpu",
                            **{name: m.providers[0] for name, m in (("segmenter", seg), ("inpainter", inp))
                               if getattr(m, "providers", None)}},
-               "complete": False, "manifest": None}
+               "thresholds": plan["thresholds"], "complete": False, "manifest": None}
     if merge_when_done and all(read_chunk_record(root, k) is not None for k in range(plan["chunks"])):
         manifest = merge(root)
         summary.update(complete=True, manifest=str(root / MANIFEST), counts=manifest["counts"])

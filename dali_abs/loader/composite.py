@@ -59,7 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dali_abs.loader.params import FILLS, SwapConfig, SwapError
+from dali_abs.loader.params import FILLS, SwapConfig, SwapError, require_thresholds
 
 F32 = np.float32
 _PARAMS = (("partner", np.int32, 1), ("swap", np.uint8, 1), ("affine", np.float32, 6),
@@ -123,6 +123,7 @@ def check_batch(images, soft, fills, boxes, params, cfg, size=None) -> Batch:
     """Validate a batch (see the module docstring); raise :class:`SwapError` naming what is wrong."""
     if not isinstance(cfg, SwapConfig):
         raise SwapError(f"cfg must be a SwapConfig, got {type(cfg).__name__}")
+    require_thresholds(cfg)
     imgs = _samples("images", images, None)
     n = len(imgs)
     if n < 1:

@@ -39,6 +39,7 @@ import numpy as np
 from dali_abs.cache.format import Cache
 from dali_abs.errors import DaliAbsError
 from dali_abs.loader.params import AugmentConfig, SwapConfig, SwapError
+from dali_abs.segmenter.thresholds import Thresholds
 
 READER_NAME = "Reader"
 
@@ -54,6 +55,9 @@ class CacheSamples:
     - ``fills``: uint8 HWC fill tile, decoded on ``fill_device`` (its own size).
     - ``boxes``: float32 [4] ``(y0, x0, y1, x1)`` in 0..1 image coordinates covered by the fill.
     - ``groups``: int32 group (``y * n_places + place``; -1 without places), shape ().
+    - ``thresholds``: not a data node: the cache's recorded tight and loose thresholds
+      (:attr:`~dali_abs.cache.format.Cache.thresholds`), which :func:`background_swap` uses
+      where its ``SwapConfig`` leaves them None.
     """
 
     jpegs: object
@@ -63,6 +67,7 @@ class CacheSamples:
     fills: object
     boxes: object
     groups: object
+    thresholds: Thresholds | None = None
 
 
 def _blank_jpeg() -> bytes:
@@ -121,7 +126,7 @@ def cache_reader(cache: Cache, rows: Sequence[int] | None = None, *, data_root: 
     labels, soft, fill_bytes, boxes, grp = fn.python_function(
         row_ids, function=_CacheLookup(cache, groups), batch_processing=True, num_outputs=5)
     fills = fn.decoders.image(fill_bytes, device=fill_device, output_type=types.RGB)
-    return CacheSamples(jpegs, labels, row_ids, soft, fills, boxes, grp)
+    return CacheSamples(jpegs, labels, row_ids, soft, fills, boxes, grp, thresholds=cache.thresholds)
 
 
 class _Swap:
@@ -170,6 +175,21 @@ class _Swap:
         return [out[i] for i in range(out.shape[0])]
 
 
+def swap_thresholds(cfg: SwapConfig, recorded: Thresholds | None) -> SwapConfig:
+    """``cfg`` with ``tight`` / ``loose`` left None taken from ``recorded`` (a cache's
+    :attr:`~dali_abs.cache.format.Cache.thresholds`); the values a user set are kept. The one
+    place where "None = the cache's threshold" is resolved."""
+    from dataclasses import replace
+
+    if cfg.tight is not None and cfg.loose is not None:
+        return cfg
+    if recorded is None:
+        raise SwapError("SwapConfig leaves tight/loose to the cache (None), but these samples carry no recorded "
+                        "thresholds; read them with cache_reader, or pass SwapConfig(tight=..., loose=...)")
+    return replace(cfg, tight=recorded.tight if cfg.tight is None else cfg.tight,
+                   loose=recorded.loose if cfg.loose is None else cfg.loose)
+
+
 def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, size=None,
                     augment: AugmentConfig | None = None, device: str = "cpu", seed: int = 0,
                     batches_per_epoch: int = 1):
@@ -182,7 +202,9 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     unmirrored). ``batches_per_epoch`` lets a swap-probability schedule follow epochs. ``seed``:
     under data parallelism give every shard its own
     (:func:`dali_abs.loader.iterator.augment_seed`), or all ranks draw the same swaps.
-    Returns a data node of uint8 HWC RGB, S x S, on ``device``, with layout "HWC".
+    ``cfg.tight`` / ``cfg.loose`` left None are the cache's recorded thresholds
+    (:func:`swap_thresholds`). Returns a data node of uint8 HWC RGB, S x S, on ``device``, with
+    layout "HWC".
     """
     from nvidia.dali import fn
 
@@ -192,6 +214,7 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
         sides = [size] if isinstance(size, (int, np.integer)) else list(size) if isinstance(size, (tuple, list)) else []
         if len(sides) not in (1, 2) or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in sides):
             raise DaliAbsError(f"size must be a positive int S or a pair (H, W) of them, got {size!r}")
+    cfg = swap_thresholds(cfg, samples.thresholds)
     soft, fills, boxes = samples.soft, samples.fills, samples.boxes
     labels, groups = samples.labels, samples.groups
     if device == "gpu":  # a GPU operator takes GPU inputs

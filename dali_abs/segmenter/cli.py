@@ -24,6 +24,10 @@ def _train(args: argparse.Namespace) -> int:
               f"best epoch {res['best_epoch']} of {res['epochs_run']}): validation balanced patch accuracy "
               f"{res['val_balanced_accuracy']:.3f}, patch IoU {_fmt(res['val_patch_iou'])} on {res['val_images']} images; "
               f"checkpoint {res['checkpoint']}")
+        th = res["thresholds"]
+        print(f"thresholds chosen on the validation images: tight {th['tight']} (cut-out; patch precision "
+              f"{_fmt(th.get('precision_at_tight'))}), loose {th['loose']} (fill; patch recall "
+              f"{_fmt(th.get('recall_at_loose'))})" + (f"; {th['note']}" if th.get("note") else ""))
     return 0
 
 
@@ -66,7 +70,8 @@ def _export(args: argparse.Namespace) -> int:
 
     model, info = load_checkpoint(args.checkpoint)
     export_onnx(model, args.out, info["grid"], info["input_size"], {"arch": info.get("arch", ""),
-                                                                    "seed": info.get("seed", "")},
+                                                                    "seed": info.get("seed", ""),
+                                                                    **info.get("thresholds", {})},
                 label_smoothing=float(info.get("label_smoothing", 0.0)))
     msg = {"out": str(args.out), "checkpoint": str(args.checkpoint), "grid": info["grid"],
            "input_size": info["input_size"], "epoch": info.get("epoch")}

@@ -9,6 +9,10 @@ Conventions checked here, at the boundary:
 
 A file that is not a dali-abs segmenter (other inputs/outputs, missing or inconsistent
 metadata) raises :class:`SegmenterError` naming the file and what is wrong.
+
+The tight (cut-out) and loose (fill) thresholds chosen when the model was trained
+(:mod:`dali_abs.segmenter.thresholds`) are :attr:`Segmenter.thresholds`, or without a
+session :func:`read_thresholds` (None for a model exported before thresholds were recorded).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from dali_abs.errors import DaliAbsError
 from dali_abs.files import read_rgb
 from dali_abs.models import segmenter as net
+from dali_abs.segmenter.thresholds import ThresholdError, Thresholds, from_metadata
 
 
 class SegmenterError(DaliAbsError, ValueError):
@@ -115,7 +120,8 @@ class Segmenter:
     ``Segmenter(path, device="auto", batch_size=64)``; ``device`` is ``auto`` (CUDA provider
     when usable, else CPU), ``cuda`` or ``cpu``. Attributes: :attr:`grid` (R),
     :attr:`input_size` (square side S in px), :attr:`patch` (S / R), :attr:`path`,
-    :attr:`providers`, :attr:`metadata`.
+    :attr:`providers`, :attr:`metadata`, :attr:`thresholds` (the recorded tight and loose
+    thresholds, a :class:`~dali_abs.segmenter.thresholds.Thresholds`, or None).
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", batch_size: int = 64):
@@ -129,6 +135,7 @@ class Segmenter:
         self.grid, self.input_size = check_model(self.session, self.path)
         self.patch = self.input_size // self.grid
         self.metadata = metadata(self.session)
+        self.thresholds = _thresholds(self.metadata, self.path)
         self.providers = self.session.get_providers()
         self._in = self.session.get_inputs()[0].name
         self._out = self.session.get_outputs()[0].name
@@ -165,3 +172,26 @@ class Segmenter:
             u8 = read_batch(paths[i:i + self.batch_size], self.input_size, self.patch)
             out[i:i + len(u8)] = self.predict(u8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
         return out
+
+
+def _thresholds(meta: dict, path: Path) -> Thresholds | None:
+    try:
+        return from_metadata(meta, str(path))
+    except ThresholdError as e:
+        raise SegmenterError(f"{e}. Re-export the model with `dali-abs segmenter train`.") from None
+
+
+def read_thresholds(path: str | os.PathLike) -> Thresholds | None:
+    """The tight and loose thresholds recorded in a segmenter ONNX file (None when it has none).
+
+    Reads only the metadata (the file is checked as a dali-abs segmenter)::
+
+        th = read_thresholds("seg.onnx")
+        th.tight, th.loose, th.stats["precision_at_tight"]
+    """
+    from dali_abs.runtime import create_session, metadata
+
+    path = Path(path)
+    session = create_session(path, "cpu")
+    check_model(session, path)
+    return _thresholds(metadata(session), path)

@@ -13,6 +13,9 @@
   accuracy (mean of foreground and background recall), ties broken by the lower
   validation loss; the best weights are checkpointed beside the output
   (``<out>.ckpt.pt``) and exported to ONNX at the end.
+- The tight (cut-out) and loose (fill) thresholds are chosen on the validation split by
+  :func:`dali_abs.segmenter.thresholds.choose_thresholds` and recorded in the checkpoint and
+  the ONNX metadata (``dali_abs.tight_threshold``, ``dali_abs.loose_threshold``).
 - Deterministic on the CPU for a seed (same machine, same thread count).
 """
 
@@ -35,6 +38,7 @@ from dali_abs.files import atomic_write_bytes
 from dali_abs.models import segmenter as net
 from dali_abs.segmenter.evaluate import confusion, scores
 from dali_abs.segmenter.inference import SegmenterError, read_batch
+from dali_abs.segmenter.thresholds import choose_thresholds, to_metadata
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,8 @@ def train_segmenter(dataset: Dataset, labels: Mapping[str, np.ndarray] | str | o
     write the best model to ``out_onnx`` (and its weights to ``<out_onnx>.ckpt.pt``).
 
     Returns the run's metrics: validation patch accuracy, balanced accuracy and IoU of the
-    best epoch, epochs run, image counts, seconds.
+    best epoch, epochs run, image counts, the chosen ``thresholds`` (tight, loose and their
+    validation precision / recall), seconds.
     """
 
     from dali_abs.labels import read_labels
@@ -294,13 +299,25 @@ def _train(dataset, labels, out_onnx, ids, r, size, patch, t0, *, epochs, seed, 
             break
     bar.close()
     model.load_state_dict(best_state)
+    th = _choose_thresholds(model, xva_f, yva, label_smoothing, len(val_ids))
+    _save_checkpoint(ckpt, model, {**info, "epoch": best_epoch, **best_val, "thresholds": to_metadata(th)})
     net.export_onnx(model, out_onnx, r, size, {"arch": arch, "train_images": len(train_ids),
                                                "val_images": len(val_ids), "seed": seed,
-                                               "best_epoch": best_epoch}, label_smoothing=label_smoothing)
+                                               "best_epoch": best_epoch, **to_metadata(th)},
+                    label_smoothing=label_smoothing)
     return {"out": str(out_onnx), "checkpoint": str(ckpt), "grid": r, "input_size": size, "arch": arch,
             "train_images": len(train_ids), "val_images": len(val_ids), "epochs_run": len(history),
             "best_epoch": best_epoch, **best_val, "final_train_loss": history[-1]["train_loss"],
+            "thresholds": {"tight": th.tight, "loose": th.loose, **th.stats},
             "seconds": round(time.perf_counter() - t0, 2), "augment": asdict(augment)}
+
+
+def _choose_thresholds(model, xva, yva, label_smoothing: float, n_val: int):
+    """Tight and loose thresholds from the best model's foreground probability on the validation split."""
+    model.eval()
+    with torch.no_grad():
+        prob = torch.cat([net.probability(model(xva[i:i + 64]), label_smoothing) for i in range(0, len(xva), 64)])
+    return choose_thresholds(prob.numpy(), yva.numpy() >= 0.5, source=f"{n_val} validation images")
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[torch.nn.Module, dict]:
