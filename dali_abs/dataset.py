@@ -246,7 +246,10 @@ def _subdirs(path: Path) -> list[Path]:
 
 
 def check_images(dataset: Dataset, min_size: int = 1, progress: bool = True) -> dict:
-    """Decode every image; return a report of the unreadable and too-small ones.
+    """Decode every image; return a report of the unreadable, damaged and too-small ones.
+
+    A JPEG is damaged when its strict decode reports corrupt data (:func:`dali_abs.jpeg.jpeg_defect`,
+    the rule by which ``precompute`` skips it too).
 
     The report is a dict with ``checked``, ``ok``, ``problems`` (a list of
     ``{"id", "path", "reason"}``), ``ignored`` (non-image files) and ``modes`` (counts of
@@ -255,11 +258,17 @@ def check_images(dataset: Dataset, min_size: int = 1, progress: bool = True) -> 
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
+    from dali_abs.jpeg import jpeg_defect
+
     problems: list[dict] = []
     modes: Counter = Counter()
     for s in tqdm(dataset.samples, desc="checking images", unit="img", disable=not progress):
         try:
             with Image.open(s.path) as im:
+                defect = jpeg_defect(s.path) if im.format == "JPEG" else None  # the rule precompute skips by
+                if defect:
+                    problems.append({"id": s.id, "path": s.relpath, "reason": defect})
+                    continue
                 im.load()
                 modes[im.mode] += 1
                 w, h = im.size

@@ -313,6 +313,12 @@ def prepass(s: Sample, patch: int, max_pixels: int) -> tuple[str, dict]:
         return "skip", {**info, "reason": f"too small: {w}x{h} px, smaller than one patch ({patch} px)"}
     if w * h > max_pixels:
         return "skip", {**info, "reason": f"too large: {w}x{h} = {w * h} px > max_pixels {max_pixels}"}
+    if fmt == "JPEG":  # libjpeg decodes damaged data with a warning naming no file: skip it (as data check does)
+        from dali_abs.jpeg import jpeg_defect
+
+        defect = jpeg_defect(s.path)
+        if defect:
+            return "skip", {**info, "reason": defect}
     ok_modes = DALI_FORMATS.get(fmt, ())
     if mode in ok_modes and (fmt != "JPEG" or _jpeg_complete(s.path)):
         return "dali", info
