@@ -344,8 +344,8 @@ def test_verify_detects_changed_added_removed_images_and_damage(tmp_path, tiny_d
     (out / CHUNKS / "c00002.masks.npy").unlink()
     v = verify(out)
     assert not v["ok"]
-    assert any("c00001.fills.bin hash" in p for p in v["problems"]) and any("c00002.masks.npy missing" in p
-                                                                      for p in v["problems"])
+    assert any("c00001.fills.bin: SHA-256 differs" in p for p in v["problems"])
+    assert any("c00002.masks.npy: missing" in p for p in v["problems"])
 
 
 # --- ground-truth masks instead of a segmenter --------------------------------------------------

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.cache.format import (CHUNKS, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, CacheError, chunk_name,
-                                   decode_image, read_chunk_record, read_json, sha256_file)
+                                   chunk_problems, decode_image, manifest_problems, masks_problem,
+                                   read_chunk_record, read_json)
 
 
 def _load_manifest(root: Path) -> dict:
@@ -23,8 +24,10 @@ def _load_manifest(root: Path) -> dict:
 def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
     """Check a cache; returns ``{"ok", "problems", "counts", "stale"}`` (problems: list of strings).
 
-    Checks: format version; every chunk's record, fills and mask files present with the SHA-256
-    the manifest and record name; mask arrays uint8 [n, R, R]; the fills tile their file
+    Checks: format version; the manifest's settings equal the plan's; every chunk's record, fills
+    and mask files present with the sizes and SHA-256 the manifest and record name
+    (:func:`~dali_abs.cache.format.chunk_problems`, as at :func:`~dali_abs.cache.format.open_cache`);
+    mask arrays uint8 [n, R, R]; the fills tile their file
     exactly, and each is a JPEG that decodes (``decode``) to its box's size; each
     dataset image exactly once (cached or skipped). With ``dataset``: images changed (path,
     label, split, size or mtime), added, or removed since the precompute.
@@ -36,6 +39,7 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
         problems.append(f"format {m.get('format')!r} v{m.get('format_version')!r}, "
                         f"expected {FORMAT!r} v{FORMAT_VERSION}")
         return {"cache": str(root), "ok": False, "problems": problems}
+    problems += manifest_problems(root, m)
     R = int(m["grid"])
     patch = int(m["work_size"]) // R
     by_chunk = {c["chunk"]: c for c in m.get("chunk_files", [])}
@@ -52,18 +56,8 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
         if rec is None:
             problems.append(f"chunk {k}: record {CHUNKS}/{name}.json missing")
             continue
-        want = by_chunk.get(k, {})
-        if want.get("record_sha256") != sha256_file(root / CHUNKS / f"{name}.json"):
-            problems.append(f"chunk {k}: record hash differs from the manifest's")
-        ok_files = True
-        for key in ("fills", "masks"):
-            p = root / CHUNKS / rec[key]
-            if not p.is_file():
-                problems.append(f"chunk {k}: {rec[key]} missing")
-                ok_files = False
-            elif sha256_file(p) != rec[f"{key}_sha256"] or rec[f"{key}_sha256"] != want.get(f"{key}_sha256"):
-                problems.append(f"chunk {k}: {rec[key]} hash differs from its record / the manifest")
-                ok_files = False
+        file_problems = chunk_problems(root, k, rec, by_chunk.get(k, {}))
+        problems += file_problems
         for e in rec["entries"] + rec["skipped"]:
             if e["index"] in seen:
                 problems.append(f"image {e['id']!r} is in chunks {seen[e['index']]} and {k}")
@@ -71,16 +65,16 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
             records[e["id"]] = e
         cached += len(rec["entries"])
         skipped += len(rec["skipped"])
-        if not ok_files:
+        if file_problems:
             continue
         try:
             masks = np.load(root / CHUNKS / rec["masks"])
         except Exception as e:
             problems.append(f"chunk {k}: {rec['masks']} unreadable ({e})")
             continue
-        if masks.dtype != np.uint8 or masks.shape != (len(rec["entries"]), R, R):
-            problems.append(f"chunk {k}: masks are {masks.dtype} {list(masks.shape)}, expected uint8 "
-                            f"[{len(rec['entries'])}, {R}, {R}]")
+        bad = masks_problem(root / CHUNKS / rec["masks"], masks, len(rec["entries"]), R)
+        if bad:
+            problems.append(bad)
         data = (root / CHUNKS / rec["fills"]).read_bytes()
         end = 0
         for e in rec["entries"]:

@@ -57,6 +57,9 @@ class LoaderConfig:
     compose_size: int | None = None
     prefetch_queue_depth: int = 2
     output_map: tuple[str, str] = ("images", "labels")
+    # At open, compare every cache file with the SHA-256 its manifest holds (reads the cache once;
+    # README: Bad input). False: sizes, grid and plan only, for a cache you just verified.
+    check_cache: bool = True
 
 
 def _dist_defaults(cfg: LoaderConfig) -> tuple[int, int]:
@@ -188,7 +191,8 @@ def create_loader(cache: str | os.PathLike | Cache, data: str | os.PathLike | Da
     ``data``: the dataset folder (default: the one the cache was built from).
     ``config`` / ``overrides``: any :class:`LoaderConfig` field, e.g.
     ``create_loader("cache", batch_size=128, size=224, device="cpu", swap=SwapConfig(p=0.5))``.
-    Bad settings and stale caches raise :class:`~dali_abs.errors.DaliAbsError` before the first batch.
+    Bad settings, stale caches and damaged ones (files missing, truncated or changed since the
+    precompute, an edited manifest) raise :class:`~dali_abs.errors.DaliAbsError` before the first batch.
     """
     from dataclasses import replace
 
@@ -203,7 +207,8 @@ def create_loader(cache: str | os.PathLike | Cache, data: str | os.PathLike | Da
         raise DaliAbsError(f"create_loader got unknown option(s) {', '.join(unknown)}; LoaderConfig has "
                            f"{', '.join(sorted(known))}")
     cfg = replace(config or LoaderConfig(), **overrides)
-    cache = cache if isinstance(cache, Cache) else open_cache(cache)
+    if not isinstance(cache, Cache) or (cfg.check_cache and not cache.hashes_checked):
+        cache = open_cache(cache if not isinstance(cache, Cache) else cache.root, hashes=cfg.check_cache)
     if isinstance(data, Dataset):
         ds = data
     else:
