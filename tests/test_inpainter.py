@@ -146,3 +146,18 @@ def test_cli_export_and_eval(tiny_dataset, tmp_path, capsys):
     assert res["images"] == 8 and res["fill"] == "pushpull" and res["mae"] > 0
     assert main(["inpainter", "eval", str(tiny_dataset), "--model", str(tmp_path / "nope.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_an_inpainter_that_outputs_nan_is_refused_at_open_or_at_the_batch(graph_models):
+    from dali_abs.probe import ModelOutputError
+
+    with pytest.raises(InpainterError, match=r"inp_nan.onnx: on a probe batch .* NaN"):
+        Inpainter(graph_models["inp_nan"])
+    inp = Inpainter(graph_models["inp_nan_when_bright"], batch_size=2)
+    x, m = (t.numpy() for t in _batch(3, 24, 24))
+    x = x * np.float32(0.9)
+    assert np.isfinite(inp.fill(x, m)).all()
+    x[1, :, 3, 3] = 1.0
+    with pytest.raises(ModelOutputError, match=r"inpainter .*inp_nan_when_bright.onnx output NaN") as e:
+        inp.fill(x, m)
+    assert e.value.bad == [1]
