@@ -101,6 +101,29 @@ def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards
                                f"metadata.csv); {ds.root} has none")
 
 
+def _check_last_batch(n: int, shards: int, batch: int, policy: str) -> None:
+    """Uneven shards whose smaller ones are whole batches: DALI (``pad_last_batch``) pads every shard to
+    the larger ones' batch count, one batch more than the smaller shards fill. Under DROP its iterator
+    then serves that padding batch at the start of the next epoch (duplicates; DALI 2.4): refused.
+    Under PARTIAL it is an empty batch on those ranks: warned (a mean loss over it is NaN)."""
+    if shards < 2 or n % shards == 0 or (n // shards) % batch:
+        return
+    small = n // shards
+    what = (f"{n} images over {shards} shards and batch_size {batch}: the shards of {small} images are "
+            f"{small // batch} whole batches and DALI pads every shard to {small // batch + 1}")
+    if policy == "DROP":
+        raise DaliAbsError(f"last_batch_policy DROP with {what}, and its iterator would serve the padding batch at "
+                           f"the start of the next epoch (images twice, DALI 2.4). Use a batch_size that does not "
+                           f"divide {small}, or last_batch_policy PARTIAL or FILL")
+    if policy == "PARTIAL":
+        import warnings
+
+        warnings.warn(f"last_batch_policy PARTIAL with {what}: a rank reading such a shard gets an empty last batch "
+                      "each epoch. A mean loss over it is NaN (and DDP spreads it to every rank): divide a summed "
+                      f"loss by the batch size instead, or use a batch_size that does not divide {small}",
+                      stacklevel=4)
+
+
 def _compose_side(cfg: LoaderConfig) -> int | None:
     c = cfg.compose_size
     if c is None:
@@ -136,6 +159,8 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
     if not rows:
         raise DaliAbsError(f"{cache.root}: no cached images in split {cfg.split!r}")
     _check(cache, ds, cfg, rows, shards)
+    policy = getattr(cfg.last_batch_policy, "name", cfg.last_batch_policy)
+    _check_last_batch(len(rows), shards, cfg.batch_size, str(policy).upper())
     if cfg.shuffle or cfg.swap is not None:
         # shuffle_after_epoch leaves the first epoch in file order (class-sorted in an ImageFolder),
         # and in-batch pairing needs mixed batches: start from a seeded permutation.
