@@ -9,6 +9,7 @@ interrupted demo resumes where it stopped (``--fresh`` starts over).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -27,6 +28,10 @@ LABELLED = 200
 CLASSIFIER_SIZE = 64  # classifier input side (the loader's output)
 EPOCHS = 30
 BATCH = 64
+# torch's CPU kernels sum in an order that depends on the thread count (same data, 1 vs 2 threads:
+# losses differ in the last bits after one epoch, accuracies by points after 30): pinned, so the
+# demo's numbers repeat on any core count and whatever OMP_NUM_THREADS says.
+TORCH_THREADS = 2
 
 
 def _step(name: str, output: Path, fn) -> None:
@@ -38,8 +43,25 @@ def _step(name: str, output: Path, fn) -> None:
     print(f"[demo] {name}: {time.perf_counter() - t0:.1f} s -> {output}")
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int = TORCH_THREADS):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _train_classifier(cache: Path, ds, swap, out: Path, seed: int = 0) -> None:
     """Train SmallCNN through the DALI loader (CPU) and score it; write scores as JSON."""
+    with _torch_threads():
+        _train_classifier_pinned(cache, ds, swap, out, seed)
+
+
+def _train_classifier_pinned(cache: Path, ds, swap, out: Path, seed: int) -> None:
     import torch
 
     from dali_abs.loader.iterator import create_loader
@@ -135,7 +157,8 @@ def run_demo(out: Path, fresh: bool = False, hand_picked: bool = False) -> int:
     def train_seg() -> None:
         from dali_abs.segmenter.train import train_segmenter
 
-        train_segmenter(ds, labels, seg_path, input_size=INPUT, epochs=40, patience=15, seed=0)
+        train_segmenter(ds, labels, seg_path, input_size=INPUT, epochs=40, patience=15, seed=0,
+                        threads=TORCH_THREADS)
 
     _step("train and export the segmenter", seg_path, train_seg)
 
@@ -181,7 +204,7 @@ def run_demo(out: Path, fresh: bool = False, hand_picked: bool = False) -> int:
         print(f"{n:<22}{r['worst_group_acc']:>13.3f}{r['avg_acc']:>10.3f}{r['loader_img_per_s']:>14.0f}")
     print(f"(swap thresholds {used})")
     print(f"(test split of the built-in benchmark, rho = 1.0: no training image breaks the correlation; "
-          f"classifier {CLASSIFIER_SIZE} px, {EPOCHS} epochs, DALI loader on the CPU)")
+          f"classifier {CLASSIFIER_SIZE} px, {EPOCHS} epochs, DALI loader on the CPU, torch on {TORCH_THREADS} threads)")
     print()
     print(f"dataset   {data}")
     print(f"labels    {labels_path}  ({len(labels)} images, {GRID} x {GRID})")

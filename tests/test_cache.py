@@ -383,8 +383,8 @@ def test_verify_detects_changed_added_removed_images_and_damage(tmp_path, tiny_d
     (out / CHUNKS / "c00002.masks.npy").unlink()
     v = verify(out)
     assert not v["ok"]
-    assert any("c00001.fills.bin hash" in p for p in v["problems"]) and any("c00002.masks.npy missing" in p
-                                                                      for p in v["problems"])
+    assert any("c00001.fills.bin: SHA-256 differs" in p for p in v["problems"])
+    assert any("c00002.masks.npy: missing" in p for p in v["problems"])
 
 
 # --- ground-truth masks instead of a segmenter --------------------------------------------------
@@ -546,3 +546,60 @@ def test_allow_outside_travels_from_precompute_to_the_loader(tmp_path, tiny_mode
     assert main(args + ["--allow-outside"]) == 0
     batch = next(iter(create_loader(tmp_path / "c", batch_size=4, size=32, device="cpu")))[0]
     assert sorted(batch["labels"].view(-1).tolist()) == [0, 0, 1, 1]
+
+
+# --- model outputs: checked at open and for every chunk -----------------------------------------
+
+def _dark_folder(root: Path, bright: str | None = None) -> Path:
+    """8 dark 64 px JPEGs (values <= 200, two classes); ``bright``: the one file given a white square."""
+    rng = np.random.default_rng(5)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            arr = rng.integers(20, 200, (64, 64, 3), dtype=np.uint8)
+            if f"{c}/{i}.jpg" == bright:
+                arr[16:48, 16:48] = 255
+            (root / c / f"{i}.jpg").write_bytes(_jpeg(arr))
+    return root
+
+
+@pytest.mark.parametrize("broken", ["seg_logits", "inp_nan"])
+def test_precompute_refuses_a_model_that_fails_its_probe_before_writing(tmp_path, tiny_models, graph_models,
+                                                                        capsys, broken):
+    seg, fill = tiny_models
+    seg, fill = (graph_models[broken], fill) if broken.startswith("seg") else (seg, graph_models[broken])
+    out = tmp_path / "c"
+    assert main(["precompute", str(_dark_folder(tmp_path / "d")), "--segmenter", str(seg), "--inpainter", str(fill),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken}.onnx: on a probe batch" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("broken", ["seg_nan_when_bright", "inp_nan_when_bright"])
+def test_precompute_fails_on_the_chunk_whose_model_output_is_nan_naming_it(tmp_path, tiny_models, graph_models,
+                                                                          capsys, broken):
+    seg, fill = tiny_models
+    seg, fill = (graph_models[broken], fill) if broken.startswith("seg") else (seg, graph_models[broken])
+    out = tmp_path / "c"
+    data = _dark_folder(tmp_path / "d", bright="b/2.jpg")
+    assert main(["precompute", str(data), "--segmenter", str(seg), "--inpainter", str(fill), "--out", str(out),
+                 "--chunk-size", "4", "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "chunk 1 (c00001)" in err and f"{broken}.onnx output NaN" in err and "b/2.jpg" in err
+    assert (out / CHUNKS / "c00000.json").is_file()  # the chunk before is kept
+    assert not (out / CHUNKS / "c00001.json").exists() and not (out / CHUNKS / "c00001.fills.bin").exists()
+    assert not (out / MANIFEST).exists()
+
+
+def test_verify_notices_a_cache_of_black_fills(tmp_path, tiny_models, graph_models, capsys):
+    """What an inpainter that output NaN left before the checks: black fills (NaN cast to uint8)."""
+    seg, fill = tiny_models
+    data = _dark_folder(tmp_path / "d")
+    good, black = tmp_path / "good", tmp_path / "black"
+    for out, inp in ((good, fill), (black, graph_models["inp_black"])):
+        precompute(load_dataset(data), seg, inp, out, PrecomputeConfig(chunk_size=4), progress=False)
+    assert verify(good)["ok"] and verify(good)["counts"]["black_fills"] == 0
+    v = verify(black)
+    assert not v["ok"] and v["counts"]["black_fills"] == v["counts"]["fills_checked"] > 0
+    assert any("fills are black" in p and "NaN" in p for p in v["problems"])

@@ -294,3 +294,62 @@ def test_swap_thresholds_default_to_the_caches_and_the_users_win(tiny_cache):
                                    **kw))[0]
     other = _epoch(create_loader(tiny_cache, swap=SwapConfig(translate=0.0, tight=0.99, loose=rec.loose), **kw))[0]
     assert torch.equal(default, spelled) and not torch.equal(default, other)
+
+
+def _flip(path, at: int = 1000, n: int = 64):
+    raw = bytearray(path.read_bytes())
+    raw[at:at + n] = bytes(b ^ 0xFF for b in raw[at:at + n])
+    path.write_bytes(bytes(raw))
+
+
+def _edit_manifest(root, **changes):
+    import json
+
+    m = json.loads((root / "manifest.json").read_text())
+    m.update(changes)
+    (root / "manifest.json").write_text(json.dumps(m))
+
+
+_DAMAGE = {
+    "fills-flipped": ("c00001.fills.bin", lambda d: _flip(d / "chunks" / "c00001.fills.bin")),
+    "fills-truncated": ("c00002.fills.bin", lambda d: (d / "chunks" / "c00002.fills.bin").write_bytes(
+        (d / "chunks" / "c00002.fills.bin").read_bytes()[:-100])),
+    "fills-deleted": ("c00000.fills.bin", lambda d: (d / "chunks" / "c00000.fills.bin").unlink()),
+    "masks-flipped": ("c00003.masks.npy", lambda d: _flip(d / "chunks" / "c00003.masks.npy", at=200, n=8)),
+    "masks-truncated": ("c00001.masks.npy", lambda d: (d / "chunks" / "c00001.masks.npy").write_bytes(
+        (d / "chunks" / "c00001.masks.npy").read_bytes()[:-64])),
+    "record-edited": ("c00002.json", lambda d: (d / "chunks" / "c00002.json").write_text(
+        (d / "chunks" / "c00002.json").read_text().replace('"label":1', '"label":0', 3))),
+    "manifest-grid": ("manifest.json", lambda d: _edit_manifest(d, grid=16)),
+    "manifest-fill-threshold": ("manifest.json", lambda d: _edit_manifest(
+        d, thresholds={**json_of(d / "manifest.json")["thresholds"], "fill": 0.3})),
+}
+
+
+def json_of(path):
+    import json
+
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("damage", list(_DAMAGE))
+def test_a_damaged_cache_is_refused_before_the_first_batch_naming_the_file(tiny_cache, tmp_path, damage):
+    from dali_abs.cache.verify import verify
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_cache, cache)
+    name, do = _DAMAGE[damage]
+    do(cache)
+    with pytest.raises(DaliAbsError, match=rf"{cache}/(chunks/)?{name}: "):
+        create_loader(cache, batch_size=16, size=32, device="cpu")
+    assert not verify(cache, decode=False)["ok"]  # the same finding as `cache verify`
+    if damage in ("fills-flipped", "masks-flipped", "record-edited"):
+        # same sizes: only the hashes see it, and check_cache=False skips them (the documented trade)
+        loader = create_loader(cache, batch_size=16, size=32, device="cpu", check_cache=False)
+        assert len(loader) == 10
+        with pytest.raises(DaliAbsError, match=name):
+            create_loader(open_cache(cache, hashes=False), batch_size=16, size=32, device="cpu")
+
+
+def test_an_intact_cache_opens_with_its_hashes_checked(tiny_cache):
+    assert open_cache(tiny_cache).hashes_checked and not open_cache(tiny_cache, hashes=False).hashes_checked

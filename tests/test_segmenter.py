@@ -380,3 +380,20 @@ def test_images_smaller_than_one_patch(trained, tmp_path):
     write_labels(tmp_path / "l.csv", labels)
     with pytest.raises(SegmenterError, match=r"3\.png: image is 5x5 px, smaller than one patch"):
         train_segmenter(ds, tmp_path / "l.csv", tmp_path / "s.onnx", **FAST)
+
+
+def test_a_segmenter_whose_outputs_are_not_probabilities_is_refused_not_clipped(graph_models):
+    from dali_abs.probe import ModelOutputError
+
+    # logits (-50..50) instead of probabilities: the probe batch at open refuses the model
+    with pytest.raises(SegmenterError, match=r"seg_logits.onnx: on a probe batch .* outside 0\.\.1.*sigmoid"):
+        Segmenter(graph_models["seg_logits"])
+    ok = Segmenter(graph_models["seg_ok"])
+    x = np.full((3, 3, 64, 64), 0.4, np.float32)
+    assert np.allclose(ok.predict(x), 0.4)
+    # a model that answers the probe but returns NaN for some images: refused there, naming the samples
+    nan = Segmenter(graph_models["seg_nan_when_bright"], batch_size=2)
+    x[2, :, 5, 5] = 1.0
+    with pytest.raises(ModelOutputError, match=r"segmenter .*seg_nan_when_bright.onnx output NaN") as e:
+        nan.predict(x)
+    assert e.value.bad == [2]

@@ -228,6 +228,62 @@ def check_manifest(manifest, path: Path) -> dict:
     return manifest
 
 
+def manifest_problems(root: Path, manifest: dict) -> list[str]:
+    """Settings of ``manifest.json`` that differ from the run's ``plan.json`` (an edited or damaged manifest).
+
+    ``merge`` writes the manifest as the plan plus counts, so every plan key must hold the same value.
+    """
+    plan_path = root / PLAN
+    if not plan_path.is_file():
+        return [f"{plan_path}: missing (every cache has one; copy the whole cache folder)"]
+    plan = read_json(plan_path, "cache plan")
+    diff = [k for k in plan if manifest.get(k) != plan[k]]
+    if not diff:
+        return []
+    shown = ", ".join(f"{k} {manifest.get(k)!r} (plan: {plan[k]!r})" if not isinstance(plan[k], dict) else k
+                      for k in diff[:4])
+    return [f"{root / MANIFEST}: differs from {PLAN} in {shown}; the manifest was edited or damaged: "
+            f"run `dali-abs cache merge {root}` to rewrite it"]
+
+
+def chunk_problems(root: Path, k: int, rec: dict, listed: dict, hashes: bool = True) -> list[str]:
+    """What is wrong with the files of finished chunk ``k`` (its record ``rec``), each naming the file.
+
+    Against the record: the fills and masks files exist with the byte sizes it names and (``hashes``)
+    the SHA-256 it names; against the manifest's entry ``listed`` (from ``chunk_files``): the record
+    and both files have the SHA-256 the manifest holds. Without ``hashes`` only presence and sizes
+    are checked (no file is read). One truth for ``cache verify`` and for :func:`open_cache`.
+    """
+    d = root / CHUNKS
+    fix = (f"delete {d / (chunk_name(k) + '.json')} and rerun the same `dali-abs precompute` command (it redoes "
+           f"that chunk), or rebuild the cache")
+    problems = []
+    if hashes and listed.get("record_sha256") != sha256_file(d / f"{chunk_name(k)}.json"):
+        problems.append(f"{d / (chunk_name(k) + '.json')}: SHA-256 differs from the one {MANIFEST} holds "
+                        f"(the record was edited or damaged); {fix}")
+    for key in ("fills", "masks"):
+        p = d / str(rec[key])
+        if not p.is_file():
+            problems.append(f"{p}: missing; {fix}")
+            continue
+        size = p.stat().st_size
+        if size != rec[f"{key}_bytes"]:
+            problems.append(f"{p}: {size} bytes, its record says {rec[f'{key}_bytes']} (truncated or "
+                            f"overwritten); {fix}")
+        elif hashes and not (sha256_file(p) == rec[f"{key}_sha256"] == listed.get(f"{key}_sha256")):
+            problems.append(f"{p}: SHA-256 differs from the one its record and {MANIFEST} hold (bytes changed "
+                            f"on disk); {fix}")
+    return problems
+
+
+def masks_problem(path: Path, masks: np.ndarray, n: int, grid: int) -> str | None:
+    """The masks array of a chunk is uint8 [n, R, R] for its n entries and the manifest's grid R."""
+    if masks.dtype != np.uint8 or masks.shape != (n, grid, grid):
+        return (f"{path}: masks are {masks.dtype} {list(masks.shape)}, expected uint8 [{n}, {grid}, {grid}] "
+                f"({n} entries in the record, grid {grid} in {MANIFEST})")
+    return None
+
+
 @dataclass
 class Cache:
     """A finished cache, read for training.
@@ -252,6 +308,7 @@ class Cache:
     boxes: np.ndarray
     fill_spans: np.ndarray
     sizes: np.ndarray
+    hashes_checked: bool = False  # open_cache compared every file with the SHA-256 the manifest holds
 
     @property
     def grid(self) -> int:
@@ -360,8 +417,15 @@ class Cache:
         return out
 
 
-def open_cache(path: str | os.PathLike) -> Cache:
-    """Open a finished cache (one with ``manifest.json``; run ``dali-abs cache merge`` after sharded runs)."""
+def open_cache(path: str | os.PathLike, hashes: bool = True) -> Cache:
+    """Open a finished cache (one with ``manifest.json``; run ``dali-abs cache merge`` after sharded runs).
+
+    Refuses (:class:`CacheError` naming the file) a cache whose files are missing or of other sizes than
+    their records say, whose masks do not fit the manifest's grid, whose manifest differs from its
+    plan, and (``hashes``, default) whose record, fills or masks files differ from the SHA-256 the
+    manifest holds: the checks of ``dali-abs cache verify`` that need no image decode (a cost of
+    reading the cache once; ``hashes=False`` skips the reading, e.g. for a cache just verified).
+    """
     root = Path(path)
     if not root.is_dir():
         raise CacheError(f"{root}: cache folder not found")
@@ -376,15 +440,31 @@ def open_cache(path: str | os.PathLike) -> Cache:
         raise CacheError(f"{mpath}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
                          f"this version reads {FORMAT!r} version {FORMAT_VERSION}. Rebuild the cache.")
     check_manifest(manifest, mpath)
-    ids, idx, rel, lab, masks, boxes, spans, sizes = [], [], [], [], [], [], [], []
-    for k in range(int(manifest["chunks"])):
+    R, n_chunks = int(manifest["grid"]), int(manifest["chunks"])
+    problems = manifest_problems(root, manifest)
+    listed = {c.get("chunk"): c for c in manifest.get("chunk_files", [])}
+    records = []
+    for k in range(n_chunks):
         rec = read_chunk_record(root, k)
         if rec is None:
             raise CacheError(f"{root}: chunk {k} is missing although the manifest lists it; run "
                              "`dali-abs cache verify` and rerun the precompute")
-        m = np.load(root / CHUNKS / rec["masks"])
-        if len(m) != len(rec["entries"]):
-            raise CacheError(f"{root / CHUNKS / rec['masks']}: {len(m)} masks for {len(rec['entries'])} entries")
+        problems += chunk_problems(root, k, rec, listed.get(k, {}), hashes=hashes)
+        records.append(rec)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems: `dali-abs cache verify {root}` lists them)" \
+            if len(problems) > 1 else ""
+        raise CacheError(problems[0] + more)
+    ids, idx, rel, lab, masks, boxes, spans, sizes = [], [], [], [], [], [], [], []
+    for k, rec in enumerate(records):
+        mp = root / CHUNKS / rec["masks"]
+        try:
+            m = np.load(mp)
+        except (OSError, ValueError) as e:
+            raise CacheError(f"{mp}: unreadable ({e}); run `dali-abs cache verify {root}`") from None
+        bad = masks_problem(mp, m, len(rec["entries"]), R)
+        if bad:
+            raise CacheError(bad)
         masks.append(m)
         for e in rec["entries"]:
             ids.append(e["id"])
@@ -394,8 +474,7 @@ def open_cache(path: str | os.PathLike) -> Cache:
             boxes.append(e["box"])
             spans.append((k, *(e["fill"] or (0, 0))))
             sizes.append(tuple(e["size"])[::-1])  # stored as (w, h)
-    R = int(manifest["grid"])
     return Cache(root, manifest, ids, np.asarray(idx, np.int64), rel, np.asarray(lab, np.int64),
                  np.concatenate(masks) if masks else np.zeros((0, R, R), np.uint8),
                  np.asarray(boxes, np.int32).reshape(-1, 4), np.asarray(spans, np.int64).reshape(-1, 3),
-                 np.asarray(sizes, np.int32).reshape(-1, 2))
+                 np.asarray(sizes, np.int32).reshape(-1, 2), hashes_checked=hashes)

@@ -20,6 +20,7 @@ back silently, and the summary's ``devices`` says where the work ran.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -327,6 +328,12 @@ def prepass(s: Sample, patch: int, max_pixels: int) -> tuple[str, dict]:
     info.update({"size": [w, h], "format": fmt, "mode": mode})
     if min(w, h) < patch:
         return "skip", {**info, "reason": f"too small: {w}x{h} px, smaller than one patch ({patch} px)"}
+    if fmt == "JPEG":  # libjpeg decodes damaged data with a warning naming no file: skip it (as data check does)
+        from dali_abs.jpeg import jpeg_defect
+
+        defect = jpeg_defect(s.path)
+        if defect:
+            return "skip", {**info, "reason": defect}
     ok_modes = DALI_FORMATS.get(fmt, ())
     if mode in ok_modes and (fmt != "JPEG" or _jpeg_complete(s.path)):
         return "dali", info
@@ -565,12 +572,14 @@ class Worker:
             masks = quantize(prob)
             t = self.timer.add("masks", t)
         else:
-            prob = self.seg.predict(x) if len(x) else np.zeros((0, 1, R, R), np.float32)
+            with _naming_chunk(k, entries):
+                prob = self.seg.predict(x) if len(x) else np.zeros((0, 1, R, R), np.float32)
             masks = quantize(prob[:, 0])
             t = self.timer.add("segmenter", t)
         loose = threshold_mask(masks, self.cfg.fill_threshold)
         hole = np.repeat(np.repeat(loose, patch, 1), patch, 2)[:, None].astype(np.float32)
-        filled = self.inp.fill(x, hole) if len(x) else x
+        with _naming_chunk(k, entries):
+            filled = self.inp.fill(x, hole) if len(x) else x
         filled_u8 = np.clip(np.rint(filled * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
         t = self.timer.add("inpainter", t)
         fills = []
@@ -620,6 +629,20 @@ def decode_on_gpu(device: str) -> tuple[bool, int | None]:
         _warn_cpu_decode(problem)
         return False, None
     return True, device_id
+
+
+@contextlib.contextmanager
+def _naming_chunk(k: int, entries: list[dict]):
+    """A model output error, re-raised naming the chunk and its images; nothing of the chunk is written."""
+    from dali_abs.probe import ModelOutputError
+
+    try:
+        yield
+    except ModelOutputError as e:
+        ids = [entries[i]["path"] for i in e.bad[:5] if i < len(entries)]
+        raise CacheError(f"chunk {k} ({chunk_name(k)}): {e}, e.g. for {', '.join(ids)}. Nothing of this chunk "
+                         "was written (finished chunks stay). Fix or replace the model, then rerun into a new "
+                         "--out folder.") from None
 
 
 def _load_models(segmenter, inpainter, device: str, batch_size: int, masks=None):

@@ -5,7 +5,8 @@ Conventions checked here, at the boundary:
 - ``predict`` takes float32 NCHW ``[B, 3, S, S]``, RGB, values in 0..1, S = :attr:`Segmenter.input_size`
   (no normalisation by the caller: the graph normalises).
 - It returns float32 ``[B, 1, R, R]``: the **foreground probability** per patch
-  (1 = foreground), R = :attr:`Segmenter.grid`.
+  (1 = foreground), R = :attr:`Segmenter.grid`. Outputs are checked: NaN, Inf or values
+  outside 0..1 raise :class:`~dali_abs.probe.ModelOutputError` (a probe batch at open, every batch after).
 
 A file that is not a dali-abs segmenter (other inputs/outputs, missing or inconsistent
 metadata) raises :class:`SegmenterError` naming the file and what is wrong.
@@ -25,6 +26,7 @@ import numpy as np
 
 from dali_abs.errors import DaliAbsError
 from dali_abs.files import read_rgb
+from dali_abs.probe import ModelOutputError, output_problem, probe_images
 from dali_abs.models import segmenter as net
 from dali_abs.segmenter.thresholds import ThresholdError, Thresholds, from_metadata
 
@@ -139,6 +141,22 @@ class Segmenter:
         self.providers = self.session.get_providers()
         self._in = self.session.get_inputs()[0].name
         self._out = self.session.get_outputs()[0].name
+        self.probe()
+
+    def probe(self) -> None:
+        """Run the probe batch (:func:`probe_images`, 2 images); refuse a model whose output is not
+        [B, 1, R, R] foreground probabilities: NaN, infinite, or outside 0..1 (e.g. logits from a
+        graph without its final sigmoid), instead of clipping it."""
+        x = probe_images(2, self.input_size)
+        y = self.session.run([self._out], {self._in: x})[0]
+        if y.shape != (2, 1, self.grid, self.grid):
+            raise SegmenterError(f"{self.path}: on a probe batch of 2 images the model returned shape "
+                                 f"{list(y.shape)}, expected [2, 1, {self.grid}, {self.grid}]")
+        bad = output_problem(y)
+        if bad:
+            raise SegmenterError(f"{self.path}: on a probe batch (gray and colour-ramp images) the model output "
+                                 f"{bad[0]}; a segmenter returns foreground probabilities in 0..1 (a sigmoid "
+                                 "at the end of the graph). Export it with `dali-abs segmenter export`.")
 
     def __repr__(self) -> str:
         return (f"Segmenter({str(self.path)!r}, grid={self.grid}, input_size={self.input_size}, "
@@ -161,7 +179,12 @@ class Segmenter:
                                      "(do not normalise: the model does)")
         out = np.empty((x.shape[0], 1, self.grid, self.grid), np.float32)
         for i in range(0, x.shape[0], self.batch_size):
-            out[i:i + self.batch_size] = self.session.run([self._out], {self._in: x[i:i + self.batch_size]})[0]
+            y = self.session.run([self._out], {self._in: x[i:i + self.batch_size]})[0]
+            bad = output_problem(y)
+            if bad:
+                raise ModelOutputError(f"segmenter {self.path} output {bad[0]} (foreground probabilities must be "
+                                  "in 0..1)", [i + j for j in bad[1]])
+            out[i:i + self.batch_size] = np.clip(y, 0.0, 1.0)
         return out
 
     def predict_files(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
