@@ -305,7 +305,7 @@ class LabelSession:
         try:
             from dali_abs.segmenter.train import default_input_size, train_segmenter
 
-            size = self.input_size or default_input_size(self.grid, self.backbone)
+            size = self.input_size or default_input_size(self.grid)
             res = train_segmenter(self.dataset, labels, self.retrain_out, input_size=size,
                                   epochs=self.retrain_epochs, seed=self.seed, threads=self.threads,
                                   backbone=self.backbone, backbone_weights=self.backbone_weights, progress=False)

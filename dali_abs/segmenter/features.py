@@ -6,7 +6,7 @@ head that is a few percent of its cost. Instead each training image is augmented
 ``views`` times (view 0 as it is, the others with
 :func:`~dali_abs.segmenter.train.generate_params`: flips, shifts by whole patches, colour
 jitter, grayscale; the label grid moves with the image), the backbone's maps of every view
-are computed once and kept in RAM as float16 (about 220 kB per view for Lite0 at 256 px),
+are computed once and kept in RAM as float16 (170 kB per view for Lite0 at 224 px),
 and the head trains on them for many epochs in seconds.
 
 The maps are computed by onnxruntime from an in-memory ONNX export of the backbone (the
