@@ -283,7 +283,7 @@ def _train(dataset, labels, out_onnx, ids, r, size, patch, t0, *, epochs, seed, 
         from dali_abs.segmenter import features
 
         model.features.requires_grad_(False)
-        runner = features.BackboneRunner(model, "cuda" if device == "cuda" else "cpu", threads)
+        runner = features.BackboneRunner(model, "auto" if device == "cuda" else "cpu", threads)
         view_gen = torch.Generator().manual_seed(seed + 1)
         cache = features.build_cache(runner, xtr, ytr, views, view_gen, augment, patch, progress)
         val_maps = features.compute_maps(runner, xva_f)
