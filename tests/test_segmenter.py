@@ -467,3 +467,14 @@ def test_lite0_without_the_extra_is_one_line_naming_it(tmp_path, tiny_dataset, t
     assert not out.exists() and not Path(str(out) + ".ckpt.pt").exists()
     with pytest.raises(SegmenterError, match="--finetune needs a pretrained --backbone"):
         train_segmenter(load_dataset(tiny_dataset), tiny_labels, out, **FAST, finetune=True)
+
+
+def test_cli_help_states_the_recipe_constants(capsys):
+    """The help text repeats DEFAULT_VIEWS and BACKBONE_LR_SCALE: one truth, checked here."""
+    from dali_abs.cli import main
+    from dali_abs.segmenter.train import BACKBONE_LR_SCALE, DEFAULT_VIEWS
+
+    with pytest.raises(SystemExit):
+        main(["segmenter", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {DEFAULT_VIEWS};" in text and f"{BACKBONE_LR_SCALE} x lr" in text
