@@ -242,8 +242,9 @@ def kernel_ns_per_px(cache, ds, size: int, n: int = 64) -> dict[str, tuple[float
     soft = np.stack([cache.mask(i) for i in rows])
     boxes = (cache.boxes[rows] / np.float32(cache.grid)).astype(np.float32)
     out = {}
-    for name, cfg in (("no swap", swap.SwapConfig(p=0.0)), ("SwapConfig()", swap.SwapConfig()),
-                      ("SwapConfig.waterbirds()", swap.SwapConfig.waterbirds())):
+    th = dict(tight=cache.thresholds.tight, loose=cache.thresholds.loose)  # what the loader resolves None to
+    for name, cfg in (("no swap", swap.SwapConfig(p=0.0, **th)), ("SwapConfig()", swap.SwapConfig(**th)),
+                      ("SwapConfig.waterbirds()", swap.SwapConfig.waterbirds(**th))):
         params = swap.sample_params(cache.labels[rows], np.random.default_rng(0), cfg, image_size=(size, size),
                                     soft=soft, augment=swap.AugmentConfig())
         b = swap.batch(images, soft, fills, boxes, params, cfg, size)

@@ -14,10 +14,17 @@ from dali_abs.files import MAX_PIXELS
 
 
 def _make_dataset(args: argparse.Namespace) -> int:
+    from dali_abs.photobench import cli as photo_cli
     from dali_abs.synthetic import SyntheticConfig, make_dataset
 
-    cfg = SyntheticConfig(classes=args.classes, size=args.size, train=args.train, val=args.val,
-                          test=args.test, rho=args.rho, seed=args.seed)
+    if args.objects:
+        return photo_cli.run(args)
+    photo_cli.check_unused(args)
+    d = SyntheticConfig()
+    pick = lambda v, default: default if v is None else v  # noqa: E731
+    cfg = SyntheticConfig(classes=pick(args.classes, d.classes), size=pick(args.size, d.size),
+                          train=pick(args.train, d.train), val=pick(args.val, d.val), test=pick(args.test, d.test),
+                          rho=args.rho, seed=args.seed)
     out = make_dataset(args.out, cfg, progress=not args.json)
     if args.json:
         print_json({"out": str(out), **vars(cfg)})
@@ -80,28 +87,38 @@ def _labels_from_masks(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from dali_abs.demo import run_demo
 
-    return run_demo(Path(args.out), fresh=args.fresh)
+    return run_demo(Path(args.out), fresh=args.fresh, hand_picked=args.hand_picked)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dali-abs", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from dali_abs.photobench import cli as photo_cli
+    from dali_abs.photobench.config import PhotoConfig
     from dali_abs.synthetic import SyntheticConfig
 
-    d = SyntheticConfig()
-    p = sub.add_parser("make-dataset", help="generate the built-in Waterbirds-like benchmark",
-                       description="Generate the built-in spurious-background benchmark into OUT.")
+    d, ph = SyntheticConfig(), PhotoConfig()
+    p = sub.add_parser("make-dataset", help="generate the built-in benchmark, or build one from your photos (--objects)",
+                       description="Generate the built-in spurious-background benchmark into OUT, or, with --objects "
+                                   "DATA --masks MASKS, build one from photos: objects cut out by their masks and "
+                                   "pasted onto places (Waterbirds-style).")
     p.add_argument("out", metavar="OUT", help="output folder (new or empty)")
-    p.add_argument("--classes", type=int, default=d.classes, help=f"K classes and K places (default {d.classes})")
-    p.add_argument("--size", type=int, default=d.size, help=f"image side in px (default {d.size})")
-    p.add_argument("--train", type=int, default=d.train, help=f"train images (default {d.train})")
-    p.add_argument("--val", type=int, default=d.val, help=f"val images, balanced over groups (default {d.val})")
-    p.add_argument("--test", type=int, default=d.test, help=f"test images, balanced over groups (default {d.test})")
+    p.add_argument("--classes", type=int, default=None, help=f"built-in: K classes and K places (default {d.classes})")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"image side in px (default {d.size} built-in, {ph.size} from photos)")
+    p.add_argument("--train", type=int, default=None,
+                   help=f"train images (default {d.train} built-in; from photos one per train object photo)")
+    p.add_argument("--val", type=int, default=None,
+                   help=f"val images, balanced over groups (default {d.val} built-in; from photos one per val object "
+                        "photo, rounded down to a multiple of the groups)")
+    p.add_argument("--test", type=int, default=None,
+                   help=f"test images, balanced over groups (default {d.test} built-in; from photos as for --val)")
     p.add_argument("--rho", type=float, default=d.rho,
                    help=f"P(class k on place k) in train (default {d.rho}: no image breaks the correlation)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     add_json_argument(p)
+    photo_cli.add_arguments(p)
     p.set_defaults(func=_make_dataset)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True, metavar="SUB")
@@ -156,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the whole chain on the built-in data (what `make demo` runs)")
     p.add_argument("out", nargs="?", default="demo-out", metavar="OUT", help="output folder (default ./demo-out)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first instead of reusing finished steps")
+    p.add_argument("--hand-picked", action="store_true",
+                   help="swap with the hand-picked thresholds the demo used before (tight 0.8, loose 0.1) instead "
+                        "of those chosen on the segmenter's validation images (its own result file in OUT)")
     p.set_defaults(func=_demo)
     return parser
 

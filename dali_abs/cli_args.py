@@ -12,6 +12,14 @@ from dali_abs.dataset import Columns, Dataset, load_dataset
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     """DATA positional plus metadata.csv column remapping."""
     parser.add_argument("data", metavar="DATA", help="dataset folder: metadata.csv (Waterbirds layout) or ImageFolder")
+    add_column_arguments(parser)
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="accept image paths that lead outside DATA (../, absolute paths, symbolic links to "
+                             "elsewhere), e.g. a folder of links into a shared image store; refused by default")
+
+
+def add_column_arguments(parser: argparse.ArgumentParser) -> None:
+    """The metadata.csv column remapping options (``--col-*``) alone, for a dataset given by an option."""
     g = parser.add_argument_group("metadata.csv columns (remap if your file uses other names)")
     d = Columns()
     g.add_argument("--col-id", default=d.id, help=f"image id column (default {d.id})")
@@ -19,9 +27,10 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--col-label", default=d.label, help=f"integer class column (default {d.label})")
     g.add_argument("--col-split", default=d.split, help=f"split column, 0/1/2 = train/val/test (default {d.split})")
     g.add_argument("--col-place", default=d.place, help=f"integer place (background) column, optional (default {d.place})")
-    parser.add_argument("--allow-outside", action="store_true",
-                        help="accept image paths that lead outside DATA (../, absolute paths, symbolic links to "
-                             "elsewhere), e.g. a folder of links into a shared image store; refused by default")
+
+
+def columns_from_args(args: argparse.Namespace) -> Columns:
+    return Columns(args.col_id, args.col_filename, args.col_label, args.col_split, args.col_place)
 
 
 # Path options that commands reading DATA write to; none may point inside DATA.
@@ -31,8 +40,7 @@ OUTPUT_OPTIONS = ("out", "report", "retrain_out")
 def dataset_from_args(args: argparse.Namespace) -> Dataset:
     """The dataset of DATA and the column options; refuses any output option (:data:`OUTPUT_OPTIONS`,
     defaults included) that points inside it, before any work."""
-    cols = Columns(args.col_id, args.col_filename, args.col_label, args.col_split, args.col_place)
-    ds = load_dataset(args.data, cols, allow_outside=args.allow_outside)
+    ds = load_dataset(args.data, columns_from_args(args), allow_outside=args.allow_outside)
     for name in OUTPUT_OPTIONS:
         value = getattr(args, name, None)
         if value is not None:

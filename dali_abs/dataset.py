@@ -338,7 +338,10 @@ def _subdirs(path: Path) -> list[Path]:
 
 
 def check_images(dataset: Dataset, min_size: int = 1, progress: bool = True, max_pixels: int | None = None) -> dict:
-    """Decode every image; return a report of the unreadable, too small and too large ones.
+    """Decode every image; return a report of the unreadable, damaged, too small and too large ones.
+
+    A JPEG is damaged when its strict decode reports corrupt data (:func:`dali_abs.jpeg.jpeg_defect`,
+    the rule by which ``precompute`` skips it too).
 
     Images over ``max_pixels`` (default :data:`dali_abs.files.MAX_PIXELS`, the limit every
     reader applies) are reported from their header without being decoded.
@@ -348,11 +351,17 @@ def check_images(dataset: Dataset, min_size: int = 1, progress: bool = True, max
     """
     from tqdm import tqdm
 
+    from dali_abs.jpeg import jpeg_defect
+
     problems: list[dict] = []
     modes: Counter = Counter()
     for s in tqdm(dataset.samples, desc="checking images", unit="img", disable=not progress):
         try:
             with open_image(s.path, max_pixels=max_pixels) as im:
+                defect = jpeg_defect(s.path) if im.format == "JPEG" else None  # the rule precompute skips by
+                if defect:
+                    problems.append({"id": s.id, "path": s.relpath, "reason": defect})
+                    continue
                 im.load()
                 modes[im.mode] += 1
                 w, h = im.size

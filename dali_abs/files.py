@@ -222,16 +222,28 @@ def read_rgb(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarr
         return np.asarray(im.convert("RGB"))
 
 
-def read_mask(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
-    """Read a mask image to bool HW, True = foreground (pixel value > 127 of 0..255).
+def _read_gray(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode a mask image to (gray values HW, peak value): 8-bit masks peak at 255, 16-bit at 65535.
 
     Refused (:class:`ImageTooLarge`) over ``max_pixels``, default :data:`MAX_PIXELS`."""
     with open_image(path, "mask image", max_pixels=max_pixels) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(im, dtype=np.float64)
-            return arr > (32767 if arr.max() > 255 else 127)
-        return np.asarray(im.convert("L")) > 127
+            return arr, (65535.0 if arr.max() > 255 else 255.0)
+        return np.asarray(im.convert("L")), 255.0
+
+
+def read_mask(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read a mask image to bool HW, True = foreground (pixel value > 127 of 0..255)."""
+    arr, peak = _read_gray(path, max_pixels)
+    return arr > (127 if peak == 255.0 else 32767)
+
+
+def read_soft_mask(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read a mask image to float32 HW in 0..1, 1 = foreground (255 of 0..255; soft values kept)."""
+    arr, peak = _read_gray(path, max_pixels)
+    return (np.asarray(arr, np.float32) / np.float32(peak)).astype(np.float32)
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, quality: int = 90) -> None:

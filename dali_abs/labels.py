@@ -168,9 +168,14 @@ def patch_coverage(mask: np.ndarray, grid: int) -> np.ndarray:
 
 def find_mask_file(masks_dir: Path, sample: Sample) -> Path:
     """The first of ``<masks>/<img_id>.png``, ``<masks>/<img_filename with .png>`` (CUB's
-    segmentations) and ``<masks>/<image file stem>.png`` that exists."""
-    candidates = [masks_dir / f"{sample.id}.png", (masks_dir / sample.relpath).with_suffix(".png"),
-                  masks_dir / f"{Path(sample.relpath).stem}.png"]
+    segmentations), ``<masks>/<img_filename below its first folder, with .png>`` (masks beside
+    ``images/``: ``images/a/b.jpg`` -> ``<masks>/a/b.png``) and ``<masks>/<image file stem>.png``
+    that exists."""
+    rel = Path(sample.relpath)
+    candidates = [masks_dir / f"{sample.id}.png", (masks_dir / rel).with_suffix(".png")]
+    if len(rel.parts) > 1:
+        candidates.append((masks_dir / Path(*rel.parts[1:])).with_suffix(".png"))
+    candidates.append(masks_dir / f"{rel.stem}.png")
     for c in candidates:
         if c.is_file():
             return c

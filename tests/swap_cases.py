@@ -8,6 +8,17 @@ from dali_abs.swap import FILLS, SwapConfig, sample_params
 from dali_abs.swap.testing import ragged, random_batch
 
 
+def paper_swap(**kw) -> SwapConfig:
+    """A SwapConfig with numeric thresholds (the paper's 0.5 / 0.1): the compositing functions
+    see no cache, so SwapConfig's default None (= the cache's thresholds) does not apply."""
+    return SwapConfig(**{"tight": 0.5, "loose": 0.1, **kw})
+
+
+def paper_waterbirds(**kw) -> SwapConfig:
+    """The Waterbirds preset with the paper's thresholds (tight 0.67, loose 0.1)."""
+    return SwapConfig.waterbirds(**{"tight": 0.67, "loose": 0.1, **kw})
+
+
 def make_batch(rng, n=8, h=48, w=40, r=8, f=16, degenerate_box=True):
     """Images, blob-shaped soft masks (foreground probability), fills and boxes around the blobs."""
     return random_batch(rng, n, h, w, r, f, degenerate_box)
@@ -31,8 +42,8 @@ def mismatch(a, b):
     return float((np.abs(a.astype(np.int16) - b.astype(np.int16)) > 1).any(-1).mean())
 
 
-CASES = [SwapConfig(fill=m) for m in FILLS] + [
-    SwapConfig.waterbirds(fill="cached", p=0.8),
-    SwapConfig.waterbirds(fill="patches", feather=1.5),
-    SwapConfig(fill="cached", feather=3.0),
+CASES = [paper_swap(fill=m) for m in FILLS] + [
+    paper_waterbirds(fill="cached", p=0.8),
+    paper_waterbirds(fill="patches", feather=1.5),
+    paper_swap(fill="cached", feather=3.0),
 ]

@@ -86,6 +86,13 @@ def test_precompute_writes_a_cache_the_loader_can_read(tmp_path, tiny_dataset, t
     assert cache.grid == 8 and cache.work_size == 64 and cache.masks.shape == (256, 8, 8)
     m = cache.manifest
     assert m["dataset"]["fingerprint"] == ds.fingerprint() and m["thresholds"]["fill"] == 0.5
+    from dali_abs.segmenter.inference import read_thresholds
+
+    recorded = read_thresholds(seg)  # the fill threshold given wins; tight stays the segmenter's choice
+    assert cache.thresholds.loose == cache.fill_threshold == 0.5 and cache.thresholds.tight == recorded.tight
+    assert cache.thresholds.loose_source == "given to precompute (--fill-threshold)"
+    assert cache.thresholds.tight_source == recorded.tight_source and str(seg) in recorded.tight_source
+    assert res["thresholds"] == m["thresholds"]
     assert len(m["models"]["segmenter"]["sha256"]) == 64 and m["counts"]["cached"] == 256
     assert m["bytes"]["ratio_to_source"] > 0
     assert [p.name for p in cache.fill_files()] == ["c00000.fills.bin", "c00001.fills.bin", "c00002.fills.bin"]
@@ -127,6 +134,38 @@ def test_precompute_writes_a_cache_the_loader_can_read(tmp_path, tiny_dataset, t
     v = json.loads(capsys.readouterr().out)
     assert v["ok"] and v["counts"]["fills_checked"] == m["counts"]["filled"]
     assert v["stale"] == {"changed": [], "added": [], "removed": []}
+    assert main(["cache", "info", str(tmp_path / "c")]) == 0
+    text = capsys.readouterr().out
+    assert f"tight threshold {recorded.tight} (cut-out; the loader's default): segmenter {seg}" in text
+    assert "fill threshold 0.5 (loose mask, filled): given to precompute (--fill-threshold)" in text
+
+
+def test_the_fills_use_the_segmenters_loose_threshold_and_the_cache_records_both(tmp_path, tiny_dataset,
+                                                                                 tiny_models, tiny_cache):
+    from dali_abs.cache.format import manifest_thresholds, threshold_mask
+    from dali_abs.models import segmenter as net
+    from dali_abs.segmenter.inference import read_thresholds
+
+    seg, fill = tiny_models
+    recorded, cache = read_thresholds(seg), open_cache(tiny_cache)  # tiny_cache: PrecomputeConfig() defaults
+    assert (cache.thresholds.tight, cache.thresholds.loose) == (recorded.tight, recorded.loose)
+    assert cache.thresholds.loose_source == cache.thresholds.tight_source == recorded.tight_source
+    for row in range(len(cache)):  # each fill box is the box of the cells above the recorded loose threshold
+        rows, cols = np.nonzero(threshold_mask(cache.masks[row], recorded.loose))
+        want = (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1) if len(rows) else (0, 0, 0, 0)
+        assert tuple(cache.boxes[row]) == want
+    assert (cache.tight(0) == threshold_mask(cache.masks[0], recorded.tight)).all()
+
+    # a segmenter exported before thresholds were recorded: the library defaults, said so
+    old = net.export_onnx(net.PatchCNN(8, 64, width=8), tmp_path / "old.onnx", 8, 64)
+    assert read_thresholds(old) is None
+    data = small_dataset(tiny_dataset, tmp_path / "small", 16)
+    precompute(load_dataset(data), old, fill, tmp_path / "c", PrecomputeConfig(device="cpu"), progress=False)
+    t = open_cache(tmp_path / "c").thresholds
+    assert (t.tight, t.loose) == (0.5, 0.1) and f"segmenter {old} records no thresholds" in t.tight_source
+    # a cache written before the tight threshold was recorded
+    legacy = manifest_thresholds({"thresholds": {"fill": 0.1, "tight_default": 0.5}})
+    assert (legacy.tight, legacy.loose) == (0.5, 0.1) and "records no tight threshold" in legacy.tight_source
 
 
 # --- crash safety ----------------------------------------------------------------------------
@@ -346,8 +385,8 @@ def test_verify_detects_changed_added_removed_images_and_damage(tmp_path, tiny_d
     (out / CHUNKS / "c00002.masks.npz").unlink()
     v = verify(out)
     assert not v["ok"]
-    assert any("c00001.fills.bin hash" in p for p in v["problems"]) and any("c00002.masks.npz missing" in p
-                                                                      for p in v["problems"])
+    assert any("c00001.fills.bin: SHA-256 differs" in p for p in v["problems"])
+    assert any("c00002.masks.npz: missing" in p for p in v["problems"])
 
 
 # --- ground-truth masks instead of a segmenter --------------------------------------------------
@@ -413,6 +452,10 @@ def test_ground_truth_masks_give_the_patch_coverage_of_the_masks(tmp_path, tiny_
     assert main(["cache", "info", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"skipped {gone.relpath}: no ground-truth mask" in text and "masks: " in text
+    # ground-truth coverage is cut at fixed values, not chosen: 0.5 = mostly object, 0.1 = a tenth of it
+    assert (cache.thresholds.tight, cache.thresholds.loose) == (0.5, 0.1)
+    assert "tight threshold 0.5 (cut-out; the loader's default): ground-truth coverage: 0.5 = the patch is " \
+           "mostly object" in text
 
 
 def test_precompute_cli_takes_a_segmenter_or_masks_not_both(tmp_path, tiny_dataset, tiny_models, capsys):
@@ -505,3 +548,60 @@ def test_allow_outside_travels_from_precompute_to_the_loader(tmp_path, tiny_mode
     assert main(args + ["--allow-outside"]) == 0
     batch = next(iter(create_loader(tmp_path / "c", batch_size=4, size=32, device="cpu")))[0]
     assert sorted(batch["labels"].view(-1).tolist()) == [0, 0, 1, 1]
+
+
+# --- model outputs: checked at open and for every chunk -----------------------------------------
+
+def _dark_folder(root: Path, bright: str | None = None) -> Path:
+    """8 dark 64 px JPEGs (values <= 200, two classes); ``bright``: the one file given a white square."""
+    rng = np.random.default_rng(5)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(4):
+            arr = rng.integers(20, 200, (64, 64, 3), dtype=np.uint8)
+            if f"{c}/{i}.jpg" == bright:
+                arr[16:48, 16:48] = 255
+            (root / c / f"{i}.jpg").write_bytes(_jpeg(arr))
+    return root
+
+
+@pytest.mark.parametrize("broken", ["seg_logits", "inp_nan"])
+def test_precompute_refuses_a_model_that_fails_its_probe_before_writing(tmp_path, tiny_models, graph_models,
+                                                                        capsys, broken):
+    seg, fill = tiny_models
+    seg, fill = (graph_models[broken], fill) if broken.startswith("seg") else (seg, graph_models[broken])
+    out = tmp_path / "c"
+    assert main(["precompute", str(_dark_folder(tmp_path / "d")), "--segmenter", str(seg), "--inpainter", str(fill),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken}.onnx: on a probe batch" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("broken", ["seg_nan_when_bright", "inp_nan_when_bright"])
+def test_precompute_fails_on_the_chunk_whose_model_output_is_nan_naming_it(tmp_path, tiny_models, graph_models,
+                                                                          capsys, broken):
+    seg, fill = tiny_models
+    seg, fill = (graph_models[broken], fill) if broken.startswith("seg") else (seg, graph_models[broken])
+    out = tmp_path / "c"
+    data = _dark_folder(tmp_path / "d", bright="b/2.jpg")
+    assert main(["precompute", str(data), "--segmenter", str(seg), "--inpainter", str(fill), "--out", str(out),
+                 "--chunk-size", "4", "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "chunk 1 (c00001)" in err and f"{broken}.onnx output NaN" in err and "b/2.jpg" in err
+    assert (out / CHUNKS / "c00000.json").is_file()  # the chunk before is kept
+    assert not (out / CHUNKS / "c00001.json").exists() and not (out / CHUNKS / "c00001.fills.bin").exists()
+    assert not (out / MANIFEST).exists()
+
+
+def test_verify_notices_a_cache_of_black_fills(tmp_path, tiny_models, graph_models, capsys):
+    """What an inpainter that output NaN left before the checks: black fills (NaN cast to uint8)."""
+    seg, fill = tiny_models
+    data = _dark_folder(tmp_path / "d")
+    good, black = tmp_path / "good", tmp_path / "black"
+    for out, inp in ((good, fill), (black, graph_models["inp_black"])):
+        precompute(load_dataset(data), seg, inp, out, PrecomputeConfig(chunk_size=4), progress=False)
+    assert verify(good)["ok"] and verify(good)["counts"]["black_fills"] == 0
+    v = verify(black)
+    assert not v["ok"] and v["counts"]["black_fills"] == v["counts"]["fills_checked"] > 0
+    assert any("fills are black" in p and "NaN" in p for p in v["problems"])

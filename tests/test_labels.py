@@ -8,7 +8,7 @@ from PIL import Image
 
 from dali_abs.dataset import load_dataset
 from dali_abs.errors import LabelsError
-from dali_abs.labels import (import_reference, labels_from_masks, patch_coverage, read_labels,
+from dali_abs.labels import (find_mask_file, import_reference, labels_from_masks, patch_coverage, read_labels,
                              select_for_labelling, write_labels)
 
 
@@ -147,3 +147,14 @@ def test_an_unreadable_mask_is_an_error_naming_the_file(tmp_path, tiny_dataset):
     (tmp_path / "masks" / f"{first.id}.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DatasetError, match=rf"masks/{first.id}.png: cannot decode mask image"):
         labels_from_masks(ds, tmp_path / "masks", grid=8, progress=False)
+
+
+def test_masks_beside_an_images_folder_are_found(tmp_path):
+    """cub-birds-300: images/<species>/<n>.jpg has its mask at masks/<species>/<n>.png (stems repeat
+    across species, so the stem alone would be ambiguous)."""
+    from dali_abs.dataset import Sample
+
+    (tmp_path / "masks" / "Gull").mkdir(parents=True)
+    (tmp_path / "masks" / "Gull" / "0054.png").write_bytes(b"")
+    s = Sample("2927", tmp_path / "images" / "Gull" / "0054.jpg", "images/Gull/0054.jpg", 1, "train")
+    assert find_mask_file(tmp_path / "masks", s) == tmp_path / "masks" / "Gull" / "0054.png"

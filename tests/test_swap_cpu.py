@@ -17,7 +17,7 @@ from dali_abs import swap
 from dali_abs.swap import AugmentConfig, SwapConfig, SwapError
 from dali_abs.swap import cpu as native
 from dali_abs.swap.twin import composite_cpu
-from swap_cases import CASES, make_batch, params_for, ragged_batch
+from swap_cases import CASES, make_batch, paper_swap, paper_waterbirds, params_for, ragged_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,8 +75,8 @@ def test_native_equals_the_twin_pixel_for_pixel(built, cfg):
     got = native_on(images, soft, fills, boxes, p, cfg, size=(61, 47), threads=2)
     assert got.shape == (9, 61, 47, 3) and np.array_equal(got, twin)
 
-ROW_CASES = [SwapConfig(), SwapConfig(p=0.5, scale=(0.6, 1.4)), SwapConfig(tight=0.3, loose=0.0, translate=0.5),
-             SwapConfig.waterbirds(), SwapConfig.waterbirds(feather=1.5), SwapConfig(fill="noise")]
+ROW_CASES = [paper_swap(), paper_swap(p=0.5, scale=(0.6, 1.4)), paper_swap(tight=0.3, loose=0.0, translate=0.5),
+             paper_waterbirds(), paper_waterbirds(feather=1.5), paper_swap(fill="noise")]
 
 @pytest.mark.parametrize("cfg", ROW_CASES, ids=["default", "scaled-p0.5", "loose0", "rotated", "rotated-feathered",
                                                 "noise-fill"])
@@ -119,7 +119,7 @@ def _at_page_end(x: np.ndarray, keep: list) -> np.ndarray:
     return a
 
 @pytest.mark.skipif(sys.platform != "linux", reason="guard pages through libc mprotect")
-@pytest.mark.parametrize("cfg", [SwapConfig(), SwapConfig(rotation=(-180.0, 180.0), scale=(0.5, 2.0))],
+@pytest.mark.parametrize("cfg", [paper_swap(), paper_swap(rotation=(-180.0, 180.0), scale=(0.5, 2.0))],
                          ids=["axis-aligned", "rotated"])
 def test_no_read_passes_the_end_of_an_image_or_tile(built, cfg):
     """Sources of 1 x 1 px and up, each ending right before an unreadable page (the row
@@ -141,7 +141,7 @@ def test_the_plain_x86_64_build_equals_the_twin_too(fresh, monkeypatch):
     """Without the SSE4.1 clone (what a CPU without SSE4.1 runs) the output is the same."""
     monkeypatch.setattr(native, "FLAGS", native.FLAGS + ("-DABS_NATIVE_NO_CLONES",))
     rng = np.random.default_rng(24)
-    for cfg in (SwapConfig(), SwapConfig.waterbirds(fill="noise", feather=1.5)):
+    for cfg in (paper_swap(), paper_waterbirds(fill="noise", feather=1.5)):
         images, soft, fills, boxes = make_batch(rng, 8, 64, 56, 8, 16)
         p = params_for(rng, soft, cfg, 64, 56)
         got = native_on(images, soft, fills, boxes, p, cfg, threads=2)
@@ -150,7 +150,7 @@ def test_the_plain_x86_64_build_equals_the_twin_too(fresh, monkeypatch):
 
 def test_thread_count_does_not_change_the_output(built, monkeypatch):
     rng = np.random.default_rng(21)
-    cfg = SwapConfig.waterbirds(fill="cached", feather=1.0, p=0.9)
+    cfg = paper_waterbirds(fill="cached", feather=1.0, p=0.9)
     images, soft, fills, boxes = make_batch(rng, 12, 72, 68, 8, 16)  # 58752 px: up to 4 chunks
     p = params_for(rng, soft, cfg, 72, 68)
     lib = native._load()
@@ -169,7 +169,7 @@ def test_thread_count_does_not_change_the_output(built, monkeypatch):
 def test_no_swapped_sample_returns_a_copy_and_checks_match_the_twin(built):
     rng = np.random.default_rng(22)
     images, soft, fills, boxes = make_batch(rng)
-    cfg = SwapConfig(p=0.0)
+    cfg = paper_swap(p=0.0)
     p = params_for(rng, soft, cfg, 48, 40)
     out = native_on(images, soft, fills, boxes, p, cfg)
     assert out is not images and np.array_equal(out, images)
@@ -221,7 +221,7 @@ def test_concurrent_builds_leave_one_good_library(fresh):
 def test_a_broken_compiler_falls_back_to_the_twin_with_one_warning(fresh, monkeypatch, cxx):
     monkeypatch.setenv("DALI_ABS_CXX", cxx)
     rng = np.random.default_rng(23)
-    cfg = SwapConfig(fill="mean", feather=2.0)
+    cfg = paper_swap(fill="mean", feather=2.0)
     images, soft, fills, boxes = make_batch(rng)
     p = params_for(rng, soft, cfg, 48, 40)
     with pytest.warns(RuntimeWarning, match="native CPU compositing unavailable.*using the slower NumPy twin"):

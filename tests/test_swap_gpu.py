@@ -17,7 +17,7 @@ from dali_abs import swap
 from dali_abs.swap import AugmentConfig, SwapConfig, SwapError, signature
 from dali_abs.swap.batch import mean_colour
 from dali_abs.swap.twin import composite as twin
-from swap_cases import CASES, make_batch, mismatch, params_for, ragged_batch
+from swap_cases import CASES, make_batch, mismatch, paper_swap, paper_waterbirds, params_for, ragged_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_the_tile_mean_kernel_equals_the_twins_mean(kernel_lib):
     rng = np.random.default_rng(5)
     images, soft, fills, boxes = ragged_batch(rng, 7, 4)
     fills[2] = np.full((1, 1, 3), 255, np.uint8)  # one pixel
-    b = swap.batch(images, soft, fills, boxes, params_for(rng, soft, SwapConfig(), 9, 9), SwapConfig(fill="mean"),
+    b = swap.batch(images, soft, fills, boxes, params_for(rng, soft, paper_swap(), 9, 9), paper_swap(fill="mean"),
                    size=9)
     mean = np.full((7, 3), -1, np.float32)
     kernel_lib.run_abs_tile_mean(b.refs(lambda a: a.ctypes.data).ctypes.data, mean.ctypes.data, 7, 2, 3)
@@ -98,7 +98,7 @@ def test_a_partner_out_of_range_stays_inside_the_batch(kernel_lib):
     range itself, as if the sample were its own partner."""
     rng = np.random.default_rng(6)
     images, soft, fills, boxes = make_batch(rng, 4)
-    cfg = SwapConfig(fill="patches")
+    cfg = paper_swap(fill="patches")
     p = params_for(rng, soft, cfg, 48, 40)
     rec = swap.pack_samples(p, soft, boxes, (48, 40))
     own = rec.copy()
@@ -175,7 +175,7 @@ class _FakeCupy:
         getattr(self.lib, f"run_{name}")(*conv, grid[0], block[0])
 
 
-@pytest.mark.parametrize("cfg", [SwapConfig(), SwapConfig(fill="mean", p=0.7), SwapConfig.waterbirds(feather=1.0)],
+@pytest.mark.parametrize("cfg", [paper_swap(), paper_swap(fill="mean", p=0.7), paper_waterbirds(feather=1.0)],
                          ids=["cached", "mean", "waterbirds-feather"])
 def test_the_gpu_backends_host_code_drives_the_kernel_text(kernel_lib, monkeypatch, cfg):
     from dali_abs.swap import gpu

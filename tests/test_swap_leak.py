@@ -10,7 +10,7 @@ import pytest
 from dali_abs.cache.format import open_cache, placeholder_mask
 from dali_abs.swap import AugmentConfig, SwapConfig, sample_params
 from dali_abs.swap.leak import FOREGROUND, GHOST, PLACEHOLDER, fractions, sources
-from swap_cases import make_batch
+from swap_cases import make_batch, paper_swap
 
 
 def _objects_from_soft(soft, h, w, cut=0.5):
@@ -28,7 +28,7 @@ def _objects_from_soft(soft, h, w, cut=0.5):
 def test_the_placeholder_is_never_shown(size, augment):
     rng = np.random.default_rng(31)
     images, soft, fills, boxes = make_batch(rng, 12, 48, 40, 8, 16, degenerate_box=False)
-    cfg = SwapConfig(translate=0.5)
+    cfg = paper_swap(translate=0.5)
     cells = soft > np.float32(cfg.loose)
     box_cells = np.rint(boxes * 8).astype(int)
     tiles = [placeholder_mask((int(rng.integers(5, 30)), int(rng.integers(5, 30))),
@@ -45,7 +45,7 @@ def test_a_bilinear_fill_region_would_show_it():
     fill region that reaches past the loose cells, is seen."""
     rng = np.random.default_rng(32)
     images, soft, fills, boxes = make_batch(rng, 12, 48, 40, 8, 16, degenerate_box=False)
-    cfg = SwapConfig(translate=0.5, loose=0.1)
+    cfg = paper_swap(translate=0.5, loose=0.1)
     box_cells = np.rint(boxes * 8).astype(int)
     cells = soft > np.float32(0.1)
     # a cache made with a higher fill threshold than the loader's loose: the region takes cells the fill never had
@@ -67,7 +67,7 @@ def test_a_real_cache_leaks_little_and_never_its_placeholder(tiny_cache, tiny_da
     soft = np.stack([cache.mask(int(i)) for i in rows])
     tiles = [cache.placeholder(int(i)) if cache.boxes[i][2] > cache.boxes[i][0] else np.zeros((1, 1), bool)
              for i in rows]
-    cfg = SwapConfig(loose=cache.fill_threshold)
+    cfg = paper_swap(loose=cache.fill_threshold)
     p = sample_params(cache.labels[rows], np.random.default_rng(0), cfg, image_size=(56, 56), soft=soft,
                       augment=AugmentConfig())
     code = sources(objects, soft, tiles, cache.boxes[rows], p, cfg, (56, 56))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dali_abs.swap import AugmentConfig, SwapConfig, SwapError, sample_crops, sample_params
+from dali_abs.swap import AugmentConfig, SwapError, sample_crops, sample_params
+from swap_cases import paper_swap, paper_waterbirds
 
 
 def test_random_resized_crops_follow_the_augment_config():
@@ -27,7 +28,7 @@ def test_random_resized_crops_follow_the_augment_config():
 
 def test_sample_params_shapes_and_empty_foreground():
     soft = np.zeros((5, 4, 4), np.float32)
-    p = sample_params(np.arange(5), np.random.default_rng(0), SwapConfig.waterbirds(), image_size=(32, 32), soft=soft)
+    p = sample_params(np.arange(5), np.random.default_rng(0), paper_waterbirds(), image_size=(32, 32), soft=soft)
     assert {k: (v.dtype, v.shape) for k, v in p.items()} == {
         "partner": (np.int32, (5,)), "swap": (np.uint8, (5,)), "affine": (np.float32, (5, 6)),
         "noise_seed": (np.uint32, (5,)), "perm": (np.int32, (5, 16)), "fg_box": (np.float32, (5, 4)),
@@ -40,7 +41,7 @@ def test_sample_params_shapes_and_empty_foreground():
 def _partner_class_freq(policy, labels, groups=None, draws=400):
     rng = np.random.default_rng(5)
     soft = np.zeros((len(labels), 4, 4), np.float32)
-    cfg = SwapConfig(background=policy)
+    cfg = paper_swap(background=policy)
     parts = np.stack([sample_params(labels, rng, cfg, groups, image_size=(16, 16), soft=soft)["partner"]
                       for _ in range(draws)])
     return parts
@@ -79,25 +80,25 @@ def test_policy_errors_name_the_problem():
     soft = np.zeros((4, 4, 4), np.float32)
     rng = np.random.default_rng(0)
     with pytest.raises(SwapError, match="other_class.*two classes.*only class 7"):
-        sample_params(np.full(4, 7), rng, SwapConfig(background="other_class"), image_size=(8, 8), soft=soft)
+        sample_params(np.full(4, 7), rng, paper_swap(background="other_class"), image_size=(8, 8), soft=soft)
     with pytest.raises(SwapError, match="needs groups"):
-        sample_params(np.arange(4), rng, SwapConfig(background="other_group"), image_size=(8, 8), soft=soft)
+        sample_params(np.arange(4), rng, paper_swap(background="other_group"), image_size=(8, 8), soft=soft)
     with pytest.raises(SwapError, match=r"labels must be an integer array of shape \(N,\), got float64 \(4,\)"):
-        sample_params(np.zeros(4), rng, SwapConfig(), image_size=(8, 8), soft=soft)
+        sample_params(np.zeros(4), rng, paper_swap(), image_size=(8, 8), soft=soft)
     with pytest.raises(SwapError, match=r"soft must be \[N,R,R\] with N = len\(labels\) = 3, got shape \(4, 4, 4\)"):
-        sample_params(np.arange(3), rng, SwapConfig(), image_size=(8, 8), soft=soft)
+        sample_params(np.arange(3), rng, paper_swap(), image_size=(8, 8), soft=soft)
     with pytest.raises(SwapError, match="background must be one of .*got 'random'"):
-        SwapConfig(background="random")
+        paper_swap(background="random")
     with pytest.raises(SwapError, match=r"SwapConfig.p must be in \[0, 1\], got 1.5"):
-        SwapConfig(p=1.5)
+        paper_swap(p=1.5)
     with pytest.raises(SwapError, match="schedule_epochs must be >= 1"):
-        SwapConfig(p_schedule="linear")
+        paper_swap(p_schedule="linear")
 
 
 def test_swap_probability_schedules():
-    lin = SwapConfig(p=1.0, p_start=0.2, p_schedule="linear", schedule_epochs=4)
+    lin = paper_swap(p=1.0, p_start=0.2, p_schedule="linear", schedule_epochs=4)
     assert [lin.swap_probability(e) for e in (0, 2, 4, 9)] == pytest.approx([0.2, 0.6, 1.0, 1.0])
-    cos = SwapConfig(p=0.8, p_start=0.0, p_schedule="cosine", schedule_epochs=10)
+    cos = paper_swap(p=0.8, p_start=0.0, p_schedule="cosine", schedule_epochs=10)
     assert [cos.swap_probability(e) for e in (0, 5, 10)] == pytest.approx([0.0, 0.4, 0.8])
     labels = np.zeros(4000, int)
     soft = np.zeros((4000, 2, 2), np.float32)
@@ -110,7 +111,7 @@ def test_jitter_keeps_the_object_inside_and_rotates_about_its_centre():
     n, h, w, r = 200, 64, 64, 8
     soft = np.zeros((n, r, r), np.float32)
     soft[:, 2:5, 3:6] = 0.9  # tight box: x 24..48, y 16..40 px
-    cfg = SwapConfig.waterbirds(translate=0.5)
+    cfg = paper_waterbirds(translate=0.5)
     a = sample_params(np.zeros(n, int), rng, cfg, image_size=(h, w), soft=soft)["affine"].astype(np.float64)
     # the forward map of the box corners (invert the 2x2 part) lands inside the image
     A = a[:, [0, 1, 3, 4]].reshape(n, 2, 2)
@@ -123,7 +124,7 @@ def test_jitter_keeps_the_object_inside_and_rotates_about_its_centre():
     rot = np.degrees(np.arctan2(a[:, 1], a[:, 0]))  # inverse rotates by -theta
     assert rot.min() >= -30.001 and rot.max() <= 30.001 and rot.std() > 10
     # without translation the centre (36, 28) is a fixed point
-    a0 = sample_params(np.zeros(n, int), rng, SwapConfig.waterbirds(translate=0.0), image_size=(h, w),
+    a0 = sample_params(np.zeros(n, int), rng, paper_waterbirds(translate=0.0), image_size=(h, w),
                        soft=soft)["affine"].astype(np.float64)
     c = np.array([36.0, 28.0])
     xs = a0[:, 0] * c[0] + a0[:, 1] * c[1] + a0[:, 2]

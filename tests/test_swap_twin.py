@@ -8,7 +8,7 @@ import pytest
 
 from dali_abs.swap import AugmentConfig, SwapConfig, SwapError
 from dali_abs.swap.twin import composite_cpu
-from swap_cases import make_batch, params_for
+from swap_cases import make_batch, paper_swap, paper_waterbirds, params_for
 
 
 # --- CPU twin semantics ---------------------------------------------------------------------
@@ -20,7 +20,7 @@ def test_a_one_patch_grid_is_a_valid_batch():
     soft = np.array([0.9, 0.2, 0.9, 0.0], np.float32).reshape(4, 1, 1)
     fills = rng.integers(0, 256, (4, 2, 2, 3), dtype=np.uint8)
     boxes = np.tile(np.array([0, 0, 1, 1], np.float32), (4, 1))
-    cfg = SwapConfig(translate=0.0)
+    cfg = paper_swap(translate=0.0)
     p = params_for(rng, soft, cfg, 12, 10)
     assert p["perm"].shape == (4, 1)
     out = composite_cpu(images, soft, fills, boxes, p, cfg)
@@ -30,7 +30,7 @@ def test_a_one_patch_grid_is_a_valid_batch():
 def test_swap_probability_zero_returns_the_input_exactly():
     rng = np.random.default_rng(0)
     images, soft, fills, boxes = make_batch(rng)
-    cfg = SwapConfig(p=0.0)
+    cfg = paper_swap(p=0.0)
     p = params_for(rng, soft, cfg, 48, 40)
     assert not p["swap"].any()
     out = composite_cpu(images, soft, fills, boxes, p, cfg)
@@ -41,7 +41,7 @@ def test_empty_foreground_gives_the_partner_background():
     rng = np.random.default_rng(1)
     images, soft, fills, boxes = make_batch(rng)
     soft[:] = 0.0  # no foreground anywhere: no fill region either
-    cfg = SwapConfig(background="uniform")
+    cfg = paper_swap(background="uniform")
     p = params_for(rng, soft, cfg, 48, 40)
     out = composite_cpu(images, soft, fills, boxes, p, cfg)
     assert np.array_equal(out, images[p["partner"]])
@@ -51,10 +51,10 @@ def test_full_foreground_with_identity_affine_gives_the_input():
     rng = np.random.default_rng(2)
     images, soft, fills, boxes = make_batch(rng)
     soft[:] = 1.0
-    cfg = SwapConfig(translate=0.0)
+    cfg = paper_swap(translate=0.0)
     p = params_for(rng, soft, cfg, 48, 40)
     assert np.array_equal(p["affine"], np.tile(np.float32([1, 0, 0, 0, 1, 0]), (8, 1)))
-    for c in (cfg, SwapConfig(translate=0.0, feather=2.0)):
+    for c in (cfg, paper_swap(translate=0.0, feather=2.0)):
         assert np.array_equal(composite_cpu(images, soft, fills, boxes, p, c), images)
 
 
@@ -62,14 +62,14 @@ def test_fill_region_takes_the_cached_tile_and_the_cheap_fills():
     rng = np.random.default_rng(3)
     images, soft, fills, boxes = make_batch(rng, degenerate_box=False)
     fills[:] = (10, 200, 30)  # a flat tile: bilinear sampling gives the same colour
-    cfg = SwapConfig(translate=0.0)
+    cfg = paper_swap(translate=0.0)
     p = params_for(rng, soft, cfg, 48, 40)
     p["affine"][:] = (1, 0, 1000, 0, 1, 0)  # foreground moved out of the image: background only
     out = composite_cpu(images, soft, fills, boxes, p, cfg)
     bg = images[p["partner"]]
     changed = (out != bg).any(-1)
     assert changed.any() and (out[changed] == (10, 200, 30)).all()
-    gray = composite_cpu(images, soft, fills, boxes, p, SwapConfig(fill="gray"))
+    gray = composite_cpu(images, soft, fills, boxes, p, paper_swap(fill="gray"))
     assert (gray[changed] == 128).all() and np.array_equal(gray[~changed], bg[~changed])
 
 
@@ -77,23 +77,23 @@ def test_cheap_fills_follow_their_definitions():
     rng = np.random.default_rng(8)
     images, soft, fills, boxes = make_batch(rng, n=6, degenerate_box=False)
     boxes[:] = (0, 0, 1, 1)
-    p = params_for(rng, soft, SwapConfig(), 48, 40)
+    p = params_for(rng, soft, paper_swap(), 48, 40)
     p["affine"][:] = (1, 0, 1000, 0, 1, 0)  # background only
-    region = composite_cpu(images, soft, fills, boxes, p, SwapConfig(fill="gray")) == 128
+    region = composite_cpu(images, soft, fills, boxes, p, paper_swap(fill="gray")) == 128
     region = region.all(-1)
     bg = images[p["partner"]]
     # patches with the identity permutation: every patch is itself, i.e. the image
     ident = {**p, "perm": np.tile(np.arange(64, dtype=np.int32), (6, 1))}
-    assert np.array_equal(composite_cpu(images, soft, fills, boxes, ident, SwapConfig(fill="patches")), bg)
+    assert np.array_equal(composite_cpu(images, soft, fills, boxes, ident, paper_swap(fill="patches")), bg)
     # mean: the tile's mean colour, rounded
-    out = composite_cpu(images, soft, fills, boxes, p, SwapConfig(fill="mean"))
+    out = composite_cpu(images, soft, fills, boxes, p, paper_swap(fill="mean"))
     want = np.floor(fills.reshape(6, -1, 3).mean(1) + 0.5)[p["partner"]]
     assert np.array_equal(out[region], np.broadcast_to(want[:, None, None], bg.shape)[region])
     # noise: roughly uniform 0..255, different per channel and per seed
-    out = composite_cpu(images, soft, fills, boxes, p, SwapConfig(fill="noise"))[region].astype(float)
+    out = composite_cpu(images, soft, fills, boxes, p, paper_swap(fill="noise"))[region].astype(float)
     assert abs(out.mean() - 127.5) < 6 and abs(out.std() - 73.9) < 5 and (out[:, 0] != out[:, 1]).mean() > 0.9
     # pixels: colours of the partner image, shuffled
-    out = composite_cpu(images, soft, fills, boxes, p, SwapConfig(fill="pixels"))
+    out = composite_cpu(images, soft, fills, boxes, p, paper_swap(fill="pixels"))
     k = np.flatnonzero(region.any((1, 2)))[0]
     colours = {tuple(c) for c in bg[k].reshape(-1, 3)}
     assert all(tuple(c) in colours for c in out[k][region[k]]) and (out[k][region[k]] != bg[k][region[k]]).any()
@@ -102,7 +102,7 @@ def test_cheap_fills_follow_their_definitions():
 def test_crop_flip_and_resize_are_part_of_the_same_pass():
     rng = np.random.default_rng(9)
     images, soft, fills, boxes = make_batch(rng)
-    cfg = SwapConfig(p=0.0)
+    cfg = paper_swap(p=0.0)
     p = params_for(rng, soft, cfg, 48, 40, augment=AugmentConfig(random_resized_crop=False, flip=1.0))
     assert p["flip"].all()
     assert np.array_equal(composite_cpu(images, soft, fills, boxes, p, cfg), images[:, :, ::-1])
@@ -112,7 +112,7 @@ def test_crop_flip_and_resize_are_part_of_the_same_pass():
     half = composite_cpu(images, soft, fills, boxes, p, cfg, size=(24, 20))
     assert np.array_equal(half, images[:, :24, :20])
     # a swapped sample is mirrored as a whole: flip=1 is the flip=0 composite, mirrored
-    cfg = SwapConfig(fill="gray")
+    cfg = paper_swap(fill="gray")
     p = params_for(np.random.default_rng(3), soft, cfg, 48, 40)
     a = composite_cpu(images, soft, fills, boxes, p, cfg)
     b = composite_cpu(images, soft, fills, boxes, {**p, "flip": np.ones(8, np.uint8)}, cfg)
@@ -121,7 +121,7 @@ def test_crop_flip_and_resize_are_part_of_the_same_pass():
 
 def test_same_seed_same_batch():
     images, soft, fills, boxes = make_batch(np.random.default_rng(4))
-    cfg = SwapConfig.waterbirds(fill="noise", p=0.7)
+    cfg = paper_waterbirds(fill="noise", p=0.7)
     runs = []
     for _ in range(2):
         p = params_for(np.random.default_rng(123), soft, cfg, 48, 40)
@@ -137,7 +137,7 @@ def test_same_seed_same_batch():
 def test_composite_rejects_bad_inputs_with_the_values_found():
     rng = np.random.default_rng(7)
     images, soft, fills, boxes = make_batch(rng)
-    cfg = SwapConfig()
+    cfg = paper_swap()
     p = params_for(rng, soft, cfg, 48, 40)
     cases = [
         (dict(images=images.astype(np.float32)), r"images must be uint8 \[N,H,W,3\].*got float32 \(8, 48, 40, 3\)"),
@@ -161,3 +161,16 @@ def test_composite_rejects_bad_inputs_with_the_values_found():
     for change, msg in cases:
         with pytest.raises(SwapError, match=msg):
             composite_cpu(**{**base, **change})
+
+
+def test_without_a_cache_the_thresholds_must_be_numbers():
+    """SwapConfig's None thresholds mean the cache's: the functions that see no cache say so."""
+    from dali_abs.swap import sample_params
+
+    rng = np.random.default_rng(0)
+    images, soft, fills, boxes = make_batch(rng, n=4)
+    with pytest.raises(SwapError, match=r"SwapConfig.tight and loose left None \(= the cache's recorded threshold"):
+        sample_params(np.arange(4), rng, SwapConfig(), image_size=(48, 40), soft=soft)
+    p = params_for(rng, soft, paper_swap(), 48, 40)
+    with pytest.raises(SwapError, match=r"SwapConfig.loose left None"):
+        composite_cpu(images, soft, fills, boxes, p, SwapConfig(tight=0.5))

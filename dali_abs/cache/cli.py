@@ -37,6 +37,7 @@ def _precompute(args: argparse.Namespace) -> int:
               f"{res['already_done']} already done")
         print(f"  cache complete: {res['manifest']} ({res['counts']})" if res["complete"] else
               "  cache not complete yet: other shards pending (then `dali-abs cache merge`)")
+        _print_thresholds(res["thresholds"])
     return 0
 
 
@@ -81,9 +82,18 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {b['total']} bytes, {b['per_image']} B/image ({b['ratio_to_source']} x the source images)")
         for name, mdl in res["models"].items():
             print(f"  {name}: {mdl['path']} sha256 {mdl['sha256'][:16]}")
+        _print_thresholds(res["thresholds"])
         for s in res["skipped"]:
             print(f"  skipped {s['path']}: {s['reason']}")
     return 0
+
+
+def _print_thresholds(recorded: dict) -> None:
+    from dali_abs.cache.format import manifest_thresholds
+
+    th = manifest_thresholds({"thresholds": recorded})
+    print(f"  tight threshold {th.tight} (cut-out; the loader's default): {th.tight_source}")
+    print(f"  fill threshold {th.loose} (loose mask, filled): {th.loose_source}")
 
 
 def _dataset_columns_optional(p: argparse.ArgumentParser) -> None:
@@ -130,9 +140,10 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, default=d.chunk_size,
                    help=f"images per chunk file, the unit of resumption and sharding (default {d.chunk_size})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per batch (default {d.batch_size})")
-    p.add_argument("--fill-threshold", type=float, default=DEFAULT_FILL_THRESHOLD,
-                   help=f"fill cells whose foreground probability is above this (loose mask, default "
-                        f"{DEFAULT_FILL_THRESHOLD})")
+    p.add_argument("--fill-threshold", type=float, default=None,
+                   help="fill cells whose foreground probability is above this (loose mask; default: the loose "
+                        "threshold the segmenter records, chosen on its validation images; "
+                        f"{DEFAULT_FILL_THRESHOLD} with --masks or for a segmenter that records none)")
     p.add_argument("--quality", type=int, default=d.quality, help=f"JPEG quality of the fills (default {d.quality})")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels,
                    help=f"skip (and report) images with more pixels (default {d.max_pixels})")

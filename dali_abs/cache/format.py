@@ -16,13 +16,19 @@ Per image the cache stores:
 - the **soft patch mask**: foreground probability on the R x R grid as uint8 ``round(p * 255)``
   (so loose and tight masks are chosen at load time by thresholding);
 - the **fill**: the inpainter's output inside the bounding box of the loose mask
-  (``p > fill_threshold``, default 0.1, i.e. background probability < 0.9 as in the paper),
+  (``p > fill_threshold``: the loose threshold recorded with the segmenter, chosen on its
+  validation images, unless the user passed one; 0.1 = background probability < 0.9 as in the
+  paper for ground-truth masks and for segmenters that record none),
   cut from the working-size (segmenter input size S) image, resized to the source's resolution
   where that is smaller (:func:`tile_size`: never more pixels than the source has) and stored as
   JPEG; the box's pixels more than :data:`PLACEHOLDER_RING` px away from the loose cells hold a
   smooth placeholder (:meth:`Cache.placeholder`; the loader never shows them). The box
   is in **grid cells** ``(r0, c0, r1, c1)`` (half-open), so it maps onto the source image at
   any resolution: rows ``r0 * H / R .. r1 * H / R``, columns ``c0 * W / R .. c1 * W / R``.
+
+The manifest's ``thresholds`` record the fill (loose) threshold and the tight (cut-out)
+threshold the loader uses unless told otherwise, each with where it came from
+(:attr:`Cache.thresholds`, shown by ``dali-abs cache info``).
 
 The clean background of image j is image j with its loose-mask cells replaced by the fill
 (resized to the cells' size in the image): see :meth:`Cache.background`. A loader that
@@ -50,6 +56,7 @@ import numpy as np
 
 from dali_abs.errors import DaliAbsError
 from dali_abs.files import atomic_write_bytes, atomic_write_text
+from dali_abs.segmenter.thresholds import DEFAULT_LOOSE, DEFAULT_TIGHT, Thresholds
 
 FORMAT = "dali-abs-cache"
 FORMAT_VERSION = 1
@@ -57,12 +64,24 @@ PLAN = "plan.json"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks"
 PARTS = "parts"
-DEFAULT_FILL_THRESHOLD = 0.1  # foreground probability above which a cell is filled (loose mask)
-DEFAULT_TIGHT_THRESHOLD = 0.5  # foreground probability above which a cell is cut out (tight mask)
+# Library defaults where nothing was chosen (a segmenter that records no thresholds): the paper's.
+DEFAULT_FILL_THRESHOLD = DEFAULT_LOOSE  # foreground probability above which a cell is filled (loose mask)
+DEFAULT_TIGHT_THRESHOLD = DEFAULT_TIGHT  # foreground probability above which a cell is cut out (tight mask)
 
 
 class CacheError(DaliAbsError, ValueError):
     """A cache folder that is missing, incomplete, or does not match what was asked."""
+
+
+def manifest_thresholds(manifest: dict) -> Thresholds:
+    """The tight and fill (loose) thresholds a cache's plan or manifest records, with their sources.
+
+    Caches written before the tight threshold was recorded get the library default 0.5, said so.
+    """
+    t = manifest.get("thresholds", {})
+    return Thresholds(tight=float(t.get("tight", DEFAULT_TIGHT_THRESHOLD)), loose=float(t["fill"]),
+                      tight_source=t.get("tight_source", "library default (the cache records no tight threshold)"),
+                      loose_source=t.get("fill_source", "precompute --fill-threshold or its default"))
 
 
 def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
@@ -282,11 +301,16 @@ def encode_masks(masks: np.ndarray) -> bytes:
 
 def read_masks(path: Path) -> np.ndarray:
     """The masks of one chunk file: ``.masks.npz`` (this version) or ``.masks.npy`` (caches written before)."""
-    data = np.load(path)
-    if isinstance(data, np.ndarray):
-        return data
-    with data:
-        return data["masks"]
+    try:
+        data = np.load(path)
+        if isinstance(data, np.ndarray):
+            return data
+        with data:
+            return data["masks"]
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # a damaged .npz fails in many ways (zip, zlib, the npy header's parser): one error
+        raise ValueError(f"not a readable masks file ({type(e).__name__}: {e})") from None
 
 
 def write_chunk(root: Path, k: int, entries: list[dict], masks: np.ndarray, fills: list[bytes | None],
@@ -356,12 +380,69 @@ def check_manifest(manifest, path: Path) -> dict:
     return manifest
 
 
+def manifest_problems(root: Path, manifest: dict) -> list[str]:
+    """Settings of ``manifest.json`` that differ from the run's ``plan.json`` (an edited or damaged manifest).
+
+    ``merge`` writes the manifest as the plan plus counts, so every plan key must hold the same value.
+    """
+    plan_path = root / PLAN
+    if not plan_path.is_file():
+        return [f"{plan_path}: missing (every cache has one; copy the whole cache folder)"]
+    plan = read_json(plan_path, "cache plan")
+    diff = [k for k in plan if manifest.get(k) != plan[k]]
+    if not diff:
+        return []
+    shown = ", ".join(f"{k} {manifest.get(k)!r} (plan: {plan[k]!r})" if not isinstance(plan[k], dict) else k
+                      for k in diff[:4])
+    return [f"{root / MANIFEST}: differs from {PLAN} in {shown}; the manifest was edited or damaged: "
+            f"run `dali-abs cache merge {root}` to rewrite it"]
+
+
+def chunk_problems(root: Path, k: int, rec: dict, listed: dict, hashes: bool = True) -> list[str]:
+    """What is wrong with the files of finished chunk ``k`` (its record ``rec``), each naming the file.
+
+    Against the record: the fills and masks files exist with the byte sizes it names and (``hashes``)
+    the SHA-256 it names; against the manifest's entry ``listed`` (from ``chunk_files``): the record
+    and both files have the SHA-256 the manifest holds. Without ``hashes`` only presence and sizes
+    are checked (no file is read). One truth for ``cache verify`` and for :func:`open_cache`.
+    """
+    d = root / CHUNKS
+    fix = (f"delete {d / (chunk_name(k) + '.json')} and rerun the same `dali-abs precompute` command (it redoes "
+           f"that chunk), or rebuild the cache")
+    problems = []
+    if hashes and listed.get("record_sha256") != sha256_file(d / f"{chunk_name(k)}.json"):
+        problems.append(f"{d / (chunk_name(k) + '.json')}: SHA-256 differs from the one {MANIFEST} holds "
+                        f"(the record was edited or damaged); {fix}")
+    for key in ("fills", "masks"):
+        p = d / str(rec[key])
+        if not p.is_file():
+            problems.append(f"{p}: missing; {fix}")
+            continue
+        size = p.stat().st_size
+        if size != rec[f"{key}_bytes"]:
+            problems.append(f"{p}: {size} bytes, its record says {rec[f'{key}_bytes']} (truncated or "
+                            f"overwritten); {fix}")
+        elif hashes and not (sha256_file(p) == rec[f"{key}_sha256"] == listed.get(f"{key}_sha256")):
+            problems.append(f"{p}: SHA-256 differs from the one its record and {MANIFEST} hold (bytes changed "
+                            f"on disk); {fix}")
+    return problems
+
+
+def masks_problem(path: Path, masks: np.ndarray, n: int, grid: int) -> str | None:
+    """The masks array of a chunk is uint8 [n, R, R] for its n entries and the manifest's grid R."""
+    if masks.dtype != np.uint8 or masks.shape != (n, grid, grid):
+        return (f"{path}: masks are {masks.dtype} {list(masks.shape)}, expected uint8 [{n}, {grid}, {grid}] "
+                f"({n} entries in the record, grid {grid} in {MANIFEST})")
+    return None
+
+
 @dataclass
 class Cache:
     """A finished cache, read for training.
 
     Attributes: :attr:`root`, :attr:`manifest`, :attr:`grid` (R), :attr:`work_size` (S, the px
-    size the fill was computed at), :attr:`fill_threshold`, :attr:`ids` (cached image ids, dataset
+    size the fill was computed at), :attr:`fill_threshold`, :attr:`thresholds` (tight and fill
+    thresholds with their sources: what the loader uses by default), :attr:`ids` (cached image ids, dataset
     order), :attr:`indices` (their dataset sample index), :attr:`relpaths` (path under the dataset
     root), :attr:`labels`, :attr:`masks` (uint8 [N, R, R], ``round(p * 255)``), :attr:`boxes`
     (int32 [N, 4] grid-cell boxes ``r0, c0, r1, c1``; all zero = nothing filled), :attr:`fill_spans`
@@ -379,6 +460,7 @@ class Cache:
     boxes: np.ndarray
     fill_spans: np.ndarray
     sizes: np.ndarray
+    hashes_checked: bool = False  # open_cache compared every file with the SHA-256 the manifest holds
 
     @property
     def grid(self) -> int:
@@ -391,6 +473,11 @@ class Cache:
     @property
     def fill_threshold(self) -> float:
         return float(self.manifest["thresholds"]["fill"])
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The recorded tight (cut-out) and loose (= fill) thresholds and where they came from."""
+        return manifest_thresholds(self.manifest)
 
     @property
     def data_root(self) -> Path:
@@ -420,9 +507,10 @@ class Cache:
         """Bool [R, R] loose mask (default: the threshold the fill was computed with)."""
         return threshold_mask(self.masks[self._row(key)], self.fill_threshold if threshold is None else threshold)
 
-    def tight(self, key: str | int, threshold: float = DEFAULT_TIGHT_THRESHOLD) -> np.ndarray:
-        """Bool [R, R] tight mask (cut-out alpha), foreground probability above ``threshold``."""
-        return threshold_mask(self.masks[self._row(key)], threshold)
+    def tight(self, key: str | int, threshold: float | None = None) -> np.ndarray:
+        """Bool [R, R] tight mask (cut-out alpha), foreground probability above ``threshold``
+        (default: the cache's recorded tight threshold)."""
+        return threshold_mask(self.masks[self._row(key)], self.thresholds.tight if threshold is None else threshold)
 
     def fill_files(self) -> list[Path]:
         """The chunks' fills files in chunk order (``fill_spans[:, 0]`` indexes this list)."""
@@ -494,8 +582,15 @@ class Cache:
         return out
 
 
-def open_cache(path: str | os.PathLike) -> Cache:
-    """Open a finished cache (one with ``manifest.json``; run ``dali-abs cache merge`` after sharded runs)."""
+def open_cache(path: str | os.PathLike, hashes: bool = True) -> Cache:
+    """Open a finished cache (one with ``manifest.json``; run ``dali-abs cache merge`` after sharded runs).
+
+    Refuses (:class:`CacheError` naming the file) a cache whose files are missing or of other sizes than
+    their records say, whose masks do not fit the manifest's grid, whose manifest differs from its
+    plan, and (``hashes``, default) whose record, fills or masks files differ from the SHA-256 the
+    manifest holds: the checks of ``dali-abs cache verify`` that need no image decode (a cost of
+    reading the cache once; ``hashes=False`` skips the reading, e.g. for a cache just verified).
+    """
     root = Path(path)
     if not root.is_dir():
         raise CacheError(f"{root}: cache folder not found")
@@ -510,15 +605,31 @@ def open_cache(path: str | os.PathLike) -> Cache:
         raise CacheError(f"{mpath}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
                          f"this version reads {FORMAT!r} version {FORMAT_VERSION}. Rebuild the cache.")
     check_manifest(manifest, mpath)
-    ids, idx, rel, lab, masks, boxes, spans, sizes = [], [], [], [], [], [], [], []
-    for k in range(int(manifest["chunks"])):
+    R, n_chunks = int(manifest["grid"]), int(manifest["chunks"])
+    problems = manifest_problems(root, manifest)
+    listed = {c.get("chunk"): c for c in manifest.get("chunk_files", [])}
+    records = []
+    for k in range(n_chunks):
         rec = read_chunk_record(root, k)
         if rec is None:
             raise CacheError(f"{root}: chunk {k} is missing although the manifest lists it; run "
                              "`dali-abs cache verify` and rerun the precompute")
-        m = read_masks(root / CHUNKS / rec["masks"])
-        if len(m) != len(rec["entries"]):
-            raise CacheError(f"{root / CHUNKS / rec['masks']}: {len(m)} masks for {len(rec['entries'])} entries")
+        problems += chunk_problems(root, k, rec, listed.get(k, {}), hashes=hashes)
+        records.append(rec)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems: `dali-abs cache verify {root}` lists them)" \
+            if len(problems) > 1 else ""
+        raise CacheError(problems[0] + more)
+    ids, idx, rel, lab, masks, boxes, spans, sizes = [], [], [], [], [], [], [], []
+    for k, rec in enumerate(records):
+        mp = root / CHUNKS / rec["masks"]
+        try:
+            m = read_masks(mp)
+        except (OSError, ValueError) as e:
+            raise CacheError(f"{mp}: unreadable ({e}); run `dali-abs cache verify {root}`") from None
+        bad = masks_problem(mp, m, len(rec["entries"]), R)
+        if bad:
+            raise CacheError(bad)
         masks.append(m)
         for e in rec["entries"]:
             ids.append(e["id"])
@@ -528,8 +639,7 @@ def open_cache(path: str | os.PathLike) -> Cache:
             boxes.append(e["box"])
             spans.append((k, *(e["fill"] or (0, 0))))
             sizes.append(tuple(e["size"])[::-1])  # stored as (w, h)
-    R = int(manifest["grid"])
     return Cache(root, manifest, ids, np.asarray(idx, np.int64), rel, np.asarray(lab, np.int64),
                  np.concatenate(masks) if masks else np.zeros((0, R, R), np.uint8),
                  np.asarray(boxes, np.int32).reshape(-1, 4), np.asarray(spans, np.int64).reshape(-1, 3),
-                 np.asarray(sizes, np.int32).reshape(-1, 2))
+                 np.asarray(sizes, np.int32).reshape(-1, 2), hashes_checked=hashes)

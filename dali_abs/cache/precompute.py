@@ -20,12 +20,13 @@ back silently, and the summary's ``devices`` says where the work ran.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from dali_abs.cache.format import (CHUNKS, DEFAULT_FILL_THRESHOLD, DEFAULT_TIGHT
                                    sha256_file, threshold_mask, write_chunk, write_json)
 from dali_abs.dataset import Dataset, Sample
 from dali_abs.files import MAX_PIXELS
+from dali_abs.segmenter.thresholds import Thresholds
 
 STAGES = ("decode", "segmenter", "inpainter", "encode", "write")
 MASK_STAGES = ("decode", "masks", "inpainter", "encode", "write")  # with ground-truth masks instead of a segmenter
@@ -48,7 +50,9 @@ DALI_FORMATS = {"JPEG": ("RGB", "L"), "PNG": ("RGB", "L"), "BMP": ("RGB", "L")}
 class PrecomputeConfig:
     chunk_size: int = 256  # images per chunk file (the unit of resumption and sharding)
     batch_size: int = 32  # images per DALI / onnxruntime batch
-    fill_threshold: float = DEFAULT_FILL_THRESHOLD  # loose mask: foreground probability above this is filled
+    # loose mask: foreground probability above this is filled; None = the loose threshold the
+    # segmenter records (chosen on its validation images), else DEFAULT_FILL_THRESHOLD
+    fill_threshold: float | None = None
     quality: int = 90  # JPEG quality of the stored fill
     max_pixels: int = MAX_PIXELS  # larger images are skipped (reported) from their header, never decoded
     device: str = "auto"  # auto / cpu / cuda: onnxruntime provider and DALI decoder placement
@@ -56,7 +60,7 @@ class PrecomputeConfig:
     def check(self) -> None:
         if self.chunk_size < 1 or self.batch_size < 1:
             raise CacheError(f"chunk_size and batch_size must be positive, got {self.chunk_size}, {self.batch_size}")
-        if not 0.0 <= self.fill_threshold < 1.0:
+        if self.fill_threshold is not None and not 0.0 <= self.fill_threshold < 1.0:
             raise CacheError(f"fill threshold must be in [0, 1), got {self.fill_threshold}")
         if not 1 <= self.quality <= 100:
             raise CacheError(f"JPEG quality must be 1..100, got {self.quality}")
@@ -92,8 +96,9 @@ class GroundTruthMasks:
 
     The soft value of a patch is the fraction of its pixels that are foreground
     (:func:`dali_abs.labels.patch_coverage` on the mask at its own resolution, patch edges at
-    ``round(i * H / R)`` as everywhere else), stored like a segmenter's probability, so the loose
-    and tight thresholds keep their meaning (0.1: any of the object; 0.5: mostly object).
+    ``round(i * H / R)`` as everywhere else), stored like a segmenter's probability. The
+    thresholds on it are fixed, not chosen (:attr:`thresholds`): fill (loose) 0.1 = at least a
+    tenth of the patch is object, tight 0.5 = mostly object.
     ``grid`` (R) and ``input_size`` (S, the work size the images are decoded to for the
     inpainter and the fills are stored at; default as ``dali-abs segmenter train``: 224 for
     R = 16, else 16 px per patch) take the segmenter's roles. :meth:`prepare` finds every
@@ -102,6 +107,9 @@ class GroundTruthMasks:
     """
 
     kind = "ground-truth masks"
+    thresholds = Thresholds(tight=0.5, loose=DEFAULT_FILL_THRESHOLD,
+                            tight_source="ground-truth coverage: 0.5 = the patch is mostly object",
+                            loose_source="ground-truth coverage: 0.1 = a tenth of the patch is object")
 
     def __init__(self, path: str | os.PathLike, grid: int = DEFAULT_MASK_GRID, input_size: int | None = None):
         from dali_abs.models.segmenter_contract import default_input_size
@@ -228,9 +236,7 @@ def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
             "inpainter": {"path": str(inp.path), "sha256": sha256_file(inp.path), "fill": inp.fill_name},
         },
         "grid": seg.grid, "work_size": seg.input_size,
-        "thresholds": {"fill": cfg.fill_threshold, "tight_default": DEFAULT_TIGHT_THRESHOLD,
-                       "meaning": "foreground probability above the threshold; fill = loose mask "
-                                  "(background probability < 1 - fill), tight = cut-out alpha"},
+        "thresholds": plan_thresholds(seg, cfg),
         "mask_encoding": "uint8 [R,R] round(255 * foreground probability), one deflated .masks.npz per chunk "
                          "(np.load(path)['masks'])",
         "fill_encoding": {"format": "jpeg", "quality": cfg.quality, "huffman": "optimized",
@@ -242,6 +248,24 @@ def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
         "chunk_size": cfg.chunk_size, "chunks": (n + cfg.chunk_size - 1) // cfg.chunk_size,
         "max_pixels": cfg.max_pixels,
     }
+
+
+def plan_thresholds(seg, cfg: PrecomputeConfig) -> dict:
+    """The cache's thresholds: ``fill`` (loose; the fills are computed with it) from ``cfg`` when
+    given, else the segmenter's recorded loose threshold; ``tight`` (the loader's default cut-out)
+    the segmenter's recorded one; library defaults for a segmenter that records none; the fixed
+    coverage cuts of :class:`GroundTruthMasks`. Each with its source."""
+    rec = seg.thresholds
+    if rec is None:
+        why = (f"library default: segmenter {seg.path} records no thresholds (exported before they were "
+               "chosen; retrain it, or pass your own)")
+        rec = Thresholds(DEFAULT_TIGHT_THRESHOLD, DEFAULT_FILL_THRESHOLD, why, why)
+    fill, fill_source = rec.loose, rec.loose_source
+    if cfg.fill_threshold is not None:
+        fill, fill_source = float(cfg.fill_threshold), "given to precompute (--fill-threshold)"
+    return {"fill": fill, "tight": rec.tight, "fill_source": fill_source, "tight_source": rec.tight_source,
+            "meaning": "foreground probability above the threshold; fill = loose mask (background probability "
+                       "< 1 - fill), tight = cut-out alpha (the loader's default; SwapConfig(tight=...) overrides)"}
 
 
 _PLAN_KEYS = ("format_version", "grid", "work_size", "thresholds", "mask_encoding", "fill_encoding", "chunk_size",
@@ -309,6 +333,12 @@ def prepass(s: Sample, patch: int, max_pixels: int) -> tuple[str, dict]:
     info.update({"size": [w, h], "format": fmt, "mode": mode})
     if min(w, h) < patch:
         return "skip", {**info, "reason": f"too small: {w}x{h} px, smaller than one patch ({patch} px)"}
+    if fmt == "JPEG":  # libjpeg decodes damaged data with a warning naming no file: skip it (as data check does)
+        from dali_abs.jpeg import jpeg_defect
+
+        defect = jpeg_defect(s.path)
+        if defect:
+            return "skip", {**info, "reason": defect}
     ok_modes = DALI_FORMATS.get(fmt, ())
     if mode in ok_modes and (fmt != "JPEG" or _jpeg_complete(s.path)):
         return "dali", info
@@ -527,13 +557,15 @@ class Worker:
             masks = quantize(prob)
             t = self.timer.add("masks", t)
         else:
-            prob = self.seg.predict(x) if len(x) else np.zeros((0, 1, R, R), np.float32)
+            with _naming_chunk(k, entries):
+                prob = self.seg.predict(x) if len(x) else np.zeros((0, 1, R, R), np.float32)
             masks = quantize(prob[:, 0])
             t = self.timer.add("segmenter", t)
         loose = threshold_mask(masks, self.cfg.fill_threshold)
         hole = np.stack([fill_hole(cells, R, self.seg.input_size, e["size"][::-1]) for e, cells in zip(entries, loose)]) \
             if entries else np.zeros((0, 1, self.seg.input_size, self.seg.input_size), np.float32)
-        filled = self.inp.fill(x, hole) if len(x) else x
+        with _naming_chunk(k, entries):
+            filled = self.inp.fill(x, hole) if len(x) else x
         filled_u8 = np.clip(np.rint(filled * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
         t = self.timer.add("inpainter", t)
         fills = []
@@ -585,6 +617,20 @@ def decode_on_gpu(device: str) -> tuple[bool, int | None]:
     return True, device_id
 
 
+@contextlib.contextmanager
+def _naming_chunk(k: int, entries: list[dict]):
+    """A model output error, re-raised naming the chunk and its images; nothing of the chunk is written."""
+    from dali_abs.probe import ModelOutputError
+
+    try:
+        yield
+    except ModelOutputError as e:
+        ids = [entries[i]["path"] for i in e.bad[:5] if i < len(entries)]
+        raise CacheError(f"chunk {k} ({chunk_name(k)}): {e}, e.g. for {', '.join(ids)}. Nothing of this chunk "
+                         "was written (finished chunks stay). Fix or replace the model, then rerun into a new "
+                         "--out folder.") from None
+
+
 def _load_models(segmenter, inpainter, device: str, batch_size: int, masks=None):
     from dali_abs.inpainter.inference import Inpainter
 
@@ -625,6 +671,7 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
     if isinstance(seg, GroundTruthMasks):
         seg.prepare(ds)  # finds every image's mask file; refuses a folder with none before anything is written
     plan = make_plan(ds, seg, inp, cfg)
+    cfg = replace(cfg, fill_threshold=plan["thresholds"]["fill"])  # the fills use the recorded threshold
     old_path = root / PLAN
     if old_path.is_file():
         old = read_json(old_path, "cache plan")
@@ -671,7 +718,7 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
                "devices": {"decode": f"gpu {worker.device_id}" if worker.gpu else "cpu",
                            **{name: m.providers[0] for name, m in (("segmenter", seg), ("inpainter", inp))
                               if getattr(m, "providers", None)}},
-               "complete": False, "manifest": None}
+               "thresholds": plan["thresholds"], "complete": False, "manifest": None}
     if merge_when_done and all(read_chunk_record(root, k) is not None for k in range(plan["chunks"])):
         manifest = merge(root)
         summary.update(complete=True, manifest=str(root / MANIFEST), counts=manifest["counts"])

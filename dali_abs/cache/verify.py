@@ -8,8 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.cache.format import (CHUNKS, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, CacheError, check_manifest,
-                                   chunk_name, decode_image, read_chunk_record, read_json, read_masks,
-                                   sha256_file, stored_tile_size)
+                                   chunk_name, chunk_problems, decode_image, manifest_problems, masks_problem,
+                                   placeholder_mask, read_chunk_record, read_json, read_masks, stored_tile_size,
+                                   threshold_mask)
+
+
+# a fill whose loose-mask pixels average at most this (0..255) is black: a NaN fill cast to uint8 is 0
+# (JPEG ringing at the box's edge leaves a few pixels at 1-4)
+BLACK = 2.0
 
 
 def _load_manifest(root: Path) -> dict:
@@ -24,9 +30,12 @@ def _load_manifest(root: Path) -> dict:
 def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
     """Check a cache; returns ``{"ok", "problems", "counts", "stale"}`` (problems: list of strings).
 
-    Checks: format version; every chunk's record, fills and mask files present with the SHA-256
-    the manifest and record name; mask arrays uint8 [n, R, R]; the fills tile their file
-    exactly, and each is a JPEG that decodes (``decode``) to its box's size; each
+    Checks: format version; the manifest's settings equal the plan's; every chunk's record, fills
+    and mask files present with the sizes and SHA-256 the manifest and record name
+    (:func:`~dali_abs.cache.format.chunk_problems`, as at :func:`~dali_abs.cache.format.open_cache`);
+    mask arrays uint8 [n, R, R]; the fills tile their file
+    exactly, and each is a JPEG that decodes (``decode``) to its box's size; at most half of a
+    chunk's fills black in their loose-mask pixels (:data:`BLACK`: the trace of NaN fills); each
     dataset image exactly once (cached or skipped). With ``dataset``: images changed (path,
     label, split, size or mtime), added, or removed since the precompute.
     """
@@ -41,11 +50,13 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
         check_manifest(m, root / MANIFEST)
     except CacheError as e:
         return {"cache": str(root), "ok": False, "problems": [str(e)]}
+    problems += manifest_problems(root, m)
     R = int(m["grid"])
     by_chunk = {c["chunk"]: c for c in m.get("chunk_files", [])}
     records: dict[str, dict] = {}
     seen: dict[int, int] = {}
-    cached = skipped = fills_checked = 0
+    cached = skipped = fills_checked = black_fills = 0
+    fill = float(m["thresholds"]["fill"])
     for k in range(int(m["chunks"])):
         name = chunk_name(k)
         try:
@@ -56,18 +67,8 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
         if rec is None:
             problems.append(f"chunk {k}: record {CHUNKS}/{name}.json missing")
             continue
-        want = by_chunk.get(k, {})
-        if want.get("record_sha256") != sha256_file(root / CHUNKS / f"{name}.json"):
-            problems.append(f"chunk {k}: record hash differs from the manifest's")
-        ok_files = True
-        for key in ("fills", "masks"):
-            p = root / CHUNKS / rec[key]
-            if not p.is_file():
-                problems.append(f"chunk {k}: {rec[key]} missing")
-                ok_files = False
-            elif sha256_file(p) != rec[f"{key}_sha256"] or rec[f"{key}_sha256"] != want.get(f"{key}_sha256"):
-                problems.append(f"chunk {k}: {rec[key]} hash differs from its record / the manifest")
-                ok_files = False
+        file_problems = chunk_problems(root, k, rec, by_chunk.get(k, {}))
+        problems += file_problems
         for e in rec["entries"] + rec["skipped"]:
             if e["index"] in seen:
                 problems.append(f"image {e['id']!r} is in chunks {seen[e['index']]} and {k}")
@@ -75,19 +76,21 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
             records[e["id"]] = e
         cached += len(rec["entries"])
         skipped += len(rec["skipped"])
-        if not ok_files:
+        if file_problems:
             continue
         try:
             masks = read_masks(root / CHUNKS / rec["masks"])
         except Exception as e:
             problems.append(f"chunk {k}: {rec['masks']} unreadable ({e})")
             continue
-        if masks.dtype != np.uint8 or masks.shape != (len(rec["entries"]), R, R):
-            problems.append(f"chunk {k}: masks are {masks.dtype} {list(masks.shape)}, expected uint8 "
-                            f"[{len(rec['entries'])}, {R}, {R}]")
+        bad = masks_problem(root / CHUNKS / rec["masks"], masks, len(rec["entries"]), R)
+        if bad:
+            problems.append(bad)
+            continue
         data = (root / CHUNKS / rec["fills"]).read_bytes()
         end = 0
-        for e in rec["entries"]:
+        black = filled = 0
+        for i, e in enumerate(rec["entries"]):
             r0, c0, r1, c1 = e["box"]
             if e["fill"] is None:
                 if r1 > r0:
@@ -108,13 +111,24 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
                 want_shape = (*stored_tile_size(m, e["box"], e["size"][::-1]), 3)
                 if img.shape != want_shape:
                     problems.append(f"image {e['id']!r}: fill is {list(img.shape)}, expected {list(want_shape)}")
+                    continue
+                cells = threshold_mask(masks[i], fill)[r0:r1, c0:c1]
+                filled += 1
+                pixels = img[~placeholder_mask(img.shape[:2], cells, ring=0)]  # the loose cells' pixels
+                black += bool(pixels.size and pixels.mean() <= BLACK)
             fills_checked += 1
+        black_fills += black
+        if black and black * 2 >= filled:
+            problems.append(f"chunk {k}: {black} of its {filled} fills are black (filled pixels average <= {BLACK:g} of 255): "
+                            "what an inpainter that output NaN leaves (versions before the output checks). "
+                            "Rebuild the cache with a model that passes them")
         if end != len(data):
             problems.append(f"chunk {k}: {rec['fills']} has {len(data) - end} bytes after its last fill")
     n = int(m["dataset"]["images"])
     if len(seen) != n or set(seen) != set(range(n)):
         problems.append(f"the cache covers {len(seen)} of the {n} planned images")
-    counts = {"images": n, "cached": cached, "skipped": skipped, "fills_checked": fills_checked}
+    counts = {"images": n, "cached": cached, "skipped": skipped, "fills_checked": fills_checked,
+              "black_fills": black_fills}
     if counts["cached"] != m["counts"]["cached"] or counts["skipped"] != m["counts"]["skipped"]:
         problems.append(f"manifest counts {m['counts']} differ from the chunks' ({cached} cached, {skipped} skipped)")
     out = {"cache": str(root), "ok": not problems, "problems": problems, "counts": counts}

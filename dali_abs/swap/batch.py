@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dali_abs.swap.config import SwapConfig, SwapError
+from dali_abs.swap.config import SwapConfig, SwapError, require_thresholds
 from dali_abs.swap.signature import REFS_DTYPE, fill_code, sample_dtype
 
 F32 = np.float32
@@ -144,6 +144,7 @@ def _size(size, image_hw: np.ndarray) -> tuple[int, int]:
 def _pixels(images, fills, cfg, size):
     if not isinstance(cfg, SwapConfig):
         raise SwapError(f"cfg must be a SwapConfig, got {type(cfg).__name__}")
+    require_thresholds(cfg)
     imgs = _samples("images", images, None)
     n = len(imgs)
     if n < 1:

@@ -41,12 +41,17 @@ class SwapConfig:
         side; offset ~ U(-translate, translate) * (W, H) px. Default 64/224 (= the paper's
         +-64 px at 224 px). With ``keep_inside`` the offset is clipped so the transformed
         bounding box of the tight patches stays inside the image (centred if it cannot fit).
-    Masks (thresholds on the foreground probability)
-        ``tight`` (0.5): alpha = fg prob > tight, bilinear between patch centres (paper:
-        background prob < 0.5; 0.33 on Waterbirds, i.e. tight 0.67). ``loose`` (0.1): the fill
-        region is the cells with fg prob > loose (paper: background prob < 0.9), cell by cell: the
-        cells the cached fill was computed for (with the cache's fill threshold, so keep loose at
-        or above it). ``feather`` (px, 0): 0 = hard binary alpha (paper);
+    Masks (thresholds on the foreground probability, 0..1)
+        ``tight``: alpha = fg prob > tight, bilinear between patch centres. ``loose``: the fill
+        region is the cells with fg prob > loose, cell by cell: the cells the cached fill was
+        computed for (so a loose below the cache's fill threshold is refused).
+        Both default to None = **the cache's recorded thresholds** (chosen on the segmenter's
+        validation images, :mod:`dali_abs.segmenter.thresholds`; ``dali-abs cache info`` shows
+        them), filled in by :func:`~dali_abs.loader.ops.background_swap` (and so by
+        ``create_loader``); set a number to override. The paper used tight 0.5 (background
+        prob < 0.5; 0.67 on Waterbirds) and loose 0.1 (background prob < 0.9). Functions that
+        see no cache (:func:`~dali_abs.swap.sampling.sample_params`, the compositing functions)
+        need numbers. ``feather`` (px, 0): 0 = hard binary alpha (paper);
         > 0 ramps alpha over about ``2*feather`` source px across the tight threshold.
     Fill of the partner's foreground region (``fill``)
         ``"cached"`` (the inpainted tile), ``"gray"`` (128), ``"mean"`` (mean colour of the
@@ -63,14 +68,16 @@ class SwapConfig:
     rotation: tuple[float, float] = (0.0, 0.0)
     translate: float = 64.0 / 224.0
     keep_inside: bool = True
-    tight: float = 0.5
-    loose: float = 0.1
+    tight: float | None = None  # None: the cache's recorded threshold
+    loose: float | None = None  # None: the cache's recorded (fill) threshold
     feather: float = 0.0
     fill: str = "cached"
 
     def __post_init__(self):
         for name in ("p", "p_start", "tight", "loose"):
             v = getattr(self, name)
+            if v is None and name in ("tight", "loose"):
+                continue
             if not 0.0 <= float(v) <= 1.0:
                 raise SwapError(f"SwapConfig.{name} must be in [0, 1], got {v!r}")
         _choice("p_schedule", self.p_schedule, SCHEDULES)
@@ -92,10 +99,12 @@ class SwapConfig:
 
     @classmethod
     def waterbirds(cls, **overrides) -> "SwapConfig":
-        """The paper's Waterbirds preset: scale U(0.5, 1.5), rotation [-30, 30) degrees,
-        translation +-32 px at 224 px (32/224 of the side), tight threshold 0.67 (background
-        probability < 0.33)."""
-        kw = dict(scale=(0.5, 1.5), rotation=(-30.0, 30.0), translate=32.0 / 224.0, tight=0.67)
+        """The paper's Waterbirds foreground jitter: scale U(0.5, 1.5), rotation [-30, 30)
+        degrees, translation +-32 px at 224 px (32/224 of the side). The paper also cut at tight
+        0.67 (background probability < 0.33), hand-picked for its segmenter; here tight stays
+        the cache's recorded threshold (chosen on your segmenter's validation images) unless
+        you pass ``tight=0.67``."""
+        kw = dict(scale=(0.5, 1.5), rotation=(-30.0, 30.0), translate=32.0 / 224.0)
         kw.update(overrides)
         return cls(**kw)
 
@@ -133,6 +142,15 @@ class AugmentConfig:
             raise SwapError(f"AugmentConfig.ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio!r}")
         if not 0.0 <= float(self.flip) <= 1.0:
             raise SwapError(f"AugmentConfig.flip is a probability in [0, 1], got {self.flip!r}")
+
+
+def require_thresholds(cfg: SwapConfig) -> None:
+    """Raise :class:`SwapError` unless ``cfg.tight`` and ``cfg.loose`` are numbers (not None = "the cache's")."""
+    missing = [n for n in ("tight", "loose") if getattr(cfg, n) is None]
+    if missing:
+        raise SwapError(f"SwapConfig.{' and '.join(missing)} left None (= the cache's recorded threshold), but no "
+                        "cache is known here; pass numbers (e.g. SwapConfig(tight=cache.thresholds.tight, "
+                        "loose=cache.thresholds.loose)) or go through background_swap / create_loader")
 
 
 def _choice(name, value, allowed):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dali_abs.swap.config import AugmentConfig, SwapConfig, SwapError
+from dali_abs.swap.config import AugmentConfig, SwapConfig, SwapError, require_thresholds
 
 
 def sample_crops(rng: np.random.Generator, n: int, augment: AugmentConfig | None, image_size: tuple[int, int],
@@ -91,6 +91,7 @@ def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None
     uint8 (N,) — the window each output shows and its mirroring (:func:`sample_crops`; the
     whole canvas, unmirrored, when ``augment`` is None).
     """
+    require_thresholds(cfg)
     labels = _as_host(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise SwapError(f"labels must be an integer array of shape (N,), got {labels.dtype} {labels.shape}")
