@@ -157,6 +157,18 @@ def stored_tile_size(manifest: dict, box, source_hw) -> tuple[int, int]:
     return (r1 - r0) * (work // grid), (c1 - c0) * (work // grid)
 
 
+def _grow(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` (bool 2-D) grown by ``steps`` pixels, one 8-neighbourhood step at a time."""
+    for _ in range(steps):
+        grown = mask.copy()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        mask = grown
+    return mask
+
+
 def placeholder_mask(tile_hw, cells: np.ndarray, ring: int = PLACEHOLDER_RING) -> np.ndarray:
     """Bool [rows, columns]: the tile pixels that hold the smooth placeholder, not the fill. ``cells``:
     bool [r1-r0, c1-c0] the box's loose cells; a tile pixel belongs to the cell its centre lies in
@@ -167,14 +179,7 @@ def placeholder_mask(tile_hw, cells: np.ndarray, ring: int = PLACEHOLDER_RING) -
     ry = ((np.arange(th) + 0.5) * ch / th).astype(np.intp)
     cx = ((np.arange(tw) + 0.5) * cw / tw).astype(np.intp)
     near = cells[np.minimum(ry, ch - 1)][:, np.minimum(cx, cw - 1)]
-    for _ in range(int(ring)):  # grow by one pixel (8-neighbourhood) per step
-        grown = near.copy()
-        grown[1:] |= near[:-1]
-        grown[:-1] |= near[1:]
-        grown[:, 1:] |= grown[:, :-1].copy()
-        grown[:, :-1] |= grown[:, 1:].copy()
-        near = grown
-    return ~near
+    return ~_grow(near, int(ring))
 
 
 def hole_margin(box, grid: int, work_size: int, source_hw, ring: int = PLACEHOLDER_RING) -> int:
@@ -193,13 +198,7 @@ def fill_hole(cells: np.ndarray, grid: int, work_size: int, source_hw) -> np.nda
     hole = np.repeat(np.repeat(cells, patch, 0), patch, 1)
     box = bounding_box(cells)
     if box[2] > box[0]:
-        for _ in range(hole_margin(box, grid, work_size, source_hw)):
-            grown = hole.copy()
-            grown[1:] |= hole[:-1]
-            grown[:-1] |= hole[1:]
-            grown[:, 1:] |= grown[:, :-1].copy()
-            grown[:, :-1] |= grown[:, 1:].copy()
-            hole = grown
+        hole = _grow(hole, hole_margin(box, grid, work_size, source_hw))
     return hole[None].astype(np.float32)
 
 
