@@ -42,8 +42,25 @@ def mismatch(a, b):
     return float((np.abs(a.astype(np.int16) - b.astype(np.int16)) > 1).any(-1).mean())
 
 
+# The audit's variants (dali_abs.audit.variants): own background with no object (only-bg), the object
+# on a constant backdrop (only-fg; also feathered, rotated and among unswapped samples), another
+# sample of the same class (mixed-same), of the next class (mixed-next).
+AUDIT_CASES = [
+    paper_swap(background="own", foreground=False, translate=0.0),
+    paper_swap(background="own", backdrop=(124, 116, 104), translate=0.0),
+    paper_waterbirds(background="own", backdrop=(0, 0, 0), feather=1.5, p=0.6),
+    paper_swap(background="same_class", exclude_self=True, translate=0.0),
+    paper_swap(background="next_class", fill="gray", translate=0.0),
+]
+
 CASES = [paper_swap(fill=m) for m in FILLS] + [
     paper_waterbirds(fill="cached", p=0.8),
     paper_waterbirds(fill="patches", feather=1.5),
     paper_swap(fill="cached", feather=3.0),
-]
+] + AUDIT_CASES
+
+
+def case_id(c: SwapConfig) -> str:
+    """A test id naming what a case composites."""
+    what = "no-fg" if not c.foreground else "backdrop" if c.backdrop is not None else c.background
+    return f"{c.fill}-rot{c.rotation[1]:g}-f{c.feather:g}-{what}" + ("-not-self" if c.exclude_self else "")
