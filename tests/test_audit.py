@@ -240,7 +240,8 @@ def test_bad_options_are_one_error_each(colour_cache):
     for kw, words in ((dict(mean=(123.7, 116.3, 103.5)), "divide by 255"), (dict(std=(0.2, 0, 0.2)), "std"),
                       (dict(subset="some"), "subset"), (dict(device="tpu"), "device"), (dict(batch_size=0), "batch"),
                       (dict(size=4), "size"), (dict(backdrop=(300, 0, 0)), "backdrop"), (dict(spam=1), "unknown"),
-                      (dict(split="val", subset="majority", ids=("0000",)), "not in split")):
+                      (dict(split="val", subset="majority", ids=("0000",)), "not in split"),
+                      (dict(loose=0.05), "below the fill threshold 0.1")):
         with pytest.raises(DaliAbsError, match=words):
             audit(BorderColour(), cache, data, **{"size": SIZE, **kw})
     with pytest.raises(DaliAbsError, match=r"returns 1 logits per image, but the dataset has 2 classes"):
@@ -302,3 +303,17 @@ def test_cli_bad_model_files_are_one_line_naming_them(colour_cache, tmp_path, ca
     assert code == 2 and "divide by 255" in err and len(err.strip().splitlines()) == 1
     code, err = _main(capsys, cache, "--data", data, "--model", junk, "--png", data / "ex.png")
     assert code == 2 and "--png" in err and not (data / "ex.png").exists()  # nothing written into the dataset
+
+
+@pytest.mark.gpu
+def test_gpu_audit_gives_the_cpu_audits_accuracies(colour_cache):
+    """On a GPU: nvJPEG decode, the CUDA compositing kernel, the model on the GPU; the same parameters."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA here (a CPU build of torch)")
+    from dali_abs.audit import audit, to_json
+
+    cache, data = colour_cache
+    for model, kw in ((BorderColour(), {}), (ObjectColour(), RAW)):
+        cpu = to_json(audit(model, cache, data, size=SIZE, examples=0, **kw))
+        gpu = to_json(audit(model.cuda(), cache, data, size=SIZE, examples=0, device="gpu", **kw))
+        assert gpu["accuracy"] == cpu["accuracy"] and gpu["own_background"] == cpu["own_background"]

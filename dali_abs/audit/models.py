@@ -139,7 +139,7 @@ def _onnx(path: Path, device: str, threads: int | None) -> Classifier:
     from dali_abs.runtime import create_session
 
     try:
-        sess = create_session(path, "cuda" if device == "gpu" else "cpu", threads)
+        sess = create_session(path, "auto" if device == "gpu" else "cpu", threads)  # gpu: CUDA where it starts
     except DaliAbsError as e:
         raise DaliAbsError(f"--model {_one_line(e)}") from None
     inputs = sess.get_inputs()

@@ -45,7 +45,7 @@ from dali_abs.cache.format import Cache, open_cache
 from dali_abs.constants import MEAN, STD
 from dali_abs.dataset import Dataset, load_dataset
 from dali_abs.errors import DaliAbsError
-from dali_abs.loader.iterator import check_fresh, split_rows
+from dali_abs.loader.iterator import check_fresh, check_loose, split_rows
 
 FORMAT = "dali-abs audit 1"
 SUBSETS = ("auto", "all", "majority")
@@ -224,6 +224,7 @@ def audit(model, cache: str | os.PathLike | Cache, data: str | os.PathLike | Dat
     labels = labels[order]
     backdrop = cfg.backdrop if cfg.backdrop is not None else tuple(round(m * 255.0, 1) for m in cfg.mean)
     swaps = variant_swaps(backdrop, cfg.tight, cfg.loose)
+    check_loose(cache, swaps["only_bg"])
     th = cache.thresholds
     thresholds = {"tight": cfg.tight if cfg.tight is not None else (th.tight if th else None),
                   "loose": cfg.loose if cfg.loose is not None else (th.loose if th else None)}

@@ -166,12 +166,17 @@ def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards
         if cfg.swap.background == "other_group" and not ds.has_groups:
             raise DaliAbsError(f"background policy 'other_group' needs groups (a 'place' column in "
                                f"metadata.csv); {ds.root} has none")
-        loose = cfg.swap.loose
-        if cfg.swap.fill == "cached" and loose is not None and loose < cache.fill_threshold:
-            raise DaliAbsError(f"SwapConfig(loose={loose}) is below the fill threshold {cache.fill_threshold} "
-                               f"{cache.root} was built with: the cells in between were never filled and would show "
-                               f"the placeholder; use loose >= {cache.fill_threshold}, or rebuild the cache with "
-                               f"`dali-abs precompute ... --fill-threshold {loose}`")
+        check_loose(cache, cfg.swap)
+
+
+def check_loose(cache: Cache, swap: SwapConfig) -> None:
+    """Raise :class:`DaliAbsError` when ``swap`` fills from the cache below the fill threshold it was built with."""
+    loose = swap.loose
+    if swap.fill == "cached" and loose is not None and loose < cache.fill_threshold:
+        raise DaliAbsError(f"SwapConfig(loose={loose}) is below the fill threshold {cache.fill_threshold} "
+                           f"{cache.root} was built with: the cells in between were never filled and would show "
+                           f"the placeholder; use loose >= {cache.fill_threshold}, or rebuild the cache with "
+                           f"`dali-abs precompute ... --fill-threshold {loose}`")
 
 
 def _check_last_batch(n: int, shards: int, batch: int, policy: str) -> None:
