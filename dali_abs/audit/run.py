@@ -271,7 +271,8 @@ def audit(model, cache: str | os.PathLike | Cache, data: str | os.PathLike | Dat
                 x = (u8.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
                 preds[v][pos:pos + n] = clf(x)
                 if v in MIXED:
-                    partner_rows[v][pos:pos + n] = got[_partners(out[v + "_params"], cache.grid)]
+                    # a partner among the last batch's padding is the last image: DALI pads by repeating it
+                    partner_rows[v][pos:pos + n] = got[np.minimum(_partners(out[v + "_params"], cache.grid), n - 1)]
             for i in range(n):
                 if pos + i in picks:
                     kept[pos + i] = {v: out[v][i].cpu().numpy().copy() for v in VARIANTS}
