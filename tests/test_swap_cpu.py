@@ -17,7 +17,8 @@ from dali_abs import swap
 from dali_abs.swap import AugmentConfig, SwapConfig, SwapError
 from dali_abs.swap import cpu as native
 from dali_abs.swap.twin import composite_cpu
-from swap_cases import CASES, case_id, make_batch, paper_swap, paper_waterbirds, params_for, ragged_batch
+from swap_cases import (CASES, RECORDED, case_id, make_batch, paper_swap, paper_waterbirds, params_for, ragged_batch,
+                        recorded_digests)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +75,10 @@ def test_native_equals_the_twin_pixel_for_pixel(built, cfg):
     twin = composite_cpu(images, soft, fills, boxes, p, cfg, size=(61, 47))
     got = native_on(images, soft, fills, boxes, p, cfg, size=(61, 47), threads=2)
     assert got.shape == (9, 61, 47, 3) and np.array_equal(got, twin)
+
+@pytest.mark.parametrize("kind, name", list(RECORDED), ids=[f"{k}-{n}" for k, n in RECORDED])
+def test_native_gives_the_recorded_bytes(built, kind, name):
+    assert recorded_digests(kind, name, native_on) == RECORDED[kind, name]
 
 ROW_CASES = [paper_swap(), paper_swap(p=0.5, scale=(0.6, 1.4)), paper_swap(tight=0.3, loose=0.0, translate=0.5),
              paper_waterbirds(), paper_waterbirds(feather=1.5), paper_swap(fill="noise"),

@@ -8,7 +8,7 @@ import pytest
 
 from dali_abs.swap import AugmentConfig, SwapConfig, SwapError
 from dali_abs.swap.twin import composite_cpu
-from swap_cases import make_batch, paper_swap, paper_waterbirds, params_for
+from swap_cases import RECORDED, make_batch, paper_swap, paper_waterbirds, params_for, recorded_digests
 
 
 # --- CPU twin semantics ---------------------------------------------------------------------
@@ -164,6 +164,13 @@ def test_same_seed_same_batch():
     p3 = params_for(np.random.default_rng(124), soft, cfg, 48, 40)
     assert not np.array_equal(p1["affine"], p3["affine"])
 
+
+
+@pytest.mark.parametrize("kind, name", list(RECORDED), ids=[f"{k}-{n}" for k, n in RECORDED])
+def test_same_parameters_same_bytes_as_recorded(kind, name):
+    """Same seed, same parameters and the same output bytes as recorded (swap_cases.RECORDED):
+    main's before the swap moved, except the fill-region change on the "blob" masks."""
+    assert recorded_digests(kind, name) == RECORDED[kind, name]
 
 # --- argument checks -----------------------------------------------------------------------
 
