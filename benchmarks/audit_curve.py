@@ -84,6 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="docs/audit-curve.png")
+    ap.add_argument("--workdir", default=None,
+                    help="keep the dataset, cache and the final models (TorchScript erm.pt, dali-abs.pt) here "
+                         "(a new or empty folder; default: a temporary one, deleted)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -91,7 +94,9 @@ def main(argv=None) -> int:
                                     skip_learned_fill=True, methods=["erm", "pushpull"])
     curves, final = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        ds, caches = rb.build(Path(tmp), 1.0, build_args, all_rows=False)
+        work = Path(args.workdir) if args.workdir else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        ds, caches = rb.build(work, 1.0, build_args, all_rows=False)
         cache = caches["push-pull"]
         print(f"built dataset, segmenter and cache in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         for name, swap, _ in RUNS:
@@ -105,6 +110,8 @@ def main(argv=None) -> int:
                 on_epoch=hook)
             curves[name] = [{"epoch": r["epoch"], "bg_gap": r["bg_gap"], "only_bg": r["only_bg"],
                              "accuracy": r["accuracy"]} for r in hook.history]
+            if args.workdir:
+                torch.jit.script(model.eval()).save(str(work / f"{name.lower()}.pt"))
             score = evaluate(model, ds, "test", args.size)
             final[name] = {"worst_group_acc": score["worst_group_acc"], "avg_acc": score["avg_acc"]}
             last = hook.history[-1]
