@@ -304,8 +304,12 @@ def test_cli_bad_model_files_are_one_line_naming_them(colour_cache, tmp_path, ca
         assert words in lines[0], lines
     code, err = _main(capsys, cache, "--data", data, "--model", state.with_suffix(".onnx"), "--mean", 124, 117, 104)
     assert code == 2 and "divide by 255" in err and len(err.strip().splitlines()) == 1
-    code, err = _main(capsys, cache, "--data", data, "--model", junk, "--png", data / "ex.png")
-    assert code == 2 and "--png" in err and not (data / "ex.png").exists()  # nothing written into the dataset
+    for opt in (["--data", data], []):  # the dataset given, or the cache's
+        code, err = _main(capsys, cache, *opt, "--model", junk, "--png", data / "ex.png")
+        assert code == 2 and "--png" in err and "inside the dataset folder" in err, err
+        code, err = _main(capsys, cache, *opt, "--model", junk, "--out", data / "images" / "r.json")
+        assert code == 2 and "--out" in err and "inside the dataset folder" in err, err
+    assert not (data / "ex.png").exists() and not (data / "images" / "r.json").exists()
 
 
 @pytest.mark.gpu

@@ -13,6 +13,7 @@ def _audit(args: argparse.Namespace) -> int:
 
     from dali_abs.audit.report import format_table
     from dali_abs.audit.run import AuditConfig, audit, check_config, to_json
+    from dali_abs.cache.format import open_cache
     from dali_abs.cli_args import columns_from_args
     from dali_abs.dataset import load_dataset
     from dali_abs.errors import DaliAbsError
@@ -23,16 +24,18 @@ def _audit(args: argparse.Namespace) -> int:
                                    tight=args.tight, loose=args.loose, batch_size=args.batch_size, seed=args.seed,
                                    device=args.device, num_threads=args.threads,
                                    examples=args.examples if args.png else 0))
-    data = None
-    if args.data is not None:
-        data = load_dataset(args.data, columns_from_args(args), allow_outside=args.allow_outside)
-        for opt in ("out", "png"):  # the user's dataset is read-only to us
-            if getattr(args, opt) is not None:
-                data.check_output(getattr(args, opt), "--" + opt)
     if args.png is not None and not str(args.png).lower().endswith(".png"):
         raise DaliAbsError(f"--png {args.png}: the picture is written as PNG; give a path ending in .png")
-    report = audit(args.model, args.cache, data, cfg, png=args.png,
-                   progress=not args.json and sys.stderr.isatty())
+    cache = open_cache(args.cache)
+    if args.data is not None:
+        data = load_dataset(args.data, columns_from_args(args), allow_outside=args.allow_outside)
+    else:
+        data = load_dataset(cache.data_root, columns_from_args(args),
+                            allow_outside=args.allow_outside or bool(cache.manifest["dataset"].get("allow_outside")))
+    for opt in ("out", "png"):  # the user's dataset is read-only to us
+        if getattr(args, opt) is not None:
+            data.check_output(getattr(args, opt), "--" + opt)
+    report = audit(args.model, cache, data, cfg, png=args.png, progress=not args.json and sys.stderr.isatty())
     out = to_json(report)
     if args.out is not None:
         atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")
