@@ -126,7 +126,7 @@ def test_background_model_reads_the_background(colour_cache, tmp_path):
     cache, data = colour_cache
     r = audit(BorderColour(), cache, data, size=SIZE, png=tmp_path / "ex.png")
     acc = r["accuracy"]
-    assert r["subset"].startswith("split test, majority groups") and r["images"] == 24
+    assert r["subset"] == "majority" and r["majority_groups"] == ["y=0,place=0", "y=1,place=1"] and r["images"] == 24
     assert acc["original"] == 1.0 and acc["mixed_same"] == 1.0
     assert acc["only_bg"] == 1.0  # the background alone says the class
     assert acc["mixed_next"] == 0.0  # the other class's background: always wrong

@@ -22,7 +22,12 @@ WHAT = {
 def format_table(report: dict) -> str:
     """The report as text: settings line, per-variant table, BG-gap, per class / group tables."""
     n = report["images"]
-    lines = [f"audit of {report['model']}: {n} images ({report['subset']}), {report['size']} px, seed {report['seed']}",
+    which = f"split {report['split']}"
+    if report.get("subset") == "majority":
+        which += ", majority groups " + ", ".join(report.get("majority_groups", []))
+    if report.get("ids_given"):
+        which += f", {report['ids_given']} ids given"
+    lines = [f"audit of {report['model']}: {n} images ({which}), {report['size']} px, seed {report['seed']}",
              "", f"{'variant':<12}{'accuracy':>9}{'correct':>12}   shows"]
     for v in VARIANTS:
         lines.append(f"{v:<12}{report['accuracy'][v]:>9.3f}{report['correct'][v]:>7} / {n:<4}  {WHAT[v]}")

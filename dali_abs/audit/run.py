@@ -26,8 +26,8 @@ The report (all accuracies 0..1):
   place`` group, with each one's image count ``n``;
 - ``own_background``: per mixed variant, the images shown on their own clean background for lack
   of a partner in their batch (see :mod:`dali_abs.audit.variants`);
-- the settings: model, cache, data, split, subset, images, size, mean, std, backdrop,
-  thresholds, seed, batch size, device, seconds.
+- the settings: model, cache, data, split, subset (``majority_groups``: which), images, size,
+  mean, std, backdrop, thresholds, seed, batch size, device, seconds.
 """
 
 from __future__ import annotations
@@ -122,25 +122,26 @@ def _open(cache, data) -> tuple[Cache, Dataset]:
     return cache, ds
 
 
-def audit_rows(cache: Cache, ds: Dataset, cfg: AuditConfig) -> tuple[list[int], str]:
-    """The cache rows the audit reads (before :func:`reading_order`) and how the subset is described."""
+def audit_rows(cache: Cache, ds: Dataset, cfg: AuditConfig) -> tuple[list[int], dict]:
+    """The cache rows the audit reads (before :func:`reading_order`) and what they are: ``subset``
+    ("all" or "majority", ``auto`` resolved), ``majority_groups`` (their names, for "majority"),
+    ``ids_given`` (how many ids restricted it, or None)."""
     subset = cfg.subset
     if subset == "auto":
         subset = "majority" if ds.has_groups else "all"
     ids = cfg.ids
     if ids is not None:
         split_rows(cache, ds, cfg.split, ids)  # ids outside the split are refused, whatever the subset
-    what = f"split {cfg.split}"
+    what: dict = {"subset": subset}
     if subset == "majority":
         major = ds.majority_groups()  # a DatasetError naming the missing place column
         keep = {s.id for s in ds.split(cfg.split) if ds.group(s) in major}
         ids = tuple(sorted(keep if ids is None else keep & set(ids)))
-        what += ", majority groups (" + ", ".join(ds.group_name(g) for g in sorted(major)) + ")"
+        what["majority_groups"] = [ds.group_name(g) for g in sorted(major)]
         if not ids:
             raise DaliAbsError(f"{ds.root}: split {cfg.split!r} holds no image of the majority groups"
                                + (" among the ids given" if cfg.ids is not None else ""))
-    elif ids is not None:
-        what += f", {len(ids)} ids given"
+    what["ids_given"] = None if cfg.ids is None else len(cfg.ids)
     return split_rows(cache, ds, cfg.split, ids), what
 
 
@@ -282,8 +283,8 @@ def audit(model, cache: str | os.PathLike | Cache, data: str | os.PathLike | Dat
             model.train()
     if pos != len(rows):
         raise DaliAbsError(f"internal: the audit read {pos} of {len(rows)} images")
-    report = {"format": FORMAT, "model": clf.name, "cache": str(cache.root), "data": str(ds.root),
-              "split": cfg.split, "subset": subset, "images": len(rows), "classes": ds.n_classes,
+    report = {"format": FORMAT, "model": clf.name, "cache": str(Path(cache.root).resolve()), "data": str(ds.root),
+              "split": cfg.split, **subset, "images": len(rows), "classes": ds.n_classes,
               "chance": 1.0 / ds.n_classes, "size": int(size), "mean": list(cfg.mean), "std": list(cfg.std),
               "backdrop": list(backdrop), "thresholds": thresholds, "seed": cfg.seed, "batch_size": batch,
               "device": cfg.device}
