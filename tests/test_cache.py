@@ -313,8 +313,9 @@ def test_bad_inputs_are_processed_or_skipped_and_reported(tmp_path, tiny_models)
         {f"{c}/good{i}.jpg" for c in "ab" for i in range(3)}
     assert cached | set(skipped) == {s.relpath for s in load_dataset(root).samples}  # none dropped silently
     assert len(cached & set(skipped)) == 0
-    decoder = {e["path"]: e["decoder"] for k in range(m["chunks"])
-               for e in json.loads((out / CHUNKS / f"c{k:05d}.json").read_text())["entries"]}
+    from dali_abs.cache.format import read_chunk_record
+
+    decoder = {e["path"]: e["decoder"] for k in range(m["chunks"]) for e in read_chunk_record(out, k)["entries"]}
     # plain JPEG / PNG go to DALI (a corrupt one costs only its batch), odd modes to PIL
     assert decoder["a/good2.jpg"] == decoder["a/gray.jpg"] == decoder["b/big.jpg"] == "dali"
     assert decoder["b/cmyk.jpg"] == decoder["b/sixteen.png"] == decoder["b/rgba.png"] == "pil"
@@ -605,3 +606,42 @@ def test_verify_notices_a_cache_of_black_fills(tmp_path, tiny_models, graph_mode
     v = verify(black)
     assert not v["ok"] and v["counts"]["black_fills"] == v["counts"]["fills_checked"] > 0
     assert any("fills are black" in p and "NaN" in p for p in v["problems"])
+
+
+# --- caches of format version 1 --------------------------------------------------------------
+
+def test_a_version_1_cache_reads_verifies_merges_and_loads_as_before(tmp_path, tiny_cache, tiny_dataset, capsys):
+    """Version 1 stored whole fill JPEGs and one JSON object per image; version 2 the fills without
+    their shared parts and columns. The same contents in either layout: the same arrays, fill bytes
+    and loader batches."""
+    import torch
+    from cache_v1 import write_v1
+
+    from dali_abs.cache.format import read_chunk_record
+    from dali_abs.loader.iterator import create_loader
+
+    old = write_v1(tiny_cache, tmp_path / "v1")
+    rec = json.loads((old / CHUNKS / "c00000.json").read_text())
+    assert rec["format_version"] == 1 and "entries" in rec and "images" not in rec
+    assert json.loads((old / MANIFEST).read_text())["format_version"] == 1
+    a, b = open_cache(old), open_cache(tiny_cache)
+    assert a.manifest["format_version"] == 1 and b.manifest["format_version"] == 2
+    for key in ("ids", "relpaths"):
+        assert getattr(a, key) == getattr(b, key)
+    for key in ("indices", "labels", "masks", "boxes", "sizes"):
+        assert np.array_equal(getattr(a, key), getattr(b, key)), key
+    assert all(a.fill_bytes(i) == b.fill_bytes(i) for i in range(len(b)))
+    assert (old / CHUNKS / "c00000.fills.bin").stat().st_size > (tiny_cache / CHUNKS / "c00000.fills.bin").stat().st_size
+    assert read_chunk_record(old, 1)["entries"] == read_chunk_record(tiny_cache, 1)["entries"]
+    v = verify(old, load_dataset(tiny_dataset))
+    assert v["ok"] and v["counts"]["fills_checked"] == a.manifest["counts"]["filled"]
+    assert main(["cache", "info", str(old), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format_version"] == 1
+    kw = dict(batch_size=32, size=48, device="cpu", seed=3)
+    for x, y in zip(create_loader(old, **kw), create_loader(tiny_cache, **kw)):
+        assert torch.equal(x[0]["images"], y[0]["images"]) and torch.equal(x[0]["labels"], y[0]["labels"])
+    # merge rewrites a version 1 manifest from its records
+    (old / MANIFEST).unlink()
+    assert main(["cache", "merge", str(old)]) == 0
+    assert open_cache(old).manifest["format_version"] == 1 and verify(old)["ok"]
+
