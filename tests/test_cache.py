@@ -645,3 +645,46 @@ def test_a_version_1_cache_reads_verifies_merges_and_loads_as_before(tmp_path, t
     assert main(["cache", "merge", str(old)]) == 0
     assert open_cache(old).manifest["format_version"] == 1 and verify(old)["ok"]
 
+
+# --- what a chunk stores -------------------------------------------------------------------
+
+def test_far_placeholder_units_are_flat_and_the_kept_pixels_decode_as_before():
+    from dali_abs.cache.format import (JPEG_MCU, _flatten_far_blocks, _grow, _smooth_extension, decode_image,
+                                       encode_fill, placeholder_mask)
+
+    rng = np.random.default_rng(3)
+    cells = np.zeros((7, 9), bool)
+    cells[1:4, 1:3] = cells[5, 6:9] = True  # two loose regions in a 7 x 9 cell box
+    tile_hw = (7 * 14, 9 * 14)
+    keep = ~placeholder_mask(tile_hw, cells)
+    yy, xx = np.mgrid[0:tile_hw[0], 0:tile_hw[1]]
+    fill = np.stack([(yy * 2 + xx) % 256, (xx * 3) % 256, rng.integers(0, 256, tile_hw)], -1).astype(np.uint8)
+    smooth = _smooth_extension(fill, keep)
+    flat = _flatten_far_blocks(smooth, keep)
+    changed = (flat != smooth).any(-1)
+    assert changed.any() and not (changed & _grow(keep, 2)).any()  # only units 2 px or more from kept pixels
+    for y in range(0, tile_hw[0], JPEG_MCU):  # whole coding units, one colour
+        for x in range(0, tile_hw[1], JPEG_MCU):
+            unit = changed[y:y + JPEG_MCU, x:x + JPEG_MCU]
+            assert not unit.any() or (flat[y:y + JPEG_MCU, x:x + JPEG_MCU] == flat[y, x]).all()
+    assert np.abs(flat.reshape(-1, 3).mean(0) - smooth.reshape(-1, 3).mean(0)).max() <= 0.5
+    a, b = decode_image(encode_fill(smooth, 90)), decode_image(encode_fill(flat, 90))
+    read = _grow(keep, 1)  # what the loader's bilinear reads of the loose cells can touch
+    assert np.array_equal(a[read], b[read])
+    assert len(encode_fill(flat, 90)) < len(encode_fill(smooth, 90))
+
+
+def test_masks_are_stored_as_is_or_as_deltas_whichever_is_smaller(tmp_path):
+    from dali_abs.cache.format import encode_masks, read_masks
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:16, 0:16]
+    smooth = np.stack([np.clip(255 / (1 + np.exp(-(6 - np.hypot(yy - cy, xx - cx)) * 0.8)), 0, 255)
+                       for cy, cx in rng.uniform(4, 12, (64, 2))]).round().astype(np.uint8)  # a segmenter's
+    binary = (smooth > 127).astype(np.uint8) * 255  # ground-truth coverage, mostly 0 and 255
+    for masks, stored in ((smooth, "masks_delta"), (binary, "masks")):
+        path = tmp_path / f"{stored}.masks.npz"
+        path.write_bytes(encode_masks(masks))
+        assert np.load(path).files == [stored] and np.array_equal(read_masks(path), masks)
+        assert encode_masks(masks) == path.read_bytes()  # deterministic
+    assert np.array_equal(np.load(tmp_path / "masks.masks.npz")["masks"], binary)

@@ -6,8 +6,9 @@ Layout of a cache folder (format version :data:`FORMAT_VERSION`)::
     CACHE/chunks/c00000.fills.bin   fills of chunk 0: the JPEGs of the images with a non-empty fill, each
                                     without the parts all of them share (:mod:`dali_abs.cache.jpeg_parts`),
                                     concatenated (sizes in the chunk record; offsets are their running sum)
-    CACHE/chunks/c00000.masks.npz   uint8 [n, R, R]: soft foreground probability, round(p * 255)
-                                    (np.load(...)["masks"]; deflated, written deterministically)
+    CACHE/chunks/c00000.masks.npz   uint8 [n, R, R]: soft foreground probability, round(p * 255), deflated
+                                    as is or as 2-D deltas (``masks`` or ``masks_delta``: :func:`read_masks`),
+                                    written deterministically
     CACHE/chunks/c00000.json        the chunk record, written last (its presence = chunk finished): file
                                     names, sizes and SHA-256, the fills' shared JPEG parts (``jpeg``), the
                                     images as columns (``images``, :mod:`dali_abs.cache.columns`), the skipped
@@ -278,7 +279,34 @@ def fill_tile(filled: np.ndarray, cells: np.ndarray, box, grid: int, source_hw) 
     sub = cells[r0:r1, c0:c1]
     if sub.all():
         return crop
-    return _smooth_extension(crop, ~placeholder_mask((th, tw), sub))
+    keep = ~placeholder_mask((th, tw), sub)
+    return _flatten_far_blocks(_smooth_extension(crop, keep), keep)
+
+
+JPEG_MCU = 16  # px: the JPEG's coding unit at 4:2:0 (a 16 x 16 luma area and its two 8 x 8 chroma blocks)
+FLAT_MARGIN = 2  # px between a flattened unit and the nearest kept pixel (chroma upsampling reads 1 px across)
+
+
+def _flatten_far_blocks(tile: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``tile`` with every JPEG coding unit (:data:`JPEG_MCU` px squares from the tile's corner)
+    that has no kept pixel within :data:`FLAT_MARGIN` px set to one colour: the mean of the pixels it
+    replaces, so the tile's mean colour stays within half a level. A flat unit costs the JPEG a
+    few bits where a smooth gradient costs a few coefficients. The kept pixels decode exactly as
+    before: JPEG codes each unit on its own, and the decoder's chroma upsampling reads at most one
+    pixel into the next unit, which the margin keeps away from them."""
+    near = _grow(keep, FLAT_MARGIN)
+    th, tw = keep.shape
+    u = JPEG_MCU
+    hu, wu = -(-th // u), -(-tw // u)
+    pad = np.zeros((hu * u, wu * u), bool)
+    pad[:th, :tw] = near
+    far_units = ~pad.reshape(hu, u, wu, u).any((1, 3))
+    if not far_units.any():
+        return tile
+    flat = np.kron(far_units, np.ones((u, u), bool))[:th, :tw]
+    out = tile.copy()
+    out[flat] = np.rint(tile[flat].reshape(-1, 3).mean(0)).astype(np.uint8)
+    return out
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -315,30 +343,54 @@ def read_json(path: Path, what: str) -> dict:
 MASKS_SUFFIX = "masks.npz"
 
 
+def masks_delta(masks: np.ndarray) -> np.ndarray:
+    """uint8 [n, R, R]: each cell minus its left and upper neighbours plus its upper-left one
+    (modulo 256; missing neighbours count 0): a segmenter's soft masks change smoothly, so most
+    of these are small and deflate a fifth better. :func:`masks_undelta` inverts it exactly."""
+    a = masks.astype(np.int16)
+    d = np.diff(np.diff(a, axis=2, prepend=0), axis=1, prepend=0)
+    return (d & 255).astype(np.uint8)
+
+
+def masks_undelta(delta: np.ndarray) -> np.ndarray:
+    """The masks of :func:`masks_delta` (two running sums, modulo 256)."""
+    return np.cumsum(np.cumsum(delta, axis=1, dtype=np.uint8), axis=2, dtype=np.uint8)
+
+
 def encode_masks(masks: np.ndarray) -> bytes:
-    """An ``.npz`` holding ``masks`` (uint8 [n, R, R]), deflated: soft masks are mostly 0 and 255,
-    a fifth to a half of their bytes compressed. Written with a fixed zip timestamp, so the same
-    masks give the same bytes (a resumed precompute is byte-identical)."""
+    """An ``.npz`` holding the masks (uint8 [n, R, R]), deflated, as ``masks`` or as their 2-D
+    delta ``masks_delta`` (:func:`masks_delta`), whichever is smaller: ground-truth coverage is
+    mostly 0 and 255 and deflates best as is; a segmenter's smooth probabilities deflate about a
+    fifth better as deltas. Lossless either way (:func:`read_masks`). Written with a fixed zip
+    timestamp, so the same masks give the same bytes (a resumed precompute is byte-identical)."""
     import zipfile
 
-    npy = io.BytesIO()
-    np.save(npy, masks)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        info = zipfile.ZipInfo("masks.npy", date_time=(1980, 1, 1, 0, 0, 0))
-        info.compress_type = zipfile.ZIP_DEFLATED
-        zf.writestr(info, npy.getvalue(), compresslevel=9)
-    return buf.getvalue()
+    def npz(name: str, arr: np.ndarray) -> bytes:
+        npy = io.BytesIO()
+        np.save(npy, arr)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, npy.getvalue(), compresslevel=9)
+        return buf.getvalue()
+
+    plain = npz("masks", masks)
+    if masks.ndim != 3:
+        return plain
+    delta = npz("masks_delta", masks_delta(masks))
+    return delta if len(delta) < len(plain) else plain
 
 
 def read_masks(path: Path) -> np.ndarray:
-    """The masks of one chunk file: ``.masks.npz`` (this version) or ``.masks.npy`` (caches written before)."""
+    """The masks of one chunk file: ``.masks.npz`` holding ``masks`` or ``masks_delta``
+    (:func:`encode_masks`), or ``.masks.npy`` (caches written before the npz)."""
     try:
         data = np.load(path)
         if isinstance(data, np.ndarray):
             return data
         with data:
-            return data["masks"]
+            return masks_undelta(data["masks_delta"]) if "masks_delta" in data.files else data["masks"]
     except FileNotFoundError:
         raise
     except Exception as e:  # a damaged .npz fails in many ways (zip, zlib, the npy header's parser): one error
