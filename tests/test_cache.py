@@ -624,6 +624,7 @@ def test_a_version_1_cache_reads_verifies_merges_and_loads_as_before(tmp_path, t
     rec = json.loads((old / CHUNKS / "c00000.json").read_text())
     assert rec["format_version"] == 1 and "entries" in rec and "images" not in rec
     assert json.loads((old / MANIFEST).read_text())["format_version"] == 1
+    assert np.load(old / CHUNKS / "c00000.masks.npz").files == ["masks"]
     a, b = open_cache(old), open_cache(tiny_cache)
     assert a.manifest["format_version"] == 1 and b.manifest["format_version"] == 2
     for key in ("ids", "relpaths"):
