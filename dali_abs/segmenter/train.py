@@ -48,6 +48,7 @@ from dali_abs.segmenter.augment import AugmentConfig, apply_params, generate_par
 from dali_abs.segmenter.evaluate import confusion, scores
 from dali_abs.segmenter.inference import SegmenterError, read_batch
 from dali_abs.segmenter.thresholds import choose_thresholds, to_metadata
+from dali_abs.threads import torch_threads
 
 
 BACKBONE_LR_SCALE = 0.1  # --finetune: the pretrained backbone learns 10x slower than the head
@@ -150,17 +151,12 @@ def train_segmenter(dataset: Dataset, labels: Mapping[str, np.ndarray] | str | o
     ids = list(labels)
     if len(ids) < 2:
         raise SegmenterError(f"{source}: need at least 2 labelled images (train and validation), got {len(ids)}")
-    prev_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _train(dataset, labels, out_onnx, ids, r, size, patch, t0, epochs=epochs, seed=seed,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                       val_fraction=val_fraction, label_smoothing=label_smoothing, width=width, augment=augment,
                       backbone=backbone, backbone_weights=backbone_weights, finetune=finetune, views=views,
                       device=dev, threads=threads, progress=progress)
-    finally:
-        torch.set_num_threads(prev_threads)
 
 
 def _train(dataset, labels, out_onnx, ids, r, size, patch, t0, *, epochs, seed, batch_size, lr, weight_decay,
