@@ -2,9 +2,10 @@
 
 Every fill of a chunk is a baseline JPEG from the same encoder at the same quality, so its start
 (SOI, JFIF APP0, both quantisation tables: 158 B), its frame header (SOF0, 19 B, which differs
-only in the tile's size), its scan header (SOS, 14 B) and its end marker (2 B) are the same for
-all of them: about 190 B of a fill of 300-3,000 B. The chunk record holds those parts once
-(:func:`shared_parts`); each fill is stored as::
+only in the tile's size), its scan header (SOS, 14 B), the four Huffman table segments' headers
+(16 B) and its end marker (2 B) are the same for all of them: 209 B of a fill of 300-3,000 B.
+The chunk record holds those parts once (:func:`shared_parts`); each fill is stored as (5 B
+plus its tables and scan)::
 
     rows (2 B, big-endian) | columns (2 B) | t (1 B) | t Huffman tables (DHT bodies) | entropy-coded scan
 
