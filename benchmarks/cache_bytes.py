@@ -15,6 +15,7 @@ the parts (fills, masks, records). Goal: <= 0.3 x.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -28,15 +29,20 @@ from dali_abs.labels import labels_from_masks
 from dali_abs.models import inpainter as inet
 from dali_abs.synthetic import SyntheticConfig, make_dataset
 
-CUB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cub-birds-300"
+# ../shared beside the checkout, or beside the folder of worktrees (e.g. /work/wt/<branch>)
+_CUBS = [Path(__file__).resolve().parents[i] / "shared" / "data" / "cub-birds-300" for i in (2, 3)]
+CUB = next((p for p in _CUBS if p.is_dir()), _CUBS[0])
 
 
-def datasets(tmp: Path, cub: Path) -> dict[str, tuple[Path, Columns, Path]]:
+def datasets(tmp: Path, cub: Path | None, builtin: bool = True) -> dict[str, tuple[Path, Columns, Path]]:
     """name -> (root, columns, masks folder as GroundTruthMasks finds them)."""
     out = {}
-    data = make_dataset(tmp / "builtin", SyntheticConfig(), progress=False)
-    out["built-in (128 px)"] = (data, Columns(), data / "masks")
-    if cub.is_dir():
+    if builtin:
+        data = make_dataset(tmp / "builtin", SyntheticConfig(), progress=False)
+        out["built-in (128 px)"] = (data, Columns(), data / "masks")
+    if cub is not None and not cub.is_dir():
+        print(f"cub-birds-300 not found at {cub}: its rows are left out (pass --cub DIR)", file=sys.stderr)
+    if cub is not None and cub.is_dir():
         # cub's masks sit at masks/<species>/<n>.png for images/<species>/<n>.jpg: a folder whose
         # images/ is cub's masks/ finds them as <img_filename>.png (nothing is written into cub)
         view = tmp / "cub-masks"
@@ -59,15 +65,19 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=10, help="segmenter epochs (default 10)")
     ap.add_argument("--skip-segmenter", action="store_true", help="ground-truth masks only")
     ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the fills (default 90, precompute's)")
+    ap.add_argument("--only", choices=("builtin", "cub"), default=None, help="one of the two datasets")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="build the caches (and datasets) in this folder and keep them (default: a temporary folder)")
     ap.add_argument("--cub", type=Path, default=CUB, help="the cub-birds-300 folder (default: ../shared/data/cub-birds-300)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory()) as tmp:
         tmp = Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         fill = tmp / "fill.onnx"
         inet.export_onnx(inet.build("pushpull"), fill, "pushpull")
-        for name, (root, cols, masks) in datasets(tmp, args.cub).items():
+        for name, (root, cols, masks) in datasets(tmp, None if args.only == "builtin" else args.cub, args.only != "cub").items():
             ds = load_dataset(root, cols)
             k = len(results)
             cache = tmp / f"gt-{k}"

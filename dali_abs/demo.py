@@ -9,7 +9,6 @@ interrupted demo resumes where it stopped (``--fresh`` starts over).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
@@ -21,6 +20,7 @@ from dali_abs.files import atomic_write_text, read_mask, read_rgb
 from dali_abs.labels import labels_from_masks, read_labels, write_labels
 from dali_abs.preview import grid_overlay, mask_overlay, save_grid
 from dali_abs.synthetic import SyntheticConfig, make_dataset
+from dali_abs.threads import torch_threads
 
 GRID = 16  # 16 x 16 patches of 8 px at 128 px (the paper's grid; 8 x 8 leaves a ring of background)
 INPUT = 128  # segmenter input side
@@ -43,21 +43,9 @@ def _step(name: str, output: Path, fn) -> None:
     print(f"[demo] {name}: {time.perf_counter() - t0:.1f} s -> {output}")
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int = TORCH_THREADS):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _train_classifier(cache: Path, ds, swap, out: Path, seed: int = 0) -> None:
     """Train SmallCNN through the DALI loader (CPU) and score it; write scores as JSON."""
-    with _torch_threads():
+    with torch_threads(TORCH_THREADS):
         _train_classifier_pinned(cache, ds, swap, out, seed)
 
 

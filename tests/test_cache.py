@@ -313,8 +313,9 @@ def test_bad_inputs_are_processed_or_skipped_and_reported(tmp_path, tiny_models)
         {f"{c}/good{i}.jpg" for c in "ab" for i in range(3)}
     assert cached | set(skipped) == {s.relpath for s in load_dataset(root).samples}  # none dropped silently
     assert len(cached & set(skipped)) == 0
-    decoder = {e["path"]: e["decoder"] for k in range(m["chunks"])
-               for e in json.loads((out / CHUNKS / f"c{k:05d}.json").read_text())["entries"]}
+    from dali_abs.cache.format import read_chunk_record
+
+    decoder = {e["path"]: e["decoder"] for k in range(m["chunks"]) for e in read_chunk_record(out, k)["entries"]}
     # plain JPEG / PNG go to DALI (a corrupt one costs only its batch), odd modes to PIL
     assert decoder["a/good2.jpg"] == decoder["a/gray.jpg"] == decoder["b/big.jpg"] == "dali"
     assert decoder["b/cmyk.jpg"] == decoder["b/sixteen.png"] == decoder["b/rgba.png"] == "pil"
@@ -605,3 +606,89 @@ def test_verify_notices_a_cache_of_black_fills(tmp_path, tiny_models, graph_mode
     v = verify(black)
     assert not v["ok"] and v["counts"]["black_fills"] == v["counts"]["fills_checked"] > 0
     assert any("fills are black" in p and "NaN" in p for p in v["problems"])
+
+
+# --- caches of format version 1 --------------------------------------------------------------
+
+def test_a_version_1_cache_reads_verifies_merges_and_loads_as_before(tmp_path, tiny_cache, tiny_dataset, capsys):
+    """Version 1 stored whole fill JPEGs and one JSON object per image; version 2 the fills without
+    their shared parts and columns. The same contents in either layout: the same arrays, fill bytes
+    and loader batches."""
+    import torch
+    from cache_v1 import write_v1
+
+    from dali_abs.cache.format import read_chunk_record
+    from dali_abs.loader.iterator import create_loader
+
+    old = write_v1(tiny_cache, tmp_path / "v1")
+    rec = json.loads((old / CHUNKS / "c00000.json").read_text())
+    assert rec["format_version"] == 1 and "entries" in rec and "images" not in rec
+    assert json.loads((old / MANIFEST).read_text())["format_version"] == 1
+    assert np.load(old / CHUNKS / "c00000.masks.npz").files == ["masks"]
+    a, b = open_cache(old), open_cache(tiny_cache)
+    assert a.manifest["format_version"] == 1 and b.manifest["format_version"] == 2
+    for key in ("ids", "relpaths"):
+        assert getattr(a, key) == getattr(b, key)
+    for key in ("indices", "labels", "masks", "boxes", "sizes"):
+        assert np.array_equal(getattr(a, key), getattr(b, key)), key
+    assert all(a.fill_bytes(i) == b.fill_bytes(i) for i in range(len(b)))
+    assert (old / CHUNKS / "c00000.fills.bin").stat().st_size > (tiny_cache / CHUNKS / "c00000.fills.bin").stat().st_size
+    def rows(root):  # the per-image records but the fill spans (version 2 stores fewer bytes)
+        return [{**e, "fill": e["fill"] is not None} for e in read_chunk_record(root, 1)["entries"]]
+
+    assert rows(old) == rows(tiny_cache)
+    v = verify(old, load_dataset(tiny_dataset))
+    assert v["ok"] and v["counts"]["fills_checked"] == a.manifest["counts"]["filled"]
+    assert main(["cache", "info", str(old), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["format_version"] == 1
+    kw = dict(batch_size=32, size=48, device="cpu", seed=3)
+    for x, y in zip(create_loader(old, **kw), create_loader(tiny_cache, **kw)):
+        assert torch.equal(x[0]["images"], y[0]["images"]) and torch.equal(x[0]["labels"], y[0]["labels"])
+    # merge rewrites a version 1 manifest from its records
+    (old / MANIFEST).unlink()
+    assert main(["cache", "merge", str(old)]) == 0
+    assert open_cache(old).manifest["format_version"] == 1 and verify(old)["ok"]
+
+
+# --- what a chunk stores -------------------------------------------------------------------
+
+def test_far_placeholder_units_are_flat_and_the_kept_pixels_decode_as_before():
+    from dali_abs.cache.format import (JPEG_MCU, _flatten_far_blocks, _grow, _smooth_extension, decode_image,
+                                       encode_fill, placeholder_mask)
+
+    rng = np.random.default_rng(3)
+    cells = np.zeros((7, 9), bool)
+    cells[1:4, 1:3] = cells[5, 6:9] = True  # two loose regions in a 7 x 9 cell box
+    tile_hw = (7 * 14, 9 * 14)
+    keep = ~placeholder_mask(tile_hw, cells)
+    yy, xx = np.mgrid[0:tile_hw[0], 0:tile_hw[1]]
+    fill = np.stack([(yy * 2 + xx) % 256, (xx * 3) % 256, rng.integers(0, 256, tile_hw)], -1).astype(np.uint8)
+    smooth = _smooth_extension(fill, keep)
+    flat = _flatten_far_blocks(smooth, keep)
+    changed = (flat != smooth).any(-1)
+    assert changed.any() and not (changed & _grow(keep, 2)).any()  # only units 2 px or more from kept pixels
+    for y in range(0, tile_hw[0], JPEG_MCU):  # whole coding units, one colour
+        for x in range(0, tile_hw[1], JPEG_MCU):
+            unit = changed[y:y + JPEG_MCU, x:x + JPEG_MCU]
+            assert not unit.any() or (flat[y:y + JPEG_MCU, x:x + JPEG_MCU] == flat[y, x]).all()
+    assert np.abs(flat.reshape(-1, 3).mean(0) - smooth.reshape(-1, 3).mean(0)).max() <= 0.5
+    a, b = decode_image(encode_fill(smooth, 90)), decode_image(encode_fill(flat, 90))
+    read = _grow(keep, 1)  # what the loader's bilinear reads of the loose cells can touch
+    assert np.array_equal(a[read], b[read])
+    assert len(encode_fill(flat, 90)) < len(encode_fill(smooth, 90))
+
+
+def test_masks_are_stored_as_is_or_as_deltas_whichever_is_smaller(tmp_path):
+    from dali_abs.cache.format import encode_masks, read_masks
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:16, 0:16]
+    smooth = np.stack([np.clip(255 / (1 + np.exp(-(6 - np.hypot(yy - cy, xx - cx)) * 0.8)), 0, 255)
+                       for cy, cx in rng.uniform(4, 12, (64, 2))]).round().astype(np.uint8)  # a segmenter's
+    binary = (smooth > 127).astype(np.uint8) * 255  # ground-truth coverage, mostly 0 and 255
+    for masks, stored in ((smooth, "masks_delta"), (binary, "masks")):
+        path = tmp_path / f"{stored}.masks.npz"
+        path.write_bytes(encode_masks(masks))
+        assert np.load(path).files == [stored] and np.array_equal(read_masks(path), masks)
+        assert encode_masks(masks) == path.read_bytes()  # deterministic
+    assert np.array_equal(np.load(tmp_path / "masks.masks.npz")["masks"], binary)

@@ -334,6 +334,17 @@ def _flip(path, at: int = 1000, n: int = 64):
     path.write_bytes(bytes(raw))
 
 
+def _edit_first_label(path):
+    """The chunk record with its first image's label changed (the record's label column, version 2)."""
+    import re
+
+    text = path.read_text()
+    edited = re.sub(r'("label":\{"(?:values|all)":\[?)(\d)', lambda m: m.group(1) + str(1 - int(m.group(2))), text,
+                    count=1)
+    assert edited != text
+    path.write_text(edited)
+
+
 def _edit_manifest(root, **changes):
     import json
 
@@ -350,8 +361,7 @@ _DAMAGE = {
     "masks-flipped": ("c00003.masks.npz", lambda d: _flip(d / "chunks" / "c00003.masks.npz", at=200, n=8)),
     "masks-truncated": ("c00001.masks.npz", lambda d: (d / "chunks" / "c00001.masks.npz").write_bytes(
         (d / "chunks" / "c00001.masks.npz").read_bytes()[:-64])),
-    "record-edited": ("c00002.json", lambda d: (d / "chunks" / "c00002.json").write_text(
-        (d / "chunks" / "c00002.json").read_text().replace('"label":1', '"label":0', 3))),
+    "record-edited": ("c00002.json", lambda d: _edit_first_label(d / "chunks" / "c00002.json")),
     "manifest-grid": ("manifest.json", lambda d: _edit_manifest(d, grid=16)),
     "manifest-fill-threshold": ("manifest.json", lambda d: _edit_manifest(
         d, thresholds={**json_of(d / "manifest.json")["thresholds"], "fill": 0.3})),

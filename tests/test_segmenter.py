@@ -16,8 +16,8 @@ from dali_abs.errors import DaliAbsError
 from dali_abs.labels import read_labels, write_labels
 from dali_abs.models import segmenter as net
 from dali_abs.segmenter.inference import Segmenter, SegmenterError
-from dali_abs.segmenter.train import (AugmentConfig, apply_params, generate_params, load_checkpoint,
-                                      train_segmenter)
+from dali_abs.segmenter.augment import AugmentConfig, apply_params, generate_params
+from dali_abs.segmenter.train import load_checkpoint, train_segmenter
 
 SIZE, GRID = 64, 8
 FAST = dict(input_size=SIZE, epochs=2, batch_size=16, threads=1, progress=False)

@@ -3,11 +3,15 @@
 Layout of a cache folder (format version :data:`FORMAT_VERSION`)::
 
     CACHE/plan.json                 settings of the run (dataset fingerprint, model hashes, grid, ...)
-    CACHE/chunks/c00000.fills.bin   fills of chunk 0: the JPEG files of the images with a non-empty fill,
-                                    concatenated (offsets and sizes in the chunk record)
-    CACHE/chunks/c00000.masks.npz   uint8 [n, R, R]: soft foreground probability, round(p * 255)
-                                    (np.load(...)["masks"]; deflated, written deterministically)
-    CACHE/chunks/c00000.json        the chunk record, written last (its presence = chunk finished)
+    CACHE/chunks/c00000.fills.bin   fills of chunk 0: the JPEGs of the images with a non-empty fill, each
+                                    without the parts all of them share (:mod:`dali_abs.cache.jpeg_parts`),
+                                    concatenated (sizes in the chunk record; offsets are their running sum)
+    CACHE/chunks/c00000.masks.npz   uint8 [n, R, R]: soft foreground probability, round(p * 255), deflated
+                                    as is or as 2-D deltas (``masks`` or ``masks_delta``: :func:`read_masks`),
+                                    written deterministically
+    CACHE/chunks/c00000.json        the chunk record, written last (its presence = chunk finished): file
+                                    names, sizes and SHA-256, the fills' shared JPEG parts (``jpeg``), the
+                                    images as columns (``images``, :mod:`dali_abs.cache.columns`), the skipped
     CACHE/parts/shard-<i>-of-<n>.json  written by each shard when its chunks are done
     CACHE/manifest.json             written by ``cache merge`` (or the last shard): the cache is complete
 
@@ -35,6 +39,10 @@ The clean background of image j is image j with its loose-mask cells replaced by
 decodes image j anyway (to pair it with another sample's foreground) needs no second
 full-image decode, only the small fill JPEG.
 
+Version 1 caches (whole JPEGs in the fills file, one JSON object per image in ``entries``) still
+read: :func:`read_chunk_record` gives both as version 1's ``entries``, and
+:meth:`Cache.fill_bytes` the same JPEG bytes either way.
+
 Every file is written atomically (temp file + rename); the chunk record is written after
 its fills and mask files and names their SHA-256, so a killed run leaves either a finished
 chunk or one that the next run redoes. All writes are deterministic (PIL JPEG with fixed
@@ -54,12 +62,15 @@ from typing import Sequence
 
 import numpy as np
 
+from dali_abs.cache.columns import decode_columns, encode_columns
+from dali_abs.cache.jpeg_parts import Parts, compact, rebuild, shared_parts, stored_size, tables_of
 from dali_abs.errors import DaliAbsError
 from dali_abs.files import atomic_write_bytes, atomic_write_text
 from dali_abs.segmenter.thresholds import DEFAULT_LOOSE, DEFAULT_TIGHT, Thresholds
 
 FORMAT = "dali-abs-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written; READ_VERSIONS are read
+READ_VERSIONS = (1, 2)
 PLAN = "plan.json"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks"
@@ -122,15 +133,38 @@ def bounding_box(cells: np.ndarray) -> tuple[int, int, int, int]:
     return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    """Deterministic JPEG bytes (PIL, fixed quality, 4:2:0, no metadata). Huffman tables
-    optimised for the image: lossless (the same pixels decode), and on a small fill tile the
-    standard tables alone would be a quarter of the file."""
+def encode_jpeg(rgb, quality: int, optimize: bool = True, shape=None) -> bytes:
+    """Deterministic baseline JPEG bytes (PIL, fixed quality, 4:2:0, no metadata) of uint8 HWC RGB
+    ``rgb`` (or raw bytes of ``shape`` rows x columns). ``optimize``: Huffman tables optimised for
+    the image; either way the same pixels decode (the tables only code the same coefficients)."""
     from PIL import Image
 
+    img = Image.frombytes("RGB", tuple(shape)[::-1], rgb) if shape is not None else Image.fromarray(rgb)
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), optimize=True, progressive=False)
+    img.save(buf, format="JPEG", quality=int(quality), optimize=bool(optimize), progressive=False)
     return buf.getvalue()
+
+
+def encode_fill(rgb: np.ndarray, quality: int) -> bytes:
+    """The fill JPEG of a tile (:func:`encode_jpeg`) with the Huffman tables that store it in fewer
+    bytes (:func:`~dali_abs.cache.jpeg_parts.stored_size`): the standard ones, which the chunk
+    record holds once, or ones optimised for the tile, which it stores with itself (on a small
+    tile they are a quarter of the file). The same pixels decode either way."""
+    best = encode_jpeg(rgb, quality, optimize=True)
+    std = encode_jpeg(rgb, quality, optimize=False)
+    parts = fill_parts(best)
+    return std if parts is not None and stored_size(std, parts) <= stored_size(best, parts) else best
+
+
+_STANDARD_TABLES: list[bytes] = []
+
+
+def fill_parts(jpeg: bytes) -> Parts | None:
+    """The parts that the fills of a chunk share with ``jpeg`` (:mod:`dali_abs.cache.jpeg_parts`),
+    the encoder's standard Huffman tables among them; None for a JPEG of another layout."""
+    if not _STANDARD_TABLES:  # the tables PIL writes without optimize (ITU T.81 Annex K)
+        _STANDARD_TABLES.append(tables_of(encode_jpeg(bytes(3), 90, optimize=False, shape=(1, 1))))
+    return shared_parts(jpeg, _STANDARD_TABLES[0])
 
 
 PLACEHOLDER_RING = 2  # tile px around the loose cells kept as the inpainter wrote them
@@ -245,7 +279,34 @@ def fill_tile(filled: np.ndarray, cells: np.ndarray, box, grid: int, source_hw) 
     sub = cells[r0:r1, c0:c1]
     if sub.all():
         return crop
-    return _smooth_extension(crop, ~placeholder_mask((th, tw), sub))
+    keep = ~placeholder_mask((th, tw), sub)
+    return _flatten_far_blocks(_smooth_extension(crop, keep), keep)
+
+
+JPEG_MCU = 16  # px: the JPEG's coding unit at 4:2:0 (a 16 x 16 luma area and its two 8 x 8 chroma blocks)
+FLAT_MARGIN = 2  # px between a flattened unit and the nearest kept pixel (chroma upsampling reads 1 px across)
+
+
+def _flatten_far_blocks(tile: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``tile`` with every JPEG coding unit (:data:`JPEG_MCU` px squares from the tile's corner)
+    that has no kept pixel within :data:`FLAT_MARGIN` px set to one colour: the mean of the pixels it
+    replaces, so the tile's mean colour stays within half a level. A flat unit costs the JPEG a
+    few bits where a smooth gradient costs a few coefficients. The kept pixels decode exactly as
+    before: JPEG codes each unit on its own, and the decoder's chroma upsampling reads at most one
+    pixel into the next unit, which the margin keeps away from them."""
+    near = _grow(keep, FLAT_MARGIN)
+    th, tw = keep.shape
+    u = JPEG_MCU
+    hu, wu = -(-th // u), -(-tw // u)
+    pad = np.zeros((hu * u, wu * u), bool)
+    pad[:th, :tw] = near
+    far_units = ~pad.reshape(hu, u, wu, u).any((1, 3))
+    if not far_units.any():
+        return tile
+    flat = np.kron(far_units, np.ones((u, u), bool))[:th, :tw]
+    out = tile.copy()
+    out[flat] = np.rint(tile[flat].reshape(-1, 3).mean(0)).astype(np.uint8)
+    return out
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -282,30 +343,54 @@ def read_json(path: Path, what: str) -> dict:
 MASKS_SUFFIX = "masks.npz"
 
 
+def masks_delta(masks: np.ndarray) -> np.ndarray:
+    """uint8 [n, R, R]: each cell minus its left and upper neighbours plus its upper-left one
+    (modulo 256; missing neighbours count 0): a segmenter's soft masks change smoothly, so most
+    of these are small and deflate 13-26 % smaller. :func:`masks_undelta` inverts it exactly."""
+    a = masks.astype(np.int16)
+    d = np.diff(np.diff(a, axis=2, prepend=0), axis=1, prepend=0)
+    return (d & 255).astype(np.uint8)
+
+
+def masks_undelta(delta: np.ndarray) -> np.ndarray:
+    """The masks of :func:`masks_delta` (two running sums, modulo 256)."""
+    return np.cumsum(np.cumsum(delta, axis=1, dtype=np.uint8), axis=2, dtype=np.uint8)
+
+
 def encode_masks(masks: np.ndarray) -> bytes:
-    """An ``.npz`` holding ``masks`` (uint8 [n, R, R]), deflated: soft masks are mostly 0 and 255,
-    a fifth to a half of their bytes compressed. Written with a fixed zip timestamp, so the same
-    masks give the same bytes (a resumed precompute is byte-identical)."""
+    """An ``.npz`` holding the masks (uint8 [n, R, R]), deflated, as ``masks`` or as their 2-D
+    delta ``masks_delta`` (:func:`masks_delta`), whichever is smaller: ground-truth coverage is
+    mostly 0 and 255 and deflates best as is; a segmenter's smooth probabilities deflate 13-26 %
+    smaller as deltas (the benchmark's). Lossless either way (:func:`read_masks`). Written with a fixed zip
+    timestamp, so the same masks give the same bytes (a resumed precompute is byte-identical)."""
     import zipfile
 
-    npy = io.BytesIO()
-    np.save(npy, masks)
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        info = zipfile.ZipInfo("masks.npy", date_time=(1980, 1, 1, 0, 0, 0))
-        info.compress_type = zipfile.ZIP_DEFLATED
-        zf.writestr(info, npy.getvalue(), compresslevel=9)
-    return buf.getvalue()
+    def npz(name: str, arr: np.ndarray) -> bytes:
+        npy = io.BytesIO()
+        np.save(npy, arr)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, npy.getvalue(), compresslevel=9)
+        return buf.getvalue()
+
+    plain = npz("masks", masks)
+    if masks.ndim != 3:
+        return plain
+    delta = npz("masks_delta", masks_delta(masks))
+    return delta if len(delta) < len(plain) else plain
 
 
 def read_masks(path: Path) -> np.ndarray:
-    """The masks of one chunk file: ``.masks.npz`` (this version) or ``.masks.npy`` (caches written before)."""
+    """The masks of one chunk file: ``.masks.npz`` holding ``masks`` or ``masks_delta``
+    (:func:`encode_masks`), or ``.masks.npy`` (caches written before the npz)."""
     try:
         data = np.load(path)
         if isinstance(data, np.ndarray):
             return data
         with data:
-            return data["masks"]
+            return masks_undelta(data["masks_delta"]) if "masks_delta" in data.files else data["masks"]
     except FileNotFoundError:
         raise
     except Exception as e:  # a damaged .npz fails in many ways (zip, zlib, the npy header's parser): one error
@@ -314,38 +399,71 @@ def read_masks(path: Path) -> np.ndarray:
 
 def write_chunk(root: Path, k: int, entries: list[dict], masks: np.ndarray, fills: list[bytes | None],
                 skipped: list[dict]) -> dict:
-    """Write chunk ``k`` (fills, masks, then the record) atomically; returns the record.
+    """Write chunk ``k`` (fills, masks, then the record) atomically; returns the record as
+    :func:`read_chunk_record` returns it.
 
     ``entries[i]`` (dict with at least ``index``) pairs with ``masks[i]`` and ``fills[i]``
-    (JPEG bytes, None when the loose mask is empty).
+    (JPEG bytes, None when the loose mask is empty). On disk (version 2) the fills are stored
+    without the JPEG parts they share (:mod:`dali_abs.cache.jpeg_parts`; the record holds those
+    once, under ``jpeg``) and the entries as columns (:mod:`dali_abs.cache.columns`, under
+    ``images``; ``fill`` = the stored size, 0 for none; offsets are the running sum).
     """
     d = root / CHUNKS
     name = chunk_name(k)
-    blob, spans = concat_bytes([f for f in fills if f is not None])
+    parts = next((p for p in (fill_parts(f) for f in fills if f is not None) if p is not None), None)
+    stored = [None if f is None else compact(f, parts) for f in fills]
+    blob, spans = concat_bytes([f for f in stored if f is not None])
     it = iter(spans)
-    for e, f in zip(entries, fills):
+    for e, f in zip(entries, stored):
         e["fill"] = list(next(it)) if f is not None else None  # [offset, size] in the fills file
+    rows = [{**e, "fill": e["fill"][1] if e["fill"] else 0} for e in entries]
+    images = encode_columns(rows)
+    if decode_columns(images) != rows:  # the columns are exact by construction: a failure here is a bug
+        raise CacheError(f"{d / name}: the columnar record does not give the entries back")
     mask_bytes = encode_masks(np.ascontiguousarray(masks, np.uint8).reshape(len(entries), *masks.shape[1:]))
     atomic_write_bytes(d / f"{name}.fills.bin", blob)
     atomic_write_bytes(d / f"{name}.{MASKS_SUFFIX}", mask_bytes)
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "chunk": k,
               "fills": f"{name}.fills.bin", "fills_sha256": sha256_bytes(blob), "fills_bytes": len(blob),
               "masks": f"{name}.{MASKS_SUFFIX}", "masks_sha256": sha256_bytes(mask_bytes), "masks_bytes": len(mask_bytes),
-              "entries": entries, "skipped": skipped}
+              "jpeg": parts.to_json() if parts is not None else None, "images": images, "skipped": skipped}
     write_json(d / f"{name}.json", record, compact=True)
-    return record
+    return _expand(record, d / f"{name}.json")
+
+
+def _expand(rec: dict, path: Path) -> dict:
+    """A version 2 record with ``entries`` (one dict per image, ``fill`` = [offset, size] or None,
+    as in version 1) and ``jpeg_parts`` (:class:`~dali_abs.cache.jpeg_parts.Parts` or None);
+    version 1 records get ``jpeg_parts`` None."""
+    if rec.get("format_version", 1) < 2:
+        return {**rec, "jpeg_parts": None}
+    try:
+        entries = decode_columns(rec["images"])
+        off = 0
+        for e in entries:
+            size = int(e["fill"])
+            e["fill"] = [off, size] if size else None
+            off += size
+        parts = Parts.from_json(rec["jpeg"]) if rec.get("jpeg") else None
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise CacheError(f"{path}: damaged chunk record ({type(e).__name__}: {e}); delete it and rerun the same "
+                         "`dali-abs precompute` command (it redoes that chunk)") from None
+    return {**rec, "entries": entries, "jpeg_parts": parts}
 
 
 def read_chunk_record(root: Path, k: int) -> dict | None:
-    """The record of chunk ``k``, or None when the chunk is not finished."""
+    """The record of chunk ``k`` (format version 1 or 2, as :func:`_expand` makes it), or None when
+    the chunk is not finished."""
     path = root / CHUNKS / f"{chunk_name(k)}.json"
     if not path.is_file():
         return None
     rec = read_json(path, "chunk record")
+    if not isinstance(rec, dict):
+        raise CacheError(f"{path}: not a chunk record of this cache (a JSON {type(rec).__name__}, not an object)")
     if rec.get("format") != FORMAT or rec.get("chunk") != k:
         raise CacheError(f"{path}: not a chunk record of this cache (format {rec.get('format')!r}, "
                          f"chunk {rec.get('chunk')!r})")
-    return rec
+    return _expand(rec, path)
 
 
 # What readers of manifest.json rely on: key -> type (nested keys dotted). One table for
@@ -460,6 +578,7 @@ class Cache:
     fill_spans: np.ndarray
     sizes: np.ndarray
     hashes_checked: bool = False  # open_cache compared every file with the SHA-256 the manifest holds
+    jpeg_parts: list = None  # per chunk: the JPEG parts its fills share (Parts), None where stored whole (version 1)
 
     @property
     def grid(self) -> int:
@@ -516,7 +635,8 @@ class Cache:
         return [self.root / CHUNKS / f"{chunk_name(k)}.fills.bin" for k in range(int(self.manifest["chunks"]))]
 
     def fill_bytes(self, key: str | int) -> bytes | None:
-        """The stored fill JPEG of an image, None when its loose mask is empty."""
+        """The fill JPEG of an image (the encoder's bytes, put back together from the stored form:
+        :func:`~dali_abs.cache.jpeg_parts.rebuild`), None when its loose mask is empty."""
         k, off, size = (int(v) for v in self.fill_spans[self._row(key)])
         if size == 0:
             return None
@@ -524,7 +644,7 @@ class Cache:
             self._maps = {}
         if k not in self._maps:
             self._maps[k] = np.memmap(self.root / CHUNKS / f"{chunk_name(k)}.fills.bin", np.uint8, "r")
-        return self._maps[k][off:off + size].tobytes()
+        return rebuild(self._maps[k][off:off + size].tobytes(), self.jpeg_parts[k] if self.jpeg_parts else None)
 
     def fill(self, key: str | int) -> np.ndarray | None:
         """uint8 HWC RGB fill over the box (:func:`tile_size`: the box at the work size or at the
@@ -600,9 +720,10 @@ def open_cache(path: str | os.PathLike, hashes: bool = True) -> Cache:
                "not a dali-abs cache folder"
         raise CacheError(f"{root}: no {MANIFEST} ({hint})")
     manifest = read_json(mpath, "cache manifest")
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in READ_VERSIONS:
         raise CacheError(f"{mpath}: format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
-                         f"this version reads {FORMAT!r} version {FORMAT_VERSION}. Rebuild the cache.")
+                         f"this version reads {FORMAT!r} versions {', '.join(map(str, READ_VERSIONS))}. "
+                         "Rebuild the cache.")
     check_manifest(manifest, mpath)
     R, n_chunks = int(manifest["grid"]), int(manifest["chunks"])
     problems = manifest_problems(root, manifest)
@@ -641,4 +762,5 @@ def open_cache(path: str | os.PathLike, hashes: bool = True) -> Cache:
     return Cache(root, manifest, ids, np.asarray(idx, np.int64), rel, np.asarray(lab, np.int64),
                  np.concatenate(masks) if masks else np.zeros((0, R, R), np.uint8),
                  np.asarray(boxes, np.int32).reshape(-1, 4), np.asarray(spans, np.int64).reshape(-1, 3),
-                 np.asarray(sizes, np.int32).reshape(-1, 2), hashes_checked=hashes)
+                 np.asarray(sizes, np.int32).reshape(-1, 2), hashes_checked=hashes,
+                 jpeg_parts=[rec["jpeg_parts"] for rec in records])

@@ -33,7 +33,7 @@ import numpy as np
 
 from dali_abs.cache.format import (CHUNKS, DEFAULT_FILL_THRESHOLD, DEFAULT_TIGHT_THRESHOLD, FORMAT, FORMAT_VERSION,
                                    MANIFEST, PARTS, PLACEHOLDER_RING, PLAN, CacheError, bounding_box, chunk_name,
-                                   encode_jpeg, fill_hole, fill_tile, part_name, quantize, read_chunk_record, read_json,
+                                   encode_fill, fill_hole, fill_tile, part_name, quantize, read_chunk_record, read_json,
                                    sha256_file, threshold_mask, write_chunk, write_json)
 from dali_abs.dataset import Dataset, Sample
 from dali_abs.files import MAX_PIXELS
@@ -239,12 +239,16 @@ def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
         "thresholds": plan_thresholds(seg, cfg),
         "mask_encoding": "uint8 [R,R] round(255 * foreground probability), one deflated .masks.npz per chunk "
                          "(np.load(path)['masks'])",
-        "fill_encoding": {"format": "jpeg", "quality": cfg.quality, "huffman": "optimized",
+        "fill_encoding": {"format": "jpeg", "quality": cfg.quality,
+                          "huffman": "per fill the smaller: the standard tables (held once in the chunk record) "
+                                     "or tables optimised for the fill (stored with it)",
                           "resolution": "work_size, or the source's where smaller",
                           "placeholder_ring": PLACEHOLDER_RING,
                           "placeholder": "a smooth continuation of the fill, more than placeholder_ring px "
                                          "from the loose cells (the inpainter's hole reaches that far)",
-                          "region": "bounding box of the loose-mask cells, box in grid cells (r0, c0, r1, c1)"},
+                          "region": "bounding box of the loose-mask cells, box in grid cells (r0, c0, r1, c1)",
+                          "stored": "without the JPEG parts every fill of a chunk shares (held once in the chunk "
+                                    "record's 'jpeg'); Cache.fill_bytes puts the JPEG back together"},
         "chunk_size": cfg.chunk_size, "chunks": (n + cfg.chunk_size - 1) // cfg.chunk_size,
         "max_pixels": cfg.max_pixels,
     }
@@ -574,7 +578,7 @@ class Worker:
             e["box"] = [r0, c0, r1, c1]
             if r1 > r0:
                 tile = fill_tile(img, cells, (r0, c0, r1, c1), R, e["size"][::-1])
-                fills.append(encode_jpeg(tile, self.cfg.quality))
+                fills.append(encode_fill(tile, self.cfg.quality))
             else:
                 fills.append(None)
         t = self.timer.add("encode", t)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dali_abs.cache.format import (CHUNKS, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, CacheError, check_manifest,
+from dali_abs.cache.format import (CHUNKS, FORMAT, MANIFEST, READ_VERSIONS, PLAN, CacheError, check_manifest,
                                    chunk_name, chunk_problems, decode_image, manifest_problems, masks_problem,
-                                   placeholder_mask, read_chunk_record, read_json, read_masks, stored_tile_size,
+                                   placeholder_mask, read_chunk_record, read_json, read_masks, rebuild, stored_tile_size,
                                    threshold_mask)
 
 
@@ -42,9 +42,9 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
     root = Path(path)
     m = _load_manifest(root)
     problems: list[str] = []
-    if m.get("format") != FORMAT or m.get("format_version") != FORMAT_VERSION:
+    if m.get("format") != FORMAT or m.get("format_version") not in READ_VERSIONS:
         problems.append(f"format {m.get('format')!r} v{m.get('format_version')!r}, "
-                        f"expected {FORMAT!r} v{FORMAT_VERSION}")
+                        f"expected {FORMAT!r} v{' or v'.join(map(str, READ_VERSIONS))}")
         return {"cache": str(root), "ok": False, "problems": problems}
     try:
         check_manifest(m, root / MANIFEST)
@@ -97,14 +97,18 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
                     problems.append(f"image {e['id']!r}: box {e['box']} but no fill stored")
                 continue
             off, size = e["fill"]
-            if off != end or off + size > len(data) or data[off:off + 2] != b"\xff\xd8":
+            try:
+                jpeg = rebuild(data[off:off + size], rec["jpeg_parts"]) if off == end and off + size <= len(data) else b""
+            except ValueError:
+                jpeg = b""
+            if off != end or off + size > len(data) or jpeg[:2] != b"\xff\xd8":
                 problems.append(f"image {e['id']!r}: fill span {e['fill']} is not the JPEG after byte {end} of "
                                 f"{rec['fills']} ({len(data)} B)")
                 continue
             end = off + size
             if decode:
                 try:
-                    img = decode_image(data[off:off + size])
+                    img = decode_image(jpeg)
                 except Exception as exc:
                     problems.append(f"image {e['id']!r}: fill does not decode ({exc})")
                     continue

@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from dali_abs.inpainter.inference import InpainterError
 from dali_abs.models import inpainter as net
+from dali_abs.threads import torch_threads
 
 
 def load_images(paths: Sequence[str | os.PathLike], size: int, progress: bool = False) -> np.ndarray:
@@ -203,14 +204,9 @@ def train_inpainter(images: np.ndarray, background: np.ndarray, out_onnx: str | 
     pool = pool[pool.flatten(1).float().mean(1).gt(0.002)]  # drop empty shapes
     if len(pool) == 0:
         raise InpainterError("no hole shapes: every image is all background; pass holes= explicitly")
-    old_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _train(images, background, pool, out_onnx, epochs, batch_size, lr, width, seed, w_grad, w_texture,
                       crop, val_fraction, progress, extra_metadata, t0)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _train(images, background, pool, out_onnx, epochs, batch_size, lr, width, seed, w_grad, w_texture, crop,

@@ -7,7 +7,6 @@ photo's pixels. Every function is deterministic.
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 
@@ -128,21 +127,6 @@ def coarse_shrunk(grid: np.ndarray, scale: float) -> np.ndarray:
     h, w = g.shape
     out = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(g, mode="F").resize(out, Image.BOX), np.float32).clip(0.0, 1.0)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int = 1):
-    """Run torch on ``n`` threads inside the block. The fill and dilation are small ops on one
-    image; on a busy machine torch's default pool spins against other jobs (measured on 2 shared
-    cores: 390 ms per 224 px push-pull fill with 2 threads, 9 ms with 1)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def paste(obj: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ from dali_abs.cli_args import add_dataset_arguments, add_json_argument, dataset_
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dali_abs.segmenter.train import AugmentConfig, train_segmenter
+    from dali_abs.segmenter.augment import AugmentConfig
+    from dali_abs.segmenter.train import train_segmenter
 
     ds = dataset_from_args(args)
     aug = AugmentConfig(vflip=args.vflip, max_shift=args.max_shift, grayscale=args.grayscale)

@@ -4,7 +4,7 @@ With a frozen pretrained backbone (the default recipe for ``--backbone``; ``--fi
 trains it too) every training step would otherwise run the whole backbone again for a
 head that is a few percent of its cost. Instead each training image is augmented
 ``views`` times (view 0 as it is, the others with
-:func:`~dali_abs.segmenter.train.generate_params`: flips, shifts by whole patches, colour
+:func:`~dali_abs.segmenter.augment.generate_params`: flips, shifts by whole patches, colour
 jitter, grayscale; the label grid moves with the image), the backbone's maps of every view
 are computed once and kept in RAM as float16 (170 kB per view for Lite0 at 224 px),
 and the head trains on them for many epochs in seconds.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dali_abs.segmenter.train import AugmentConfig, apply_params, generate_params
+from dali_abs.segmenter.augment import AugmentConfig, apply_params, generate_params
 
 BATCH = 32
 

@@ -3,8 +3,8 @@
 - Labelled images are split 80/20 (seeded) into train and validation.
 - Loss: per-patch binary cross-entropy with label smoothing (targets ``y*(1-e) + e/2``,
   e = 0.1), target 1 = foreground.
-- Augmentation (training images only), drawn per sample as a parameter dict by
-  :func:`generate_params` and applied by the deterministic :func:`apply_params`
+- Augmentation (training images only, :mod:`dali_abs.segmenter.augment`), drawn per sample as a
+  parameter dict by ``generate_params`` and applied by the deterministic ``apply_params``
   (kornia style: the same dict replays the same transform): horizontal (and optionally
   vertical) flips, shifts by whole patches (the label grid shifts with the image; the
   uncovered border is black and labelled background), colour jitter (brightness, contrast,
@@ -44,93 +44,11 @@ from dali_abs.dataset import Dataset
 from dali_abs.files import atomic_write_bytes
 from dali_abs.models import segmenter as net
 from dali_abs.models.segmenter_contract import default_input_size
+from dali_abs.segmenter.augment import AugmentConfig, apply_params, generate_params
 from dali_abs.segmenter.evaluate import confusion, scores
 from dali_abs.segmenter.inference import SegmenterError, read_batch
 from dali_abs.segmenter.thresholds import choose_thresholds, to_metadata
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation strengths. Shifts are in whole patches; jitter factors are drawn in [1-a, 1+a]."""
-
-    hflip: float = 0.5
-    vflip: float = 0.0
-    max_shift: int = 2
-    brightness: float = 0.3
-    contrast: float = 0.3
-    saturation: float = 0.3
-    hue: float = 0.05  # fraction of a full turn
-    grayscale: float = 0.2
-
-
-def generate_params(n: int, gen: torch.Generator, cfg: AugmentConfig) -> dict[str, torch.Tensor]:
-    """Per-sample transform parameters for a batch of ``n`` (replayable with :func:`apply_params`)."""
-
-    def u(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(n, generator=gen)
-
-    return {
-        "hflip": torch.rand(n, generator=gen) < cfg.hflip,
-        "vflip": torch.rand(n, generator=gen) < cfg.vflip,
-        "shift": torch.randint(-cfg.max_shift, cfg.max_shift + 1, (n, 2), generator=gen),
-        "brightness": u(1 - cfg.brightness, 1 + cfg.brightness),
-        "contrast": u(1 - cfg.contrast, 1 + cfg.contrast),
-        "saturation": u(1 - cfg.saturation, 1 + cfg.saturation),
-        "hue": u(-cfg.hue, cfg.hue),
-        "grayscale": torch.rand(n, generator=gen) < cfg.grayscale,
-    }
-
-
-_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) plane.
-_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_RGB = torch.linalg.inv(_YIQ)
-
-
-def _shift(t: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """Move a CHW tensor by (dy, dx) pixels; the uncovered border is 0."""
-    if dy == 0 and dx == 0:
-        return t
-    out = torch.zeros_like(t)
-    h, w = t.shape[-2:]
-    if abs(dy) >= h or abs(dx) >= w:
-        return out
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    out[..., yd, xd] = t[..., ys, xs]
-    return out
-
-
-def apply_params(x: torch.Tensor, y: torch.Tensor, params: Mapping[str, torch.Tensor],
-                 patch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply ``params`` to images ``x`` (float [N,3,S,S], RGB 0..1) and label grids ``y``
-    (float [N,1,R,R], 1 = foreground). Geometric ops move both; colour ops touch only ``x``."""
-    x, y = x.clone(), y.clone()
-    hf, vf = params["hflip"], params["vflip"]
-    x[hf], y[hf] = x[hf].flip(-1), y[hf].flip(-1)
-    x[vf], y[vf] = x[vf].flip(-2), y[vf].flip(-2)
-    for i, (dy, dx) in enumerate(params["shift"].tolist()):
-        if dy or dx:
-            x[i] = _shift(x[i], dy * patch, dx * patch)
-            y[i] = _shift(y[i], dy, dx)
-    n = x.shape[0]
-    x = x * params["brightness"].view(n, 1, 1, 1)
-    gray = (x * _LUMA).sum(1, keepdim=True)
-    m = gray.mean(dim=(2, 3), keepdim=True)
-    x = (x - m) * params["contrast"].view(n, 1, 1, 1) + m
-    gray = (x * _LUMA).sum(1, keepdim=True)
-    x = gray + (x - gray) * params["saturation"].view(n, 1, 1, 1)
-    theta = params["hue"] * 2 * math.pi
-    c, s = torch.cos(theta), torch.sin(theta)
-    rot = torch.zeros(n, 3, 3)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
-    mat = _RGB.unsqueeze(0) @ rot @ _YIQ.unsqueeze(0)  # [n,3,3]
-    x = torch.einsum("nij,njhw->nihw", mat, x)
-    g = params["grayscale"]
-    if g.any():
-        x[g] = (x[g] * _LUMA).sum(1, keepdim=True).expand(-1, 3, -1, -1)
-    return x.clamp_(0.0, 1.0), y
+from dali_abs.threads import torch_threads
 
 
 BACKBONE_LR_SCALE = 0.1  # --finetune: the pretrained backbone learns 10x slower than the head
@@ -233,17 +151,12 @@ def train_segmenter(dataset: Dataset, labels: Mapping[str, np.ndarray] | str | o
     ids = list(labels)
     if len(ids) < 2:
         raise SegmenterError(f"{source}: need at least 2 labelled images (train and validation), got {len(ids)}")
-    prev_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _train(dataset, labels, out_onnx, ids, r, size, patch, t0, epochs=epochs, seed=seed,
                       batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                       val_fraction=val_fraction, label_smoothing=label_smoothing, width=width, augment=augment,
                       backbone=backbone, backbone_weights=backbone_weights, finetune=finetune, views=views,
                       device=dev, threads=threads, progress=progress)
-    finally:
-        torch.set_num_threads(prev_threads)
 
 
 def _train(dataset, labels, out_onnx, ids, r, size, patch, t0, *, epochs, seed, batch_size, lr, weight_decay,
