@@ -323,6 +323,9 @@ def check_cupy(res, rows, skip, rng, args) -> None:
     cases["waterbirds-cached"] = SwapConfig.waterbirds(p=0.8, **PAPER_WB)
     cases["feather-cached"] = SwapConfig(feather=2.0, **PAPER)
     cases["waterbirds-patches-feather"] = SwapConfig.waterbirds(fill="patches", feather=1.5, **PAPER_WB)
+    # the audit's variants that the kernel composites differently: a constant backdrop, no foreground
+    cases["audit-only-fg"] = SwapConfig(background="own", backdrop=(124, 116, 104), translate=0.0, **PAPER)
+    cases["audit-only-bg"] = SwapConfig(background="own", foreground=False, translate=0.0, **PAPER)
     worst = 0.0
     for name, c in [(k, v) for k, v in cases.items()] + [(f"{k} ragged+crop", v) for k, v in cases.items()]:
         images, soft, fills, boxes = random_batch(rng, 32, 160, 144, r, 96)

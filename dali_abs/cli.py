@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     register_inpainter(sub)
     register_cache(sub)
 
+    from dali_abs.audit.cli import register as register_audit
+
+    register_audit(sub)
+
     p = sub.add_parser("demo", help="run the whole chain on the built-in data (what `make demo` runs)")
     p.add_argument("out", nargs="?", default="demo-out", metavar="OUT", help="output folder (default ./demo-out)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first instead of reusing finished steps")

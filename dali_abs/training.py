@@ -66,8 +66,11 @@ def tensor_batches(images_u8: torch.Tensor, labels: torch.Tensor, batch_size: in
 
 
 def fit(model: nn.Module, batches: Callable[[int], Batches], epochs: int, lr: float = 2e-3,
-        weight_decay: float = 5e-4, progress: bool = False) -> list[float]:
-    """Train with AdamW and a cosine schedule; returns the mean loss of each epoch."""
+        weight_decay: float = 5e-4, progress: bool = False,
+        on_epoch: Callable[[nn.Module, int], object] | None = None) -> list[float]:
+    """Train with AdamW and a cosine schedule; returns the mean loss of each epoch. ``on_epoch``:
+    called as ``on_epoch(model, epochs done)`` after each epoch (e.g. a
+    :class:`dali_abs.audit.AuditHook`; the model is back in train mode for the next epoch)."""
     from tqdm import tqdm
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -85,6 +88,8 @@ def fit(model: nn.Module, batches: Callable[[int], Batches], epochs: int, lr: fl
             n += len(y)
         sched.step()
         losses.append(total / max(n, 1))
+        if on_epoch is not None:
+            on_epoch(model, epoch + 1)
     return losses
 
 

@@ -44,11 +44,28 @@ def mismatch(a, b):
     return float((np.abs(a.astype(np.int16) - b.astype(np.int16)) > 1).any(-1).mean())
 
 
+# The audit's variants (dali_abs.audit.variants): own background with no object (only-bg), the object
+# on a constant backdrop (only-fg; also feathered, rotated and among unswapped samples), another
+# sample of the same class (mixed-same), of the next class (mixed-next).
+AUDIT_CASES = [
+    paper_swap(background="own", foreground=False, translate=0.0),
+    paper_swap(background="own", backdrop=(124, 116, 104), translate=0.0),
+    paper_waterbirds(background="own", backdrop=(0, 0, 0), feather=1.5, p=0.6),
+    paper_swap(background="same_class", exclude_self=True, translate=0.0),
+    paper_swap(background="next_class", fill="gray", translate=0.0),
+]
+
 CASES = [paper_swap(fill=m) for m in FILLS] + [
     paper_waterbirds(fill="cached", p=0.8),
     paper_waterbirds(fill="patches", feather=1.5),
     paper_swap(fill="cached", feather=3.0),
-]
+] + AUDIT_CASES
+
+
+def case_id(c: SwapConfig) -> str:
+    """A test id naming what a case composites."""
+    what = "no-fg" if not c.foreground else "backdrop" if c.backdrop is not None else c.background
+    return f"{c.fill}-rot{c.rotation[1]:g}-f{c.feather:g}-{what}" + ("-not-self" if c.exclude_self else "")
 
 
 def recorded_inputs(kind, n=8, h=48, w=40, r=8, f=16):
@@ -85,7 +102,7 @@ RECORDED_CONFIGS = {
 
 
 def recorded_digests(kind, name, composite=None):
-    """sha256 (first 16 hex digits) of the parameters (every array, keys sorted) and of the
+    """sha256 (first 16 hex digits) of the parameters (every array main had, keys sorted) and of the
     output, 48 x 40 px, tight 0.5, loose 0.1, of ``composite`` (the kornia-style call; default the twin)."""
     from dali_abs.swap.twin import composite_cpu
 
@@ -94,7 +111,10 @@ def recorded_digests(kind, name, composite=None):
     cfg = SwapConfig(tight=0.5, loose=0.1, **RECORDED_CONFIGS[name])
     p = sample_params(np.arange(8) % 3, rng, cfg, image_size=(48, 40), soft=soft)
     out = composite(images, soft, fills, boxes, p, cfg, (48, 40))
-    ph = hashlib.sha256(b"".join(np.ascontiguousarray(p[k]).tobytes() for k in sorted(p))).hexdigest()[:16]
+    # the keys main recorded: backdrop / backdrop_rgb came later (the audit's variants), all zero here
+    assert not p["backdrop"].any() and not p["backdrop_rgb"].any()
+    keys = sorted(set(p) - {"backdrop", "backdrop_rgb"})
+    ph = hashlib.sha256(b"".join(np.ascontiguousarray(p[k]).tobytes() for k in keys)).hexdigest()[:16]
     return ph, hashlib.sha256(out.tobytes()).hexdigest()[:16]
 
 
@@ -126,3 +146,4 @@ RECORDED = {
     ("blob", "cached-scale-p0.7"): ("cd56e909d8f816c1", "733dfbd7fa3284af"),
     ("blob", "patches-other-class"): ("8752d0c4dc38d708", "fa5425f43b443df5"),
 }
+

@@ -20,7 +20,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("cmd", [[], ["make-dataset"], ["data", "check"], ["labels", "import-reference"],
                                  ["labels", "from-masks"], ["label"], ["segmenter"], ["inpainter"],
-                                 ["precompute"], ["cache"], ["demo"]])
+                                 ["precompute"], ["cache"], ["demo"], ["audit"]])
 def test_every_subcommand_has_help(cmd):
     r = run(*cmd, "--help")
     assert r.returncode == 0, r.stderr

@@ -17,7 +17,7 @@ from dali_abs import swap
 from dali_abs.swap import AugmentConfig, SwapConfig, SwapError
 from dali_abs.swap import cpu as native
 from dali_abs.swap.twin import composite_cpu
-from swap_cases import (CASES, RECORDED, make_batch, paper_swap, paper_waterbirds, params_for, ragged_batch,
+from swap_cases import (CASES, RECORDED, case_id, make_batch, paper_swap, paper_waterbirds, params_for, ragged_batch,
                         recorded_digests)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def fresh(monkeypatch, tmp_path):
 
 # --- parity with the twin ------------------------------------------------------------------
 
-@pytest.mark.parametrize("cfg", CASES, ids=lambda c: f"{c.fill}-rot{c.rotation[1]:g}-f{c.feather:g}")
+@pytest.mark.parametrize("cfg", CASES, ids=case_id)
 def test_native_equals_the_twin_pixel_for_pixel(built, cfg):
     rng = np.random.default_rng(300 + CASES.index(cfg))
     # small odd sides (not divisible by R), and a batch large enough to be split over threads
@@ -81,10 +81,11 @@ def test_native_gives_the_recorded_bytes(built, kind, name):
     assert recorded_digests(kind, name, native_on) == RECORDED[kind, name]
 
 ROW_CASES = [paper_swap(), paper_swap(p=0.5, scale=(0.6, 1.4)), paper_swap(tight=0.3, loose=0.0, translate=0.5),
-             paper_waterbirds(), paper_waterbirds(feather=1.5), paper_swap(fill="noise")]
+             paper_waterbirds(), paper_waterbirds(feather=1.5), paper_swap(fill="noise"),
+             paper_swap(background="own", foreground=False), paper_swap(background="own", backdrop=(9, 99, 199), p=0.5)]
 
 @pytest.mark.parametrize("cfg", ROW_CASES, ids=["default", "scaled-p0.5", "loose0", "rotated", "rotated-feathered",
-                                                "noise-fill"])
+                                                "noise-fill", "no-foreground", "backdrop-p0.5"])
 def test_the_row_path_equals_the_per_pixel_body(built, cfg):
     """composite_rows.h (eight pixels a step from per-sample tables) gives the same bytes
     as the per-pixel body and the twin: widths below, at and above 8, crops, flips, ragged

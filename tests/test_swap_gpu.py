@@ -17,7 +17,7 @@ from dali_abs import swap
 from dali_abs.swap import AugmentConfig, SwapConfig, SwapError, signature
 from dali_abs.swap.batch import mean_colour
 from dali_abs.swap.twin import composite as twin
-from swap_cases import CASES, make_batch, mismatch, paper_swap, paper_waterbirds, params_for, ragged_batch
+from swap_cases import CASES, case_id, make_batch, mismatch, paper_swap, paper_waterbirds, params_for, ragged_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def run_kernel_text(lib, b: swap.Batch, grid=13, block=64):
     return out
 
 
-@pytest.mark.parametrize("cfg", CASES, ids=lambda c: f"{c.fill}-rot{c.rotation[1]:g}-f{c.feather:g}")
+@pytest.mark.parametrize("cfg", CASES, ids=case_id)
 def test_kernel_text_matches_the_twin(kernel_lib, cfg):
     rng = np.random.default_rng(100 + CASES.index(cfg))
     total, bad, differ = 0, 0.0, 0.0
@@ -208,7 +208,7 @@ def test_the_gpu_backends_host_code_drives_the_kernel_text(kernel_lib, monkeypat
 # --- the real kernel on a GPU --------------------------------------------------------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cfg", CASES, ids=lambda c: f"{c.fill}-rot{c.rotation[1]:g}-f{c.feather:g}")
+@pytest.mark.parametrize("cfg", CASES, ids=case_id)
 def test_the_gpu_backend_matches_the_twin(cfg):
     import cupy
 

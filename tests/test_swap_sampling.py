@@ -32,7 +32,8 @@ def test_sample_params_shapes_and_empty_foreground():
     assert {k: (v.dtype, v.shape) for k, v in p.items()} == {
         "partner": (np.int32, (5,)), "swap": (np.uint8, (5,)), "affine": (np.float32, (5, 6)),
         "noise_seed": (np.uint32, (5,)), "perm": (np.int32, (5, 16)), "fg_box": (np.float32, (5, 4)),
-        "crop": (np.float32, (5, 4)), "flip": (np.uint8, (5,))}
+        "crop": (np.float32, (5, 4)), "flip": (np.uint8, (5,)), "backdrop": (np.uint8, (5,)),
+        "backdrop_rgb": (np.float32, (5, 3))}
     assert (p["crop"] == (0, 0, 32, 32)).all() and not p["flip"].any()  # no augment: the whole canvas
     assert np.isfinite(p["affine"]).all()
     assert (np.sort(p["perm"], 1) == np.arange(16)).all()
@@ -74,6 +75,70 @@ def test_other_same_uniform_and_group_policies():
     assert (groups[parts] != groups[None, :]).all()
     f = np.bincount(groups[parts][:, groups == 0].ravel(), minlength=4)[1:]
     np.testing.assert_allclose(f / f.sum(), 1 / 3, atol=0.03)
+
+
+def _partners(cfg, labels, draws=200, seed=5):
+    rng = np.random.default_rng(seed)
+    soft = np.zeros((len(labels), 4, 4), np.float32)
+    return np.stack([sample_params(labels, rng, cfg, image_size=(16, 16), soft=soft)["partner"] for _ in range(draws)])
+
+
+def test_exclude_self_never_picks_the_sample_where_another_qualifies():
+    """The audit's mixed-same and mixed-rand: another sample of the same class / of the batch, uniformly;
+    the sample itself only where the batch holds no other (a class of one)."""
+    labels = np.array([0] * 5 + [1] * 3 + [2])  # class 2: one sample
+    me = np.arange(len(labels))[None, :]
+    parts = _partners(paper_swap(background="same_class", exclude_self=True), labels, draws=1000)
+    assert (labels[parts] == labels[None, :]).all()
+    assert (parts[:, :8] != me[:, :8]).all() and (parts[:, 8] == 8).all()
+    # uniformly among the others: a class-0 sample picks each of the 4 others a quarter of the time
+    f = np.bincount(parts[:, 0], minlength=9)[:5] / len(parts)
+    assert f[0] == 0 and np.allclose(f[1:], 0.25, atol=0.06)
+    parts = _partners(paper_swap(background="uniform", exclude_self=True), labels, draws=1000)
+    assert (parts != me).all()
+    np.testing.assert_allclose(np.bincount(parts[:, 0], minlength=9)[1:] / len(parts), 1 / 8, atol=0.04)
+    parts = _partners(paper_swap(background="class_balanced", exclude_self=True), labels)
+    assert (parts[:, :8] != me[:, :8]).all()
+    assert set(labels[parts[:, 8]].tolist()) == {0, 1, 2}  # class 2 picked: itself, the one of its class
+    one = _partners(paper_swap(background="uniform", exclude_self=True), np.array([4]), draws=3)
+    assert (one == 0).all()
+    # without exclude_self the draws are what they were (same random stream)
+    a = _partners(paper_swap(background="same_class"), labels, draws=20, seed=9)
+    b = _partners(paper_swap(background="same_class", exclude_self=False), labels, draws=20, seed=9)
+    assert np.array_equal(a, b) and (a == me).any()
+
+
+def test_next_class_and_own():
+    labels = np.array([3, 3, 5, 5, 5, 9, 3])  # present: 3 -> 5 -> 9 -> 3
+    parts = _partners(paper_swap(background="next_class"), labels, draws=1000)
+    want = {3: 5, 5: 9, 9: 3}
+    assert (labels[parts] == np.array([want[v] for v in labels])[None, :]).all()
+    # within the next class, each of its samples equally often
+    f = np.bincount(parts[:, 0], minlength=7)[[2, 3, 4]] / len(parts)
+    np.testing.assert_allclose(f, 1 / 3, atol=0.06)
+    one_class = np.full(4, 2)
+    assert (_partners(paper_swap(background="next_class"), one_class, draws=3) == np.arange(4)).all()
+    assert (_partners(paper_swap(background="own"), labels, draws=3) == np.arange(7)).all()
+
+
+def test_backdrop_and_no_foreground_are_parameters():
+    soft = np.full((3, 4, 4), 0.9, np.float32)
+    rng = np.random.default_rng(0)
+    p = sample_params(np.arange(3), rng, paper_swap(background="own", backdrop=[10, 20.5, 255]), image_size=(16, 16),
+                      soft=soft)
+    assert (p["backdrop"] == 1).all() and (p["backdrop_rgb"] == np.float32([10, 20.5, 255])).all()
+    assert (p["fg_box"][:, 2:] > 0).all()
+    p = sample_params(np.arange(3), rng, paper_swap(background="own", foreground=False), image_size=(16, 16),
+                      soft=soft)
+    assert (p["backdrop"] == 0).all() and (p["fg_box"] == 0).all()  # an empty box: nothing pasted
+    assert paper_swap(backdrop=[1, 2, 3]).backdrop == (1.0, 2.0, 3.0)
+    for kw, msg in ((dict(backdrop=(0, 0)), r"backdrop must be an \(R, G, B\) colour.*got \(0, 0\)"),
+                    (dict(backdrop=(0, 0, 300)), r"three numbers in 0..255, got \(0, 0, 300\)"),
+                    (dict(backdrop="gray"), r"got 'gray'"),
+                    (dict(backdrop=(0, 0, 0), foreground=False), "the plain colour alone"),
+                    (dict(background="own", exclude_self=True), "exclude_self=True contradicts it")):
+        with pytest.raises(SwapError, match=msg):
+            paper_swap(**kw)
 
 
 def test_policy_errors_name_the_problem():

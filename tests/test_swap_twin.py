@@ -99,6 +99,39 @@ def test_cheap_fills_follow_their_definitions():
     assert all(tuple(c) in colours for c in out[k][region[k]]) and (out[k][region[k]] != bg[k][region[k]]).any()
 
 
+def test_a_backdrop_replaces_the_background_and_no_foreground_leaves_it_alone():
+    """The audit's only-fg (the object on a constant backdrop) and only-bg (the sample's own clean
+    background: its image with its loose cells filled, nothing pasted)."""
+    rng = np.random.default_rng(31)
+    images, soft, fills, boxes = make_batch(rng, degenerate_box=False)
+    fills[:] = (10, 200, 30)
+    only_fg = paper_swap(background="own", backdrop=(1, 2, 3), translate=0.0)
+    p = params_for(rng, soft, only_fg, 48, 40)
+    out = composite_cpu(images, soft, fills, boxes, p, only_fg)
+    plain = (out == (1, 2, 3)).all(-1)
+    kept = (out == images).all(-1)
+    assert (plain | kept).all() and 0.05 < kept.mean() < 0.8  # the object where it was, the backdrop around it
+    # where the object is cut out (alpha = 1), the same pixels as any other composite with that object
+    swapped = paper_swap(background="uniform", translate=0.0)
+    q = params_for(rng, soft, swapped, 48, 40)
+    obj = composite_cpu(images, soft, fills, boxes, {**q, "backdrop": p["backdrop"], "backdrop_rgb": p["backdrop_rgb"]},
+                        swapped)
+    assert np.array_equal(obj, out)  # the partner is not read under a backdrop
+    soft_all = np.ones_like(soft)
+    assert np.array_equal(composite_cpu(images, soft_all, fills, boxes, params_for(rng, soft_all, only_fg, 48, 40),
+                                        only_fg), images)
+    only_bg = paper_swap(background="own", foreground=False, translate=0.0)
+    p = params_for(rng, soft, only_bg, 48, 40)
+    out = composite_cpu(images, soft, fills, boxes, p, only_bg)
+    changed = (out != images).any(-1)
+    assert changed.any() and (out[changed] == (10, 200, 30)).all()  # only the fill region, with the fill
+    # it is the empty-foreground composite of the sample with itself
+    none = np.zeros_like(soft)
+    want = composite_cpu(images, soft, fills, boxes, {**p, "fg_box": np.zeros((8, 4), np.float32)},
+                         paper_swap(background="own"))
+    assert np.array_equal(out, want) and not np.array_equal(out, composite_cpu(images, none, fills, boxes, p, only_bg))
+
+
 def test_crop_flip_and_resize_are_part_of_the_same_pass():
     rng = np.random.default_rng(9)
     images, soft, fills, boxes = make_batch(rng)

@@ -118,7 +118,31 @@ def _check_gpu(cfg: LoaderConfig, device_id: int | None) -> None:
                            f"{os.environ.get('LOCAL_RANK')!r}); pass device_id= or fix the launcher's settings")
 
 
-def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards: int) -> None:
+def split_rows(cache: Cache, ds: Dataset, split: str, ids=None) -> list[int]:
+    """The cache rows of ``split`` of ``ds`` (only those of ``ids`` when given), in cache order. Raises
+    :class:`DaliAbsError` for ids outside the split and for images of it the cache lacks without having
+    skipped them (a stale cache)."""
+    split_ids = {s.id for s in ds.split(split)}
+    if ids is not None:
+        unknown = sorted(set(ids) - split_ids)
+        if unknown:
+            raise DaliAbsError(f"ids not in split {split!r} of {ds.root}: {', '.join(unknown[:5])}"
+                               + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        split_ids = set(ids)
+    rows = [i for i, sid in enumerate(cache.ids) if sid in split_ids]
+    missing = split_ids - set(cache.ids)
+    skipped = {s.get("id") for s in cache.manifest.get("skipped", [])}
+    unexplained = sorted(missing - skipped)
+    if unexplained:
+        raise DaliAbsError(f"{cache.root}: {len(unexplained)} image(s) of split {split!r} are not in the cache "
+                           f"(e.g. {', '.join(unexplained[:3])}); rebuild it with `dali-abs precompute`")
+    if not rows:
+        raise DaliAbsError(f"{cache.root}: no cached images in split {split!r}")
+    return rows
+
+
+def check_fresh(cache: Cache, ds: Dataset) -> None:
+    """Raise :class:`DaliAbsError` when ``ds`` changed since ``cache`` was built from it."""
     fp = cache.manifest.get("dataset", {}).get("fingerprint")
     if fp is not None and fp != ds.fingerprint():
         raise DaliAbsError(
@@ -126,6 +150,10 @@ def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards
             f"(fingerprint {fp} -> {ds.fingerprint()}). Rebuild it with `dali-abs precompute {ds.root} "
             f"--segmenter ... --inpainter ... --out {cache.root}`; `dali-abs cache verify {cache.root} "
             f"--data {ds.root}` lists what changed.")
+
+
+def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards: int) -> None:
+    check_fresh(cache, ds)
     per_shard = len(rows) // shards
     if cfg.batch_size > per_shard:
         raise DaliAbsError(f"batch_size {cfg.batch_size} is larger than the {per_shard} images of each of "
@@ -138,12 +166,17 @@ def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards
         if cfg.swap.background == "other_group" and not ds.has_groups:
             raise DaliAbsError(f"background policy 'other_group' needs groups (a 'place' column in "
                                f"metadata.csv); {ds.root} has none")
-        loose = cfg.swap.loose
-        if cfg.swap.fill == "cached" and loose is not None and loose < cache.fill_threshold:
-            raise DaliAbsError(f"SwapConfig(loose={loose}) is below the fill threshold {cache.fill_threshold} "
-                               f"{cache.root} was built with: the cells in between were never filled and would show "
-                               f"the placeholder; use loose >= {cache.fill_threshold}, or rebuild the cache with "
-                               f"`dali-abs precompute ... --fill-threshold {loose}`")
+        check_loose(cache, cfg.swap)
+
+
+def check_loose(cache: Cache, swap: SwapConfig) -> None:
+    """Raise :class:`DaliAbsError` when ``swap`` fills from the cache below the fill threshold it was built with."""
+    loose = swap.loose
+    if swap.fill == "cached" and loose is not None and loose < cache.fill_threshold:
+        raise DaliAbsError(f"SwapConfig(loose={loose}) is below the fill threshold {cache.fill_threshold} "
+                           f"{cache.root} was built with: the cells in between were never filled and would show "
+                           f"the placeholder; use loose >= {cache.fill_threshold}, or rebuild the cache with "
+                           f"`dali-abs precompute ... --fill-threshold {loose}`")
 
 
 def _check_last_batch(n: int, shards: int, batch: int, policy: str) -> None:
@@ -187,22 +220,7 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
     if cfg.dtype not in ("float32", "float16"):
         raise DaliAbsError(f"dtype must be 'float32' or 'float16', got {cfg.dtype!r}")
     shard, shards = _dist_defaults(cfg)
-    split_ids = {s.id for s in ds.split(cfg.split)}
-    if cfg.ids is not None:
-        unknown = sorted(set(cfg.ids) - split_ids)
-        if unknown:
-            raise DaliAbsError(f"ids not in split {cfg.split!r} of {ds.root}: {', '.join(unknown[:5])}"
-                               + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
-        split_ids = set(cfg.ids)
-    rows = [i for i, sid in enumerate(cache.ids) if sid in split_ids]
-    missing = split_ids - set(cache.ids)
-    skipped = {s.get("id") for s in cache.manifest.get("skipped", [])}
-    unexplained = sorted(missing - skipped)
-    if unexplained:
-        raise DaliAbsError(f"{cache.root}: {len(unexplained)} image(s) of split {cfg.split!r} are not in the cache "
-                           f"(e.g. {', '.join(unexplained[:3])}); rebuild it with `dali-abs precompute`")
-    if not rows:
-        raise DaliAbsError(f"{cache.root}: no cached images in split {cfg.split!r}")
+    rows = split_rows(cache, ds, cfg.split, cfg.ids)
     _check(cache, ds, cfg, rows, shards)
     policy = getattr(cfg.last_batch_policy, "name", cfg.last_batch_policy)
     _check_last_batch(len(rows), shards, cfg.batch_size, str(policy).upper())

@@ -189,8 +189,8 @@ class _Sample:
         if fill_bytes is None:
             return records
         read = np.zeros(n, bool)
-        if self.cfg.fill in ("cached", "mean"):
-            read[params["partner"][params["swap"] == 1]] = True
+        if self.cfg.fill in ("cached", "mean"):  # a backdrop reads no partner
+            read[params["partner"][(params["swap"] == 1) & (params["backdrop"] == 0)]] = True
         return records, [f if k else self.blank for f, k in zip(fill_bytes, read)]
 
 

@@ -27,7 +27,7 @@ from dali_abs.swap.signature import REFS_DTYPE, fill_code, sample_dtype
 F32 = np.float32
 PARAMS = (("partner", np.int32, 1), ("swap", np.uint8, 1), ("affine", np.float32, 6),
           ("noise_seed", np.uint32, 1), ("perm", np.int32, None), ("fg_box", np.float32, 4),
-          ("crop", np.float32, 4), ("flip", np.uint8, 1))
+          ("crop", np.float32, 4), ("flip", np.uint8, 1), ("backdrop", np.uint8, 1), ("backdrop_rgb", np.float32, 3))
 
 
 def _host(a):
@@ -210,7 +210,7 @@ def pack_samples(params: dict, soft: np.ndarray, boxes: np.ndarray, size: tuple[
     h, w = size
     fw, fh = F32(w), F32(h)
     rec = np.zeros(n, sample_dtype(r))
-    for key in ("partner", "swap", "flip", "noise_seed", "affine", "fg_box", "perm"):
+    for key in ("partner", "swap", "flip", "noise_seed", "affine", "fg_box", "perm", "backdrop", "backdrop_rgb"):
         rec[key] = params[key].reshape(rec[key].shape)
     c = params["crop"]
     rec["crop_x0"], rec["crop_y0"] = c[:, 0], c[:, 1]

@@ -103,6 +103,8 @@ struct AbsSample {
   float crop_x0, crop_y0;   // the crop window's origin, canvas px
   float crop_sx, crop_sy;   // canvas px per output px
   float box_y0, box_x0, box_y1, box_x1;  // the fill tile's region, canvas px (half-open)
+  unsigned int backdrop;    // 1 = the background is backdrop_rgb, not the partner's (read where swap = 1)
+  float backdrop_rgb[3];    // the backdrop's colour, RGB 0..255
 };
 
 // One sample's buffers (dali_abs.swap.signature.REFS).
@@ -143,6 +145,58 @@ ABS_INLINE int abs_patch_start(int r, int size, int grid) { return (r * size + g
 ABS_INLINE int abs_partner(const AbsSample* p, int s, int n) {
   const int j = p->partner;
   return j >= 0 && j < n ? j : s;
+}
+
+// The background of sample s at canvas point (px, py): the partner's fill in its loose cells,
+// else its image. The fill region goes by cells (soft > loose in the cell under the point),
+// exactly the cells the fill was computed for: a bilinear loose mask would reach into the box's
+// other cells, where the stored tile holds only a smooth placeholder. The box test (canvas px)
+// comes first: most pixels lie outside the fill box and skip the mask lookup.
+ABS_INLINE void abs_partner_background(ABS_COMPOSITE_PARAMS, int s, float px, float py, float* bg) {
+  const float sx = (float)r / (float)w, sy = (float)r / (float)h;
+  const AbsSample* ps = refs[s].sample;
+  const int j = abs_partner(ps, s, n);
+  const AbsRefs& rj = refs[j];
+  const AbsSample* pj = rj.sample;
+  const bool in_box = py >= pj->box_y0 && py < pj->box_y1 && px >= pj->box_x0 && px < pj->box_x1;
+  if (!(in_box && abs_soft(pj)[abs_cell(py * sy, r) * r + abs_cell(px * sx, r)] > loose)) {
+    abs_canvas_sample(rj, px, py, bg);
+  } else {
+    // the canvas pixel under the point, for the fills defined per pixel
+    const int cy = abs_clampi((int)floorf(py), 0, h - 1), cx = abs_clampi((int)floorf(px), 0, w - 1);
+    const unsigned int pix = (unsigned int)(cy * w + cx);
+    const int hj = rj.ih, wj = rj.iw;
+    if (fill_mode == ABS_FILL_CACHED) {
+      const float tile_sy = (float)rj.th / (pj->box_y1 - pj->box_y0);  // tile px per canvas px
+      const float tile_sx = (float)rj.tw / (pj->box_x1 - pj->box_x0);
+      const float ty = (py - pj->box_y0) * tile_sy - 0.5f;
+      const float tx = (px - pj->box_x0) * tile_sx - 0.5f;
+      abs_rgb_bilerp(rj.tile, rj.th, rj.tw, tx, ty, bg);
+    } else if (fill_mode == ABS_FILL_GRAY) {
+      bg[0] = bg[1] = bg[2] = 128.0f;
+    } else if (fill_mode == ABS_FILL_MEAN) {
+      for (int c = 0; c < 3; ++c) bg[c] = mean_colour[j * 3 + c];
+    } else if (fill_mode == ABS_FILL_NOISE) {
+      const unsigned int key = pj->noise_seed;
+      for (int c = 0; c < 3; ++c) bg[c] = (float)(abs_mix32(key + abs_mix32(pix * 3u + (unsigned int)c)) >> 24);
+    } else if (fill_mode == ABS_FILL_PIXELS) {  // a random pixel of image j, anywhere
+      const unsigned int at = abs_mix32(pj->noise_seed ^ abs_mix32(pix + 0x9e3779b9u)) % (unsigned int)(hj * wj);
+      const unsigned char* q = rj.image + (long long)at * 3;
+      bg[0] = (float)q[0]; bg[1] = (float)q[1]; bg[2] = (float)q[2];
+    } else {  // ABS_FILL_PATCHES: same offset inside canvas patch perm[j][patch of (cy, cx)], nearest in image j
+      const int pr = (cy * r) / h, pc = (cx * r) / w;
+      const int q = abs_clampi(abs_perm(pj, r)[pr * r + pc], 0, r * r - 1);
+      const int qr = q / r, qc = q - (q / r) * r;
+      const int ys = abs_clampi(abs_patch_start(qr, h, r) + cy - abs_patch_start(pr, h, r), 0,
+                                abs_patch_start(qr + 1, h, r) - 1);
+      const int xs = abs_clampi(abs_patch_start(qc, w, r) + cx - abs_patch_start(pc, w, r), 0,
+                                abs_patch_start(qc + 1, w, r) - 1);
+      const int iy = (int)(((long long)(2 * ys + 1) * hj) / (2LL * h));
+      const int ix = (int)(((long long)(2 * xs + 1) * wj) / (2LL * w));
+      const unsigned char* qq = rj.image + ((long long)iy * wj + ix) * 3;
+      bg[0] = (float)qq[0]; bg[1] = (float)qq[1]; bg[2] = (float)qq[2];
+    }
+  }
 }
 
 // Output pixel (y, x) of sample s.
@@ -192,52 +246,11 @@ ABS_INLINE void abs_composite_pixel(ABS_COMPOSITE_PARAMS, int s, int y, int x) {
     return;
   }
 
-  // background: the partner's fill in its loose cells, else its image. The fill region goes by
-  // cells (soft > loose in the cell under the point), exactly the cells the fill was computed
-  // for: a bilinear loose mask would reach into the box's other cells, where the stored tile
-  // holds only a smooth placeholder. The box test (canvas px) comes first: most pixels lie
-  // outside the fill box and skip the mask lookup.
-  const int j = abs_partner(ps, s, n);
-  const AbsRefs& rj = refs[j];
-  const AbsSample* pj = rj.sample;
-  const bool in_box = py >= pj->box_y0 && py < pj->box_y1 && px >= pj->box_x0 && px < pj->box_x1;
-  if (!(in_box && abs_soft(pj)[abs_cell(py * sy, r) * r + abs_cell(px * sx, r)] > loose)) {
-    abs_canvas_sample(rj, px, py, bg);
+  // background: a constant backdrop (the object alone), else the partner's clean background
+  if (ps->backdrop) {
+    bg[0] = ps->backdrop_rgb[0]; bg[1] = ps->backdrop_rgb[1]; bg[2] = ps->backdrop_rgb[2];
   } else {
-    // the canvas pixel under the point, for the fills defined per pixel
-    const int cy = abs_clampi((int)floorf(py), 0, h - 1), cx = abs_clampi((int)floorf(px), 0, w - 1);
-    const unsigned int pix = (unsigned int)(cy * w + cx);
-    const int hj = rj.ih, wj = rj.iw;
-    if (fill_mode == ABS_FILL_CACHED) {
-      const float tile_sy = (float)rj.th / (pj->box_y1 - pj->box_y0);  // tile px per canvas px
-      const float tile_sx = (float)rj.tw / (pj->box_x1 - pj->box_x0);
-      const float ty = (py - pj->box_y0) * tile_sy - 0.5f;
-      const float tx = (px - pj->box_x0) * tile_sx - 0.5f;
-      abs_rgb_bilerp(rj.tile, rj.th, rj.tw, tx, ty, bg);
-    } else if (fill_mode == ABS_FILL_GRAY) {
-      bg[0] = bg[1] = bg[2] = 128.0f;
-    } else if (fill_mode == ABS_FILL_MEAN) {
-      for (int c = 0; c < 3; ++c) bg[c] = mean_colour[j * 3 + c];
-    } else if (fill_mode == ABS_FILL_NOISE) {
-      const unsigned int key = pj->noise_seed;
-      for (int c = 0; c < 3; ++c) bg[c] = (float)(abs_mix32(key + abs_mix32(pix * 3u + (unsigned int)c)) >> 24);
-    } else if (fill_mode == ABS_FILL_PIXELS) {  // a random pixel of image j, anywhere
-      const unsigned int at = abs_mix32(pj->noise_seed ^ abs_mix32(pix + 0x9e3779b9u)) % (unsigned int)(hj * wj);
-      const unsigned char* q = rj.image + (long long)at * 3;
-      bg[0] = (float)q[0]; bg[1] = (float)q[1]; bg[2] = (float)q[2];
-    } else {  // ABS_FILL_PATCHES: same offset inside canvas patch perm[j][patch of (cy, cx)], nearest in image j
-      const int pr = (cy * r) / h, pc = (cx * r) / w;
-      const int q = abs_clampi(abs_perm(pj, r)[pr * r + pc], 0, r * r - 1);
-      const int qr = q / r, qc = q - (q / r) * r;
-      const int ys = abs_clampi(abs_patch_start(qr, h, r) + cy - abs_patch_start(pr, h, r), 0,
-                                abs_patch_start(qr + 1, h, r) - 1);
-      const int xs = abs_clampi(abs_patch_start(qc, w, r) + cx - abs_patch_start(pc, w, r), 0,
-                                abs_patch_start(qc + 1, w, r) - 1);
-      const int iy = (int)(((long long)(2 * ys + 1) * hj) / (2LL * h));
-      const int ix = (int)(((long long)(2 * xs + 1) * wj) / (2LL * w));
-      const unsigned char* qq = rj.image + ((long long)iy * wj + ix) * 3;
-      bg[0] = (float)qq[0]; bg[1] = (float)qq[1]; bg[2] = (float)qq[2];
-    }
+    abs_partner_background(ABS_COMPOSITE_ARGS, s, px, py, bg);
   }
   if (alpha > 0.0f) {
     for (int c = 0; c < 3; ++c) o[c] = abs_round_u8(alpha * fg[c] + (1.0f - alpha) * bg[c]);

@@ -10,7 +10,7 @@
 // offsets and one bilinear gather. A rotated or sheared foreground is not separable: there
 // each lane maps its point through the affine map itself (the same float operations as the
 // body) and gathers from the mask grid and the image. Feathered alpha, fills other than
-// "cached" and CPUs without AVX2 take the per-pixel body.
+// "cached", a constant backdrop and CPUs without AVX2 take the per-pixel body.
 //
 // Needs: composite.cu (its helpers, AbsSample, AbsRefs, ABS_COMPOSITE_PARAMS) included before this file.
 #pragma once
@@ -71,10 +71,11 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   const float* a = ps->affine;
   t.fg_tables = t.swapped && a[1] == 0.0f && a[3] == 0.0f;
   t.fg_affine = t.swapped && !t.fg_tables;
-  // feathered alpha and the per-pixel fills: the body; per-lane gathers index image s by int32 offsets
-  // (and a 1 x 1 image is 3 bytes, less than one 4-byte load: sample8<true> needs 2 px or more)
+  // feathered alpha, the per-pixel fills and a constant backdrop (the audit's object alone): the
+  // body; per-lane gathers index image s by int32 offsets (and a 1 x 1 image is 3 bytes, less than
+  // one 4-byte load: sample8<true> needs 2 px or more)
   const long long px_s = (long long)rs.ih * rs.iw;
-  t.fast = !t.swapped || (fill_mode == ABS_FILL_CACHED && !(feather > 0.0f) &&
+  t.fast = !t.swapped || (!ps->backdrop && fill_mode == ABS_FILL_CACHED && !(feather > 0.0f) &&
                           (t.fg_tables || (px_s >= 2 && px_s * 3 < (1LL << 31) - 64)));
   if (!t.fast) return;
   const int W = t.w8;

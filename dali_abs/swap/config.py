@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from dali_abs.errors import DaliAbsError
 
-BACKGROUNDS = ("class_balanced", "uniform", "other_class", "same_class", "other_group")
+BACKGROUNDS = ("class_balanced", "uniform", "other_class", "same_class", "other_group", "next_class", "own")
 FILLS = ("cached", "gray", "mean", "noise", "pixels", "patches")
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -35,6 +35,13 @@ class SwapConfig:
         among the *other* classes present, then one of its samples (error if the batch
         holds one class). ``"same_class"``: a sample of the same class (may be itself).
         ``"other_group"``: as ``"other_class"`` but over ``groups`` (needs them).
+        ``"next_class"``: a sample of the next class present in the batch (class y + 1 where the
+        batch holds it; cyclically by class index, so after the largest comes the smallest); the
+        sample's own background where the batch holds only its class. ``"own"``: the sample's own
+        clean background (partner = itself).
+        ``exclude_self`` (with ``class_balanced``, ``uniform``, ``same_class``): never the sample
+        itself but another sample of the chosen class; where the batch holds no other, the
+        sample's own background. (``other_class``, ``other_group``, ``next_class`` exclude it anyway.)
     Foreground jitter (about the centroid of the object's tight patches)
         ``scale`` = (lo, hi): factor ~ U(lo, hi) (1 = unchanged; 2 = twice as large).
         ``rotation`` = (lo, hi) degrees, ~ U[lo, hi). ``translate``: fraction of the image
@@ -53,6 +60,11 @@ class SwapConfig:
         see no cache (:func:`~dali_abs.swap.sampling.sample_params`, the compositing functions)
         need numbers. ``feather`` (px, 0): 0 = hard binary alpha (paper);
         > 0 ramps alpha over about ``2*feather`` source px across the tight threshold.
+    What is composited (the audit's variants, :mod:`dali_abs.audit`)
+        ``backdrop`` = (R, G, B) 0..255: the background is this constant colour instead of any
+        image's (the object on a plain backdrop); None (default): the partner's clean background.
+        ``foreground`` = False: no object is pasted, the background alone (with
+        ``background="own"``: the sample's clean background, its own object filled out).
     Fill of the partner's foreground region (``fill``)
         ``"cached"`` (the inpainted tile), ``"gray"`` (128), ``"mean"`` (mean colour of the
         tile), ``"noise"`` (uniform per channel), ``"pixels"`` (random pixels of the partner
@@ -72,6 +84,9 @@ class SwapConfig:
     loose: float | None = None  # None: the cache's recorded (fill) threshold
     feather: float = 0.0
     fill: str = "cached"
+    exclude_self: bool = False
+    backdrop: tuple[float, float, float] | None = None  # RGB 0..255 instead of the partner's background
+    foreground: bool = True  # False: paste no object (the background alone)
 
     def __post_init__(self):
         for name in ("p", "p_start", "tight", "loose"):
@@ -96,6 +111,21 @@ class SwapConfig:
             raise SwapError(f"SwapConfig.translate is a fraction of the side in [0, 1], got {self.translate!r}")
         if not float(self.feather) >= 0.0:
             raise SwapError(f"SwapConfig.feather must be >= 0 px, got {self.feather!r}")
+        if self.exclude_self and self.background == "own":
+            raise SwapError("SwapConfig(background='own') is the sample's own background; exclude_self=True "
+                            "contradicts it")
+        if self.backdrop is not None:
+            try:
+                rgb = tuple(float(v) for v in self.backdrop)
+            except (TypeError, ValueError):
+                rgb = ()
+            if len(rgb) != 3 or not all(0.0 <= v <= 255.0 for v in rgb):
+                raise SwapError(f"SwapConfig.backdrop must be an (R, G, B) colour of three numbers in 0..255, "
+                                f"got {self.backdrop!r}")
+            if not self.foreground:
+                raise SwapError("SwapConfig(backdrop=..., foreground=False) would show the plain colour alone; "
+                                "set one of them")
+            object.__setattr__(self, "backdrop", rgb)  # frozen: a tuple of floats, whatever sequence was given
 
     @classmethod
     def waterbirds(cls, **overrides) -> "SwapConfig":

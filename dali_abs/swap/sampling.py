@@ -46,10 +46,31 @@ def sample_crops(rng: np.random.Generator, n: int, augment: AugmentConfig | None
     return crop.astype(np.float32), flip
 
 
-def _pick_other(rng: np.random.Generator, keys: np.ndarray, what: str, policy: str, same: bool | None) -> np.ndarray:
+def _member(rng: np.random.Generator, inv: np.ndarray, k: int, pick: np.ndarray, exclude_self: bool) -> np.ndarray:
+    """For each sample i, a sample of key ``pick[i]`` uniformly (``inv``: each sample's key index,
+    ``k`` keys); with ``exclude_self`` never i itself: where key ``pick[i]`` holds only i, i."""
+    n = len(inv)
+    order = np.argsort(inv, kind="stable")
+    counts = np.bincount(inv, minlength=k)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    if not exclude_self:
+        within = np.minimum((rng.random(n) * counts[pick]).astype(np.int64), counts[pick] - 1)
+        return order[starts[pick] + within].astype(np.int32)
+    rank = np.empty(n, np.int64)  # each sample's place among its own key's samples
+    rank[order] = np.arange(n) - starts[inv[order]]
+    own = pick == inv
+    m = counts[pick] - own  # the candidates: the key's samples, less i itself
+    within = np.minimum((rng.random(n) * m).astype(np.int64), m - 1)
+    within = within + (own & (within >= rank))  # skip i's own place
+    out = order[np.clip(starts[pick] + within, 0, n - 1)]
+    return np.where(m > 0, out, np.arange(n)).astype(np.int32)
+
+
+def _pick_other(rng: np.random.Generator, keys: np.ndarray, what: str, policy: str, same: bool | None,
+                exclude_self: bool = False) -> np.ndarray:
     """Partner indices: a key (class or group) uniformly among those present — any
     (``same=None``), the sample's own (``True``) or another (``False``) — then a sample of
-    that key uniformly."""
+    that key uniformly (never the sample itself with ``exclude_self``, where there is another)."""
     n = len(keys)
     uniq, inv = np.unique(keys, return_inverse=True)
     k = len(uniq)
@@ -63,11 +84,26 @@ def _pick_other(rng: np.random.Generator, keys: np.ndarray, what: str, policy: s
                             f"this batch of {n} holds only {what} {uniq[0].item()!r}")
         pick = rng.integers(0, k - 1, n)
         pick = pick + (pick >= inv)
-    order = np.argsort(inv, kind="stable")
-    counts = np.bincount(inv, minlength=k)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    within = np.minimum((rng.random(n) * counts[pick]).astype(np.int64), counts[pick] - 1)
-    return order[starts[pick] + within].astype(np.int32)
+    return _member(rng, inv, k, pick, exclude_self)
+
+
+def _pick_next(rng: np.random.Generator, labels: np.ndarray) -> np.ndarray:
+    """Partner indices of ``next_class``: a sample of the next class present in the batch (cyclically by
+    class index), uniformly; each sample itself where the batch holds one class."""
+    uniq, inv = np.unique(labels, return_inverse=True)
+    k = len(uniq)
+    if k < 2:
+        return np.arange(len(labels), dtype=np.int32)
+    return _member(rng, inv, k, (inv + 1) % k, False)
+
+
+def _pick_uniform(rng: np.random.Generator, n: int, exclude_self: bool) -> np.ndarray:
+    if not exclude_self:
+        return rng.integers(0, n, n).astype(np.int32)
+    if n < 2:
+        return np.zeros(n, np.int32)
+    j = rng.integers(0, n - 1, n)
+    return (j + (j >= np.arange(n))).astype(np.int32)
 
 
 def _as_host(a):
@@ -89,7 +125,9 @@ def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None
     ``noise_seed`` uint32 (N,); ``perm`` int32 (N,R*R) — a permutation of the patch indices;
     ``fg_box`` float32 (N,4) — see :func:`foreground_box`; ``crop`` float32 (N,4) and ``flip``
     uint8 (N,) — the window each output shows and its mirroring (:func:`sample_crops`; the
-    whole canvas, unmirrored, when ``augment`` is None).
+    whole canvas, unmirrored, when ``augment`` is None); ``backdrop`` uint8 (N,) — 1 = the
+    background is the constant ``backdrop_rgb`` float32 (N,3) RGB 0..255 (``cfg.backdrop``) instead
+    of the partner's. With ``cfg.foreground`` False ``fg_box`` is empty: no object is pasted.
     """
     require_thresholds(cfg)
     labels = _as_host(labels)
@@ -112,7 +150,11 @@ def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None
     # 1. partners
     pol = cfg.background
     if pol == "uniform":
-        partner = rng.integers(0, n, n).astype(np.int32)
+        partner = _pick_uniform(rng, n, cfg.exclude_self)
+    elif pol == "own":
+        partner = np.arange(n, dtype=np.int32)
+    elif pol == "next_class":
+        partner = _pick_next(rng, labels)
     elif pol == "other_group":
         if groups is None:
             raise SwapError("background='other_group' needs groups (int array of shape (N,)); got None")
@@ -122,7 +164,7 @@ def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None
         partner = _pick_other(rng, groups, "group", pol, same=False)
     else:
         same = {"class_balanced": None, "same_class": True, "other_class": False}[pol]
-        partner = _pick_other(rng, labels, "class", pol, same=same)
+        partner = _pick_other(rng, labels, "class", pol, same=same, exclude_self=cfg.exclude_self)
 
     # 2. swap or not
     swap = (rng.random(n) < cfg.swap_probability(epoch)).astype(np.uint8)
@@ -174,8 +216,11 @@ def sample_params(labels, rng: np.random.Generator, cfg: SwapConfig, groups=None
     perm = np.argsort(rng.random((n, r * r)), axis=1).astype(np.int32)
     fg_box = foreground_box(soft, affine, cfg, (h, w))
     crop, flip = sample_crops(rng, n, augment, (h, w))
+    # 5. what is composited: a constant backdrop instead of the partner's background (not random)
+    backdrop = np.full(n, cfg.backdrop is not None, np.uint8)
+    backdrop_rgb = np.tile(np.asarray(cfg.backdrop or (0.0, 0.0, 0.0), np.float32), (n, 1))
     return {"partner": partner, "swap": swap, "affine": affine, "noise_seed": noise_seed, "perm": perm,
-            "fg_box": fg_box, "crop": crop, "flip": flip}
+            "fg_box": fg_box, "crop": crop, "flip": flip, "backdrop": backdrop, "backdrop_rgb": backdrop_rgb}
 
 
 def foreground_box(soft: np.ndarray, affine: np.ndarray, cfg: SwapConfig, image_size: tuple[int, int]) -> np.ndarray:
@@ -185,10 +230,13 @@ def foreground_box(soft: np.ndarray, affine: np.ndarray, cfg: SwapConfig, image_
     most pixels. Conservative by construction: a bilinear value can exceed ``tight`` only
     within one patch spacing of a cell at or above it (the cells' source box, widened by half
     a patch on each side), mapped to canvas px through the forward map and widened by 2 px.
-    With feathering, alpha reaches below the threshold: the box is the whole image.
+    With feathering, alpha reaches below the threshold: the box is the whole image. With
+    ``cfg.foreground`` False it is empty (0, 0, 0, 0): alpha is 0 everywhere, nothing is pasted.
     """
     h, w = image_size
     n, r = soft.shape[0], soft.shape[1]
+    if not cfg.foreground:
+        return np.zeros((n, 4), np.float32)
     if cfg.feather > 0:
         return np.tile(np.array([0.0, 0.0, w, h], np.float32), (n, 1))
     sup = soft.astype(np.float32) >= np.float32(cfg.tight) - np.float32(1e-6)

@@ -57,6 +57,8 @@ SAMPLE = (
     Field("box_x0", "float32"),
     Field("box_y1", "float32"),
     Field("box_x1", "float32"),
+    Field("backdrop", "uint32", doc="1 = the background is backdrop_rgb, not the partner's (read where swap = 1)"),
+    Field("backdrop_rgb", "float32", 3, "the backdrop's colour, RGB 0..255"),
 )
 TRAILER = (Field("soft", "float32", doc="R*R foreground probability, row-major"),
            Field("perm", "int32", doc="R*R patch permutation of the patches fill"))

@@ -39,7 +39,8 @@ read by all three implementations; only the tile's px per canvas px is divided o
 used (the same float32 division everywhere). Then:
 
 1. ``swap[n] == 0``: image n at the point (a plain crop-resize-flip).
-2. background, ``j = partner[n]``: image j at the point, except where the point lies in
+2. background: ``backdrop_rgb[n]`` where ``backdrop[n]`` (a constant colour; nothing of any
+   image). Else, ``j = partner[n]``: image j at the point, except where the point lies in
    ``boxes[j]`` (``y0*H <= py < y1*H``, same for x) and in a loose cell of j, the cell
    ``(floor(py*R/H), floor(px*R/W))`` (clamped) with ``soft[j] > loose``: the fill. The fill
    region goes by cells, not bilinear, because the cells are exactly what the fill was computed
@@ -51,7 +52,7 @@ used (the same float32 division everywhere). Then:
    canvas pixel under the point, ``pix = cy*W + cx``, ``mix32`` = lowbias32,
    ``seed = noise_seed[j]``.
 3. foreground: ``(xs, ys) = affine[n]`` applied to the point (canvas to canvas); outside
-   ``[0,W) x [0,H)`` alpha = 0; else ``pt = soft[n]`` at ``(xs, ys)``, alpha = ``pt > tight``
+   ``fg_box[n]`` (empty: nothing pasted) or outside ``[0,W) x [0,H)`` alpha = 0; else ``pt = soft[n]`` at ``(xs, ys)``, alpha = ``pt > tight``
    (``feather == 0``), or ``clamp(0.5 + (pt - tight) / (2*feather*|grad pt|), 0, 1)`` with
    the analytic gradient of the bilinear interpolant in canvas px (hard rule where it is 0).
    Colour: image n at ``(xs, ys)``.
@@ -197,15 +198,18 @@ def composite(b: Batch) -> np.ndarray:
             if not rs["swap"]:
                 out[s] = _round_u8(_canvas(b.images[s], ref_s, px, py))
                 continue
-            j = int(rs["partner"])
-            j = j if 0 <= j < n else s
-            rj, ref_j = recs[j], refs[j]
-            bg = _canvas(b.images[j], ref_j, px, py)
-            in_box = (py >= rj["box_y0"]) & (py < rj["box_y1"]) & (px >= rj["box_x0"]) & (px < rj["box_x1"])
-            cell = soft[j][_cell(py * sy, r), _cell(px * sx, r)]  # by cells: the cells the fill was made for
-            region = in_box & (cell > loose)
-            if region.any():
-                bg = np.where(region[..., None], _fill(cfg.fill, b, j, rj, ref_j, px, py, mean), bg)
+            if rs["backdrop"]:  # a constant colour instead of any image's background
+                bg = np.broadcast_to(rs["backdrop_rgb"].astype(F32), (h, w, 3))
+            else:
+                j = int(rs["partner"])
+                j = j if 0 <= j < n else s
+                rj, ref_j = recs[j], refs[j]
+                bg = _canvas(b.images[j], ref_j, px, py)
+                in_box = (py >= rj["box_y0"]) & (py < rj["box_y1"]) & (px >= rj["box_x0"]) & (px < rj["box_x1"])
+                cell = soft[j][_cell(py * sy, r), _cell(px * sx, r)]  # by cells: the cells the fill was made for
+                region = in_box & (cell > loose)
+                if region.any():
+                    bg = np.where(region[..., None], _fill(cfg.fill, b, j, rj, ref_j, px, py, mean), bg)
 
             a = rs["affine"]
             fb = rs["fg_box"]
