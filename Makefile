@@ -14,12 +14,12 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cu126
 ifeq ($(GPU),1)
 TORCH_SPEC ?= torch==2.13.0+cu126
 INSTALL_TORCH = $(BIN)/python -m pip install -q "$(TORCH_SPEC)" --extra-index-url $(TORCH_INDEX)
-EXTRAS := test,gpu
+EXTRAS := test,pretrained,gpu
 STAMP := $(VENV)/.installed-gpu
 else
 TORCH_SPEC ?= torch==2.13.0
 INSTALL_TORCH = $(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-EXTRAS := test
+EXTRAS := test,pretrained
 STAMP := $(VENV)/.installed
 endif
 DEMO_OUT ?= demo-out
