@@ -73,21 +73,43 @@ def train(cache, ds, swap, args, seed):
     return model
 
 
-def bg_gap(model, cache, ds, args, thresholds: SwapConfig) -> float:
+def bg_gap_loaders(cache, ds, size: int, device: str, thresholds: SwapConfig) -> list:
+    """The two test loaders the BG-gap compares, over the test images of the majority groups (each class
+    on its training place): the originals, and the same images on the background of another class's
+    image (the other place), swapped by the loader at ``thresholds`` with a fixed seed. No augmentation."""
     major = ds.majority_groups()
     ids = tuple(s.id for s in ds.split("test") if ds.group(s) in major)
-    accs = []
-    for swap in (None, SwapConfig(background="other_class", translate=0.0, tight=thresholds.tight,
-                                  loose=thresholds.loose)):
-        loader = create_loader(cache, ds, batch_size=64, size=args.size, device=args.device, split="test", ids=ids,
-                               swap=swap, augment=None, seed=1234)
-        correct = n = 0
-        for b in loader:
-            pred = predict(model, b[0]["images"].float().cpu())
-            correct += int((pred == b[0]["labels"].cpu()).sum())
-            n += len(pred)
-        accs.append(correct / max(n, 1))
-    return accs[0] - accs[1]
+    return [create_loader(cache, ds, batch_size=64, size=size, device=device, split="test", ids=ids, swap=swap,
+                          augment=None, seed=1234)
+            for swap in (None, SwapConfig(background="other_class", translate=0.0, tight=thresholds.tight,
+                                          loose=thresholds.loose))]
+
+
+def loader_accuracy(predict_fn, loader) -> float:
+    """Share of the loader's samples whose ``predict_fn(images)`` equals their label."""
+    correct = n = 0
+    for b in loader:
+        pred = predict_fn(b[0]["images"].float()).cpu()
+        correct += int((pred == b[0]["labels"].cpu()).sum())
+        n += len(pred)
+    return correct / max(n, 1)
+
+
+def bg_gap(model, cache, ds, args, thresholds: SwapConfig) -> float:
+    """Accuracy on the originals minus accuracy on other-class backgrounds (:func:`bg_gap_loaders`)."""
+    same, other = (loader_accuracy(lambda x: predict(model, x.cpu()), loader)
+                   for loader in bg_gap_loaders(cache, ds, args.size, args.device, thresholds))
+    return same - other
+
+
+def summarize(runs: list[dict], keys=("worst", "avg", "bg_gap"), **row) -> dict:
+    """One table row: ``row`` plus the mean and population sd over seeds (``runs``) of each key, and the runs."""
+    for k in keys:
+        vals = [x[k] for x in runs]
+        row[k] = statistics.mean(vals)
+        row[k + "_sd"] = statistics.pstdev(vals)
+    row["runs"] = runs
+    return row
 
 
 def build(tmp: Path, rho: float, args, all_rows: bool = True):
@@ -207,13 +229,7 @@ def main(argv=None) -> int:
                     res.append({"worst": r["worst_group_acc"], "avg": r["avg_acc"],
                                 "bg_gap": bg_gap(model, caches["push-pull"], ds, args, gap_th)})
                     print(f"rho={rho} {name} seed={seed}: {res[-1]}", file=sys.stderr, flush=True)
-                row = {"rho": rho, "method": name}
-                for k in ("worst", "avg", "bg_gap"):
-                    vals = [x[k] for x in res]
-                    row[k] = statistics.mean(vals)
-                    row[k + "_sd"] = statistics.pstdev(vals)
-                row["runs"] = res
-                table.append(row)
+                table.append(summarize(res, rho=rho, method=name))
     print(f"\n{'rho':<6}{'method':<62}{'worst-group':>16}{'average':>16}{'BG-gap':>16}")
     for r in table:
         print(f"{r['rho']:<6}{r['method']:<62}" + "".join(f"{r[k]:>10.3f} ± {r[k + '_sd']:.3f}"
