@@ -64,6 +64,7 @@ from dali_abs.cache.precompute import GroundTruthMasks, PrecomputeConfig, precom
 from dali_abs.dataset import Columns, load_dataset
 from dali_abs.labels import labels_from_masks
 from dali_abs.loader.iterator import create_loader
+from dali_abs.loader.params import SwapConfig
 from dali_abs.models import inpainter as inet
 from dali_abs.photobench import PhotoConfig, make_photo_dataset
 from dali_abs.segmenter.evaluate import evaluate as evaluate_segmenter
@@ -314,7 +315,7 @@ def accuracy(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor) -> floa
     return float((head(feats).argmax(1) == labels).float().mean()) if len(labels) else 0.0
 
 
-def classifier_part(ds, oracle_ds, caches: dict, work: Path, args, clock: Clock) -> tuple[list[dict], dict]:
+def classifier_part(ds, oracle_ds, caches: dict, work: Path, args, clock: Clock) -> list[dict]:
     fx = FrozenFeatures(args.size, work, args.device, args.threads)
     evals = {split: fx.of_split(ds, split, args.size) for split in ("val", "test")}
     plain = rb.HAND_PICKED if args.thresholds == "hand-picked" else rb.CHOSEN  # BG-gap of ERM and the oracle
@@ -323,6 +324,9 @@ def classifier_part(ds, oracle_ds, caches: dict, work: Path, args, clock: Clock)
         runs += rb.dali_rows("dali-abs, learned masks + push-pull", "push-pull", caches, ds, args)
     if "gt-masks" in caches:
         runs += rb.dali_rows("dali-abs, given masks + push-pull", "gt-masks", caches, ds, args, gt=True)
+    for t in args.sweep_tight:  # learned masks at another tight cut, the chosen fill: how the cut matters
+        swap = SwapConfig(tight=t)
+        runs.append((f"dali-abs, learned masks + push-pull, tight {t} (sweep)", caches["push-pull"], ds, swap, swap))
     if "oracle" in caches:
         runs.append(("oracle: ERM on group-balanced data", caches["oracle"], oracle_ds, None, plain))
     gap_feats = {}  # (tight, loose) -> features of the two BG-gap loaders, shared by every seed and row
@@ -389,7 +393,7 @@ def print_classifier(table: list[dict], v: dict, args) -> None:
         print(f"target (ERM worst-group >= 20 points under the oracle's): {v['erm_worst']:.3f} vs "
               f"{v['oracle_worst']:.3f}, {100 * v['gap']:.1f} points: {'met' if v['spurious'] else 'NOT met'}")
         for name, rec in v["recovered"].items():
-            if "learned" in name and rec is not None:
+            if "learned" in name and "sweep" not in name and rec is not None:
                 print(f"target (dali-abs, learned masks, recovers >= 60 % of the gap): {name}: {rec:.0%}: "
                       f"{'met' if rec >= 0.60 else 'NOT met'}")
 
@@ -424,11 +428,13 @@ def pictures(out: Path, ds, seg: Path, caches: dict, args) -> list[str]:
     for key, swap in (("push-pull", rb.CHOSEN), ("push-pull hand-picked", rb.HAND_PICKED), ("gt-masks", rb.CHOSEN)):
         if key not in caches:
             continue
+        th = swap_thresholds(swap, caches[key])
+        what = {"push-pull": "chosen", "push-pull hand-picked": "hand-picked", "gt-masks": "given"}[key]
         loader = create_loader(caches[key], ds, batch_size=16, size=args.size, device="cpu", swap=swap, seed=0,
                                num_threads=args.threads)
         x = next(iter(loader))[0]["images"].float().cpu()
         imgs = (x.permute(0, 2, 3, 1) * torch.tensor(STD) + torch.tensor(MEAN)).clamp(0, 1).mul(255).byte().numpy()
-        swapped.append(list(imgs[:8]))
+        swapped.append([caption(imgs[0], f"{what} {th['tight']}/{th['loose']}", size=20), *imgs[1:8]])
     paths.append(save_grid(out / "real-photos-swapped.png", swapped, tile=112))
     return paths
 
@@ -462,6 +468,9 @@ def main(argv=None) -> int:
                     help="learned-mask rows at the chosen thresholds, the hand-picked 0.8 / 0.1, or both (default)")
     ap.add_argument("--methods", nargs="+", default=["erm", "pushpull", "gt-masks", "oracle"],
                     choices=["erm", "pushpull", "gt-masks", "oracle"])
+    ap.add_argument("--sweep-tight", type=float, nargs="*", default=[],
+                    help="extra rows: learned masks cut at each of these tight thresholds (the chosen fill), "
+                         "e.g. 0.6 0.7 0.8 0.9 0.95")
     ap.add_argument("--pictures", help="write the README pictures into this folder")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
