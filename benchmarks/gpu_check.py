@@ -4,26 +4,25 @@
    and driver versions, NVRTC), onnxruntime (package, the CUDA version it was built for, its
    providers, whether its CUDA provider can start), DALI, and the device the rule of
    :mod:`dali_abs.devices` picks; then the checks ``create_loader(device="gpu")`` makes.
-1. ``composite_gpu`` (kernels/composite.cu through CuPy) against its NumPy twin
-   ``composite_cpu`` on random batches, for every fill mode, the Waterbirds jitter and a
+1. the GPU backend (``dali_abs.swap.gpu``: composite.cu through CuPy) against the NumPy twin
+   (``dali_abs.swap.twin``) on random batches, for every fill mode, the Waterbirds jitter and a
    feathered edge, each on one-size images and on a ragged batch with random resized crops and
    flips: fraction of pixels that differ, and that differ by more than 1 LSB;
-2. ``normalize.cu`` against ``dali_abs.training.normalize`` (max abs difference);
-3. kernel time of the compositing kernel alone and of the whole ``composite_gpu`` call, and the
+2. kernel time of the compositing kernel alone and of the whole ``dali_abs.swap.gpu.composite`` call, and the
    effective bandwidth (bytes read + written / kernel time: images read twice — foreground and
    background — plus soft masks, fill tiles and the output) against a device-to-device copy
    (CuPy array copy) of the same number of bytes; a CuPy -> torch DLPack hand-over on the GPU;
-4. the CPU loader's compositing (the kernel text compiled for the host) on this machine's CPU,
+3. the CPU loader's compositing (the kernel text compiled for the host) on this machine's CPU,
    for reference: 128 px images to 224 px, batch 64;
-5. onnxruntime: the exported segmenter (untrained default network, 16 x 16 at 224 px) and the
+4. onnxruntime: the exported segmenter (untrained default network, 16 x 16 at 224 px) and the
    push-pull fill on the CUDA provider against the CPU provider (max abs difference) and
    their images/s on each, with the provider each session actually runs;
-6. where DALI is installed: precompute of a small built-in dataset (the decoder and providers
+5. where DALI is installed: precompute of a small built-in dataset (the decoder and providers
    it ran on), then the GPU loader (``create_loader(device="gpu")``, swap p = 1) against a plain
    GPU DALI pipeline (mixed decode, random resized crop, flip, normalise), images/s side by side;
-7. ``pytest -m gpu`` (in this process) on the loader tests.
+6. ``pytest -m gpu`` (in this process) on the loader tests.
 
-1-3 need only CuPy with a device and NVRTC (no DALI, no torch CUDA). Everything that cannot
+1-2 need only CuPy with a device and NVRTC (no DALI, no torch CUDA). Everything that cannot
 run prints ``skipped: <what>: <why>`` (with what to install), and a part that breaks prints
 ``failed: <what>: <error>`` instead of stopping the rest. Prints a table last; writes every
 number to ``--out``. Runs from an installed package or from a plain clone (no install):
@@ -51,9 +50,9 @@ PAPER_WB = dict(tight=0.67, loose=0.1)
 
 
 def import_dali_abs() -> str:
-    """Import dali_abs installed, or else from this clone (models/ and kernels/ live at its top)."""
+    """Import dali_abs installed, or else from this clone (models/ lives at its top)."""
     try:
-        import dali_abs.kernels  # noqa: F401
+        import dali_abs.models  # noqa: F401
 
         return "installed package"
     except ImportError:
@@ -62,8 +61,8 @@ def import_dali_abs() -> str:
         sys.path.insert(0, str(ROOT))
         import dali_abs
 
-        dali_abs.__path__.append(str(ROOT))  # dali_abs.models -> models/, dali_abs.kernels -> kernels/
-        import dali_abs.kernels  # noqa: F401
+        dali_abs.__path__.append(str(ROOT))  # dali_abs.models -> models/
+        import dali_abs.models  # noqa: F401
 
         return f"the clone at {ROOT} (not installed)"
 
@@ -75,22 +74,6 @@ def ragged(rng, images, fills):
     tiles = [np.ascontiguousarray(t[: int(rng.integers(2, t.shape[0] + 1)), : int(rng.integers(2, t.shape[1] + 1))])
              for t in fills]
     return imgs, tiles
-
-
-def random_batch(rng, n, h, w, r, f):
-    """Random images, blob-shaped foreground probabilities, fill tiles and the loose boxes."""
-    images = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[0:r, 0:r] + 0.5
-    cy, cx = rng.uniform(0.3 * r, 0.7 * r, (2, n, 1, 1))
-    rad = rng.uniform(0.15 * r, 0.35 * r, (n, 1, 1))
-    soft = np.clip(1.3 - np.hypot(yy - cy, xx - cx) / rad, 0, 1).astype(np.float32)
-    fills = rng.integers(0, 256, (n, f, f, 3), dtype=np.uint8)
-    loose = soft > 0.1
-    rows, cols = loose.any(2), loose.any(1)
-    idx = np.arange(r)
-    boxes = np.stack([np.where(rows, idx, r).min(1), np.where(cols, idx, r).min(1),
-                      np.where(rows, idx, -1).max(1) + 1, np.where(cols, idx, -1).max(1) + 1], 1)
-    return images, soft, fills, (boxes / r).astype(np.float32)
 
 
 def time_gpu(fn, repeats: int) -> float:
@@ -250,7 +233,7 @@ def check_dali_loader(res, rows, skip, rng, problems) -> None:
     from dali_abs.models import inpainter as inet
     from dali_abs.models import segmenter as snet
     from dali_abs.synthetic import SyntheticConfig, make_dataset
-    from dali_abs.training import MEAN, STD
+    from dali_abs.constants import MEAN, STD
 
     with tempfile.TemporaryDirectory() as tmp:
         data = make_dataset(Path(tmp) / "data", SyntheticConfig(size=224, train=1024, val=16, test=16), progress=False)
@@ -314,19 +297,21 @@ def run_gpu_tests(res, rows, skip) -> None:
                 counts[report.outcome] = counts.get(report.outcome, 0) + 1
 
     code = pytest.main(["-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", f"--rootdir={ROOT}",
-                        str(ROOT / "tests" / "test_loader_composite.py"), str(ROOT / "tests" / "test_loader.py")],
+                        str(ROOT / "tests" / "test_swap_gpu.py"), str(ROOT / "tests" / "test_loader.py")],
                        plugins=[Count()])
     res["pytest_gpu"] = {"exit_code": int(code), **counts}
     rows.append(("pytest -m gpu", f"exit {int(code)}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))))
 
 
 def check_cupy(res, rows, skip, rng, args) -> None:
-    """1-3: kernel parity, normalize.cu, kernel time and bandwidth, the hand-over to torch."""
+    """1-2: kernel parity, kernel time and bandwidth, the hand-over to torch."""
     import cupy
 
-    from dali_abs.loader import composite as comp
-    from dali_abs.loader.composite import composite_cpu
-    from dali_abs.loader.params import FILLS, AugmentConfig, SwapConfig, sample_params
+    from dali_abs import swap
+    from dali_abs.swap import FILLS, AugmentConfig, SwapConfig, sample_params
+    from dali_abs.swap import gpu as comp
+    from dali_abs.swap.testing import random_batch
+    from dali_abs.swap.twin import composite as twin
 
     dev = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     res["device"] = dev["name"].decode() if isinstance(dev["name"], bytes) else str(dev["name"])
@@ -346,10 +331,10 @@ def check_cupy(res, rows, skip, rng, args) -> None:
             images, fills = ragged(rng, images, fills)
             aug = AugmentConfig()
         prm = sample_params(np.arange(32) % 3, rng, c, image_size=(160, 144), soft=soft, augment=aug)
-        want = composite_cpu(images, soft, fills, boxes, prm, c, size=(160, 144))
-        d_imgs, d_fills = [cupy.asarray(a) for a in images], [cupy.asarray(a) for a in fills]
-        got = cupy.asnumpy(comp.composite_gpu(d_imgs, cupy.asarray(soft), d_fills, cupy.asarray(boxes), prm, c,
-                                              size=(160, 144)))
+        want = twin(swap.batch(images, soft, fills, boxes, prm, c, size=(160, 144)))
+        dev = swap.batch([cupy.asarray(a) for a in images], soft, [cupy.asarray(a) for a in fills], boxes, prm, c,
+                         size=(160, 144))
+        got = cupy.asnumpy(comp.composite(dev))
         d = np.abs(want.astype(np.int16) - got.astype(np.int16))
         res["parity"][name] = {"differ": float((d > 0).any(-1).mean()), "over_1_lsb": float((d > 1).any(-1).mean()),
                                "max_abs": int(d.max())}
@@ -358,36 +343,19 @@ def check_cupy(res, rows, skip, rng, args) -> None:
                                        f">1 LSB {res['parity'][name]['over_1_lsb']:.2e}"))
     res["parity_worst_differ"] = worst
 
-    # 2. normalize.cu
-    try:
-        import torch
-
-        from dali_abs.kernels import source
-        from dali_abs.training import MEAN, STD, normalize
-
-        x = rng.integers(0, 256, (8, 96, 80, 3), dtype=np.uint8)
-        ref = normalize(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()).numpy()
-        kern = cupy.RawModule(code=source("normalize.cu")).get_function("normalize_hwc_u8_to_nchw_f32")
-        xd = cupy.asarray(x)
-        yd = cupy.empty((8, 3, 96, 80), cupy.float32)
-        kern(((yd.size + 255) // 256,), (256,), (xd, yd, np.int32(8), np.int32(96), np.int32(80),
-                                                 *map(np.float32, MEAN), *map(np.float32, STD)))
-        err = float(np.abs(cupy.asnumpy(yd) - ref).max())
-        res["parity"]["normalize"] = {"max_abs": err}
-        rows.append(("parity normalize.cu", f"max abs diff {err:.2e}"))
-    except ImportError as e:
-        skip("normalize.cu parity", f"torch unavailable ({e})")
-
-    # 3. timing and bandwidth
+    # 2. timing and bandwidth
     n, h = args.batch, args.size
     images, soft, fills, boxes = random_batch(rng, n, h, h, r, args.tile)
     cfg = SwapConfig(**PAPER)
     prm = sample_params(np.arange(n) % 2, rng, cfg, image_size=(h, h), soft=soft, augment=AugmentConfig())
-    di, ds_, df, db = (cupy.asarray(a) for a in (images, soft, fills, boxes))
+    di, df = cupy.asarray(images), cupy.asarray(fills)
     out = cupy.empty_like(di)
-    launch, _ = comp.prepare_gpu(di, ds_, df, db, prm, cfg, out=out)
+    # as the loader's GPU op gets it: device images, tiles and one device record per sample
+    rec = cupy.asarray(swap.pack_samples(prm, soft, boxes, (h, h)).view(np.uint8).reshape(n, -1))
+    b = swap.batch_of_records(list(di), list(df), list(rec), cfg, (h, h), r)
+    launch, _ = comp.prepare(b, out=out)
     t_kernel = time_gpu(launch, args.repeats)
-    t_call = time_gpu(lambda: comp.composite_gpu(di, ds_, df, db, prm, cfg, out=out), args.repeats)
+    t_call = time_gpu(lambda: comp.composite(b, out=out), args.repeats)
     nbytes = 2 * images.nbytes + soft.nbytes + fills.nbytes + images.nbytes
     src = cupy.empty(nbytes // 2, cupy.uint8)
     dst = cupy.empty_like(src)
@@ -396,7 +364,7 @@ def check_cupy(res, rows, skip, rng, args) -> None:
     res["timing"].update(batch=n, size=h, kernel_s=t_kernel, call_s=t_call, copy_s=t_copy, bytes=nbytes,
                          kernel_gb_s=bw, copy_gb_s=bw_copy, kernel_img_per_s=n / t_kernel, call_img_per_s=n / t_call)
     rows += [(f"kernel {h} px batch {n}", f"{t_kernel * 1e3:.3f} ms ({n / t_kernel:,.0f} img/s)"),
-             ("composite_gpu call (validation + H2D params + launch)", f"{t_call * 1e3:.3f} ms ({n / t_call:,.0f} img/s)"),
+             ("the GPU op's call (checks + refs upload + launch)", f"{t_call * 1e3:.3f} ms ({n / t_call:,.0f} img/s)"),
              ("effective bandwidth kernel / D2D copy", f"{bw:.0f} / {bw_copy:.0f} GB/s ({bw / bw_copy:.0%})")]
 
     # the hand-over DALI's PyTorch iterator relies on: CUDA memory read by torch
@@ -444,21 +412,23 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     problems = environment(res, rows, origin)
 
-    def cpu_reference():  # 4. the CPU loader's compositing (always possible)
-        from dali_abs.loader.composite import composite_host
-        from dali_abs.loader.params import AugmentConfig, SwapConfig, sample_params
+    def cpu_reference():  # 3. the CPU loader's compositing (always possible)
+        from dali_abs import swap
+        from dali_abs.swap import AugmentConfig, SwapConfig, sample_params
+        from dali_abs.swap.cpu import composite_host
+        from dali_abs.swap.testing import random_batch
 
         n, h, f = 64, 128, 64
         images, soft, fills, boxes = random_batch(rng, n, h, h, args.grid, f)
         cfg = SwapConfig(**PAPER)
         prm = sample_params(np.arange(n) % 2, rng, cfg, image_size=(224, 224), soft=soft, augment=AugmentConfig())
-        ips = _rate(lambda: composite_host(images, soft, fills, boxes, prm, cfg, size=224), n, 2.0)
+        ips = _rate(lambda: composite_host(swap.batch(images, soft, fills, boxes, prm, cfg, size=224)), n, 2.0)
         res["timing"]["composite_host_128_to_224px_b64_img_per_s"] = ips
         rows.append((f"composite_host 128 -> 224 px, batch 64 ({os.cpu_count()} CPU cores)", f"{ips:,.0f} img/s"))
 
     part("composite_host (CPU)", cpu_reference)
     if problems["cupy"]:
-        for what in ("composite_gpu parity", "normalize.cu parity", "kernel timing and bandwidth"):
+        for what in ("GPU backend parity", "kernel timing and bandwidth"):
             skip(what, problems["cupy"])
     else:
         part("CuPy kernels", check_cupy, res, rows, skip, rng, args)

@@ -45,7 +45,7 @@ from dali_abs.dataset import load_dataset
 from dali_abs.inpainter.train import regions_from_segmenter, train_inpainter
 from dali_abs.labels import labels_from_masks
 from dali_abs.loader.iterator import create_loader
-from dali_abs.loader.params import SwapConfig
+from dali_abs.swap.config import SwapConfig
 from dali_abs.models import inpainter as inet
 from dali_abs.models.classifier import SmallCNN
 from dali_abs.segmenter.train import train_segmenter

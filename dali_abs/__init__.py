@@ -1,7 +1,8 @@
 """dali-abs: AutoBackSwap for NVIDIA DALI.
 
 The stages follow the data flow, one module (or subpackage) each:
-``dataset`` -> ``labels`` -> ``segmenter`` -> ``inpainter`` -> ``cache`` -> ``loader`` -> ``training``.
+``dataset`` -> ``labels`` -> ``segmenter`` -> ``inpainter`` -> ``cache`` -> ``swap`` -> ``loader`` -> ``training``
+(``swap`` is the compositing, free of DALI; ``loader`` wires the cache and the swap into DALI).
 Heavy dependencies (DALI, CuPy, onnxruntime) are imported only by the paths that use them.
 """
 
@@ -16,7 +17,7 @@ def __getattr__(name):
 
         return getattr(iterator, name)
     if name == "SwapConfig":
-        from dali_abs.loader.params import SwapConfig
+        from dali_abs.swap.config import SwapConfig
 
         return SwapConfig
     raise AttributeError(f"module 'dali_abs' has no attribute {name!r}")

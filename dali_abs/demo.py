@@ -101,7 +101,7 @@ def _write_previews(out: Path, ds, labels: dict, seg_path: Path, cache_path: Pat
     from dali_abs.cache.format import open_cache
     from dali_abs.loader.iterator import create_loader
     from dali_abs.segmenter.inference import Segmenter
-    from dali_abs.training import MEAN, STD
+    from dali_abs.constants import MEAN, STD
 
     by_id = ds.by_id()
     ids = list(labels)[:6]
@@ -176,7 +176,7 @@ def run_demo(out: Path, fresh: bool = False, hand_picked: bool = False) -> int:
 
     _step("precompute masks and clean backgrounds", cache_path / "manifest.json", run_precompute)
 
-    from dali_abs.loader.params import SwapConfig
+    from dali_abs.swap.config import SwapConfig
 
     _step(f"train a classifier with ERM through the loader ({EPOCHS} epochs)", out / "erm.json",
           lambda: _train_classifier(cache_path, ds, None, out / "erm.json"))

@@ -13,11 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dali_abs.constants import MEAN, STD
 from dali_abs.dataset import Dataset, Sample
 from dali_abs.files import read_rgb
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 

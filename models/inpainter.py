@@ -43,25 +43,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-KIND = "inpainter"
-CONTRACT = "1"  # version of the contract below; bump on any incompatible change
-IMAGE_NAME = "image"
-MASK_NAME = "mask"
-OUTPUT_NAME = "filled"
-MASK_POLARITY = "1=fill"
-RANGE = "0..1"
-LAYOUT = "NCHW"
-OPSET = 17
-LEVELS = 12  # push-pull levels: 2**12 = 4096 px sides still reach 1 x 1
-EMPTY_FILL = 0.5  # the colour of a hole with no context at all (mask all ones)
+from dali_abs.models.inpainter_contract import (CONTRACT, EMPTY_FILL, IMAGE_NAME, KIND,  # noqa: F401 (re-exported)
+                                                LAYOUT, MASK_NAME, MASK_POLARITY, META_REQUIRED, OPSET, OUTPUT_NAME,
+                                                RANGE, onnx_metadata)
 
-META_REQUIRED = {
-    "dali_abs.kind": KIND,
-    "dali_abs.contract": CONTRACT,
-    "dali_abs.mask_polarity": MASK_POLARITY,
-    "dali_abs.range": RANGE,
-    "dali_abs.layout": LAYOUT,
-}
+LEVELS = 12  # push-pull levels: 2**12 = 4096 px sides still reach 1 x 1
 
 
 def _composite(image: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
@@ -181,22 +167,6 @@ class ResidualUNet(nn.Module):
         context = (1.0 - mask).sum(dim=(1, 2, 3), keepdim=True) > 0
         fill = torch.where(context, fill, torch.full_like(fill, EMPTY_FILL))
         return _composite(image, mask, fill)
-
-
-def onnx_metadata(fill: str, extra: dict | None = None) -> dict[str, str]:
-    """The ``dali_abs.*`` metadata of an inpainter ONNX file (``fill`` names the method)."""
-    meta = dict(META_REQUIRED)
-    meta.update({
-        "dali_abs.fill": fill,
-        "dali_abs.inputs": f"{IMAGE_NAME}: float32 [B,3,H,W] RGB 0..1; {MASK_NAME}: float32 [B,1,H,W] 1=fill",
-        "dali_abs.output": f"{OUTPUT_NAME}: float32 [B,3,H,W] RGB 0..1, unchanged where mask = 0",
-        "dali_abs.fixed_size": "none",
-        "dali_abs.max_batch": "none",
-        "dali_abs.empty_context": f"mask all ones gives {EMPTY_FILL} gray",
-    })
-    for k, v in (extra or {}).items():
-        meta[k if k.startswith("dali_abs.") else f"dali_abs.{k}"] = str(v)
-    return meta
 
 
 def export_bytes(model: nn.Module, fill: str, extra_metadata: dict | None = None, sample_size: int = 40) -> bytes:

@@ -38,28 +38,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from dali_abs.models import backbones
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-KIND = "segmenter"
-POLARITY = "1=foreground"
-INPUT_CONVENTION = "float32 NCHW RGB 0..1"
-OUTPUT_CONVENTION = "float32 [B,1,R,R] foreground probability (sigmoid inside the graph)"
-NORMALIZATION = f"inside the graph: (x - mean) / std, mean={list(MEAN)}, std={list(STD)}"
-INPUT_NAME = "image"
-OUTPUT_NAME = "foreground"
-OPSET = 17
-
-
-def patch_size(input_size: int, grid: int) -> int:
-    """Pixels per patch side; raises ValueError unless ``grid`` divides ``input_size``."""
-    if grid < 1 or input_size < 1:
-        raise ValueError(f"grid and input size must be positive, got grid={grid}, input_size={input_size}")
-    if input_size % grid:
-        raise ValueError(f"input size {input_size} px is not a multiple of the grid {grid}: "
-                         f"patches must be whole pixels (try input size {grid * max(1, round(input_size / grid))})")
-    return input_size // grid
+from dali_abs.models.segmenter_contract import (INPUT_CONVENTION, INPUT_NAME, KIND, MEAN,  # noqa: F401 (re-exported)
+                                                NORMALIZATION, OPSET, OUTPUT_CONVENTION, OUTPUT_NAME, POLARITY, STD,
+                                                default_input_size, onnx_metadata, patch_size)
 
 
 def stage_strides(patch: int) -> list[int]:
@@ -226,22 +207,6 @@ class _Probability(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return probability(self.net(x), self.label_smoothing)
-
-
-def onnx_metadata(grid: int, input_size: int, extra: dict | None = None) -> dict[str, str]:
-    meta = {
-        "dali_abs.kind": KIND,
-        "dali_abs.grid": str(int(grid)),
-        "dali_abs.input_size": str(int(input_size)),
-        "dali_abs.patch_size": str(int(input_size) // int(grid)),
-        "dali_abs.polarity": POLARITY,
-        "dali_abs.input": INPUT_CONVENTION,
-        "dali_abs.output": OUTPUT_CONVENTION,
-        "dali_abs.normalization": NORMALIZATION,
-    }
-    for k, v in (extra or {}).items():
-        meta[f"dali_abs.{k}"] = str(v)
-    return meta
 
 
 def export_bytes(model: nn.Module, grid: int, input_size: int, extra_metadata: dict | None = None,

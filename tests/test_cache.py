@@ -118,7 +118,9 @@ def test_precompute_writes_a_cache_the_loader_can_read(tmp_path, tiny_dataset, t
     assert np.abs(bg[~keep].astype(int) - src[~keep]).mean() > 1  # the object is filled over
     from dali_abs.inpainter.inference import Inpainter
 
-    hole = (~keep)[None, None].astype(np.float32)  # the tiny images are at the work size already
+    from dali_abs.cache.format import fill_hole
+
+    hole = fill_hole(cache.loose(sid), 8, 64, src.shape[:2])[None]  # the tiny images are at the work size already
     want = Inpainter(fill).fill(src.transpose(2, 0, 1)[None] / np.float32(255), hole)[0].transpose(1, 2, 0) * 255
     assert np.abs(bg[~keep] - want[~keep]).mean() < 3  # the stored fill is the inpainter's, up to JPEG q90
     with pytest.raises(CacheError, match="not in the cache"):
@@ -380,11 +382,11 @@ def test_verify_detects_changed_added_removed_images_and_damage(tmp_path, tiny_d
     raw = bytearray(tar.read_bytes())
     raw[1000] ^= 0xFF
     tar.write_bytes(bytes(raw))
-    (out / CHUNKS / "c00002.masks.npy").unlink()
+    (out / CHUNKS / "c00002.masks.npz").unlink()
     v = verify(out)
     assert not v["ok"]
     assert any("c00001.fills.bin: SHA-256 differs" in p for p in v["problems"])
-    assert any("c00002.masks.npy: missing" in p for p in v["problems"])
+    assert any("c00002.masks.npz: missing" in p for p in v["problems"])
 
 
 # --- ground-truth masks instead of a segmenter --------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 
 from dali_abs import demo
 from dali_abs.dataset import load_dataset
-from dali_abs.loader.params import SwapConfig
+from dali_abs.swap.config import SwapConfig
 
 
 def test_demo_classifier_training_repeats_whatever_the_thread_count(tmp_path, tiny_cache, tiny_dataset, monkeypatch):

@@ -13,7 +13,7 @@ from dali_abs.cache.format import open_cache
 from dali_abs.dataset import load_dataset
 from dali_abs.errors import DaliAbsError
 from dali_abs.loader.iterator import create_loader
-from dali_abs.loader.params import SwapConfig
+from dali_abs.swap.config import SwapConfig
 
 
 def _epoch(loader):
@@ -101,10 +101,8 @@ def test_user_pipeline_with_the_operators(tiny_cache):
     assert images.as_array().shape == (8, 56, 56, 3) and images.as_array().dtype == np.uint8
     with pytest.raises(DaliAbsError, match=r"size must be a positive int S or a pair \(H, W\) of them, got \(1, 2, 3\)"):
         pipe((1, 2, 3))
-    p = pipe(None)  # no size and images of several sizes: our error, naming the fix
-    p.build()
-    with pytest.raises(Exception, match="background_swap got images of .* sizes .* pass size=S"):
-        p.run()
+    with pytest.raises(DaliAbsError, match=r"background_swap needs size=S \(or \(H, W\)\)"):
+        pipe(None)  # the parameters are drawn before the images are decoded: the canvas must be known
 
 
 def test_resampling_matches_dali_resize(tiny_cache):
@@ -141,6 +139,8 @@ def test_bad_settings_fail_before_the_first_batch(tiny_cache, tiny_dataset, tmp_
         create_loader(tiny_cache, batch_size=8, device="cpu", compose_size="big")
     with pytest.raises(DaliAbsError, match="unknown option.*compose_sise.*LoaderConfig has"):
         create_loader(tiny_cache, batch_size=8, device="cpu", compose_sise=64)
+    with pytest.raises(DaliAbsError, match=r"loose=0.05\) is below the fill threshold 0\.\d+ .* never filled"):
+        create_loader(tiny_cache, batch_size=8, device="cpu", swap=SwapConfig(loose=0.05))
     # A changed dataset: the cache is stale and says which command rebuilds it.
     copy = tmp_path / "data"
     shutil.copytree(tiny_dataset, copy)
@@ -158,6 +158,38 @@ def test_ids_select_a_subset_of_the_split(tiny_cache, tiny_dataset):
     assert _epoch(loader)[0].shape[0] == len(ids) == 32
     with pytest.raises(DaliAbsError, match=r"ids not in split 'test'.*nope"):
         create_loader(tiny_cache, batch_size=8, device="cpu", split="test", ids=("nope",))
+
+
+def test_a_p_schedule_follows_the_readers_epochs_in_a_users_pipeline(tiny_cache):
+    """In a user's own pipeline_def the swap counts epochs from the reader (96 rows, batch 32,
+    pad_last_batch: 3 batches an epoch), so a linear schedule from 0 to 1 over 2 epochs swaps
+    nothing in epoch 0, about half in epoch 1 and everything from epoch 2; the parameters are
+    a CPU data node anyone can read."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_abs.loader.ops import background_swap, cache_reader, swap_parameters
+    from dali_abs.swap.signature import sample_dtype
+
+    cache = open_cache(tiny_cache)
+    cfg = SwapConfig(p=1.0, p_start=0.0, p_schedule="linear", schedule_epochs=2, background="other_class")
+
+    @pipeline_def(batch_size=32, num_threads=2, device_id=None, seed=0)
+    def pipe():
+        s = cache_reader(cache, rows=range(96), random_shuffle=True, seed=0, pad_last_batch=True)
+        images = fn.decoders.image(s.jpegs, device="cpu", output_type=types.RGB)
+        params = swap_parameters(s, cfg, size=32, seed=4)
+        return params, background_swap(images, s, cfg, size=32, params=params)
+
+    p = pipe()
+    p.build()
+    rate = []
+    for _ in range(9):
+        params, images = p.run()
+        rec = np.stack([np.asarray(params[i]) for i in range(32)]).view(sample_dtype(cache.grid)).reshape(32)
+        assert images.as_array().shape == (32, 32, 32, 3)
+        rate.append(float(rec["swap"].mean()))
+    per_epoch = [float(np.mean(rate[e * 3:(e + 1) * 3])) for e in range(3)]
+    assert per_epoch[0] == 0.0 and 0.3 < per_epoch[1] < 0.7 and per_epoch[2] == 1.0, rate
 
 
 # --- data parallelism: one shared reader order, augmentation drawn per shard ---------------------
@@ -277,7 +309,7 @@ def test_gpu_loader_matches_the_cpu_reader(dali_torch_cuda, tiny_cache):
 def test_swap_thresholds_default_to_the_caches_and_the_users_win(tiny_cache):
     """SwapConfig() cuts at the thresholds the cache records; a number the user sets is kept."""
     from dali_abs.loader.ops import swap_thresholds
-    from dali_abs.loader.params import SwapError
+    from dali_abs.swap.config import SwapError
 
     rec = open_cache(tiny_cache).thresholds
     assert SwapConfig().tight is None and SwapConfig.waterbirds().tight is None
@@ -315,9 +347,9 @@ _DAMAGE = {
     "fills-truncated": ("c00002.fills.bin", lambda d: (d / "chunks" / "c00002.fills.bin").write_bytes(
         (d / "chunks" / "c00002.fills.bin").read_bytes()[:-100])),
     "fills-deleted": ("c00000.fills.bin", lambda d: (d / "chunks" / "c00000.fills.bin").unlink()),
-    "masks-flipped": ("c00003.masks.npy", lambda d: _flip(d / "chunks" / "c00003.masks.npy", at=200, n=8)),
-    "masks-truncated": ("c00001.masks.npy", lambda d: (d / "chunks" / "c00001.masks.npy").write_bytes(
-        (d / "chunks" / "c00001.masks.npy").read_bytes()[:-64])),
+    "masks-flipped": ("c00003.masks.npz", lambda d: _flip(d / "chunks" / "c00003.masks.npz", at=200, n=8)),
+    "masks-truncated": ("c00001.masks.npz", lambda d: (d / "chunks" / "c00001.masks.npz").write_bytes(
+        (d / "chunks" / "c00001.masks.npz").read_bytes()[:-64])),
     "record-edited": ("c00002.json", lambda d: (d / "chunks" / "c00002.json").write_text(
         (d / "chunks" / "c00002.json").read_text().replace('"label":1', '"label":0', 3))),
     "manifest-grid": ("manifest.json", lambda d: _edit_manifest(d, grid=16)),
@@ -343,7 +375,10 @@ def test_a_damaged_cache_is_refused_before_the_first_batch_naming_the_file(tiny_
     with pytest.raises(DaliAbsError, match=rf"{cache}/(chunks/)?{name}: "):
         create_loader(cache, batch_size=16, size=32, device="cpu")
     assert not verify(cache, decode=False)["ok"]  # the same finding as `cache verify`
-    if damage in ("fills-flipped", "masks-flipped", "record-edited"):
+    if damage == "masks-flipped":  # the deflated masks carry a CRC: caught even without the hashes
+        with pytest.raises(DaliAbsError, match=name):
+            create_loader(cache, batch_size=16, size=32, device="cpu", check_cache=False)
+    if damage in ("fills-flipped", "record-edited"):
         # same sizes: only the hashes see it, and check_cache=False skips them (the documented trade)
         loader = create_loader(cache, batch_size=16, size=32, device="cpu", check_cache=False)
         assert len(loader) == 10

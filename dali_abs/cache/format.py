@@ -5,7 +5,8 @@ Layout of a cache folder (format version :data:`FORMAT_VERSION`)::
     CACHE/plan.json                 settings of the run (dataset fingerprint, model hashes, grid, ...)
     CACHE/chunks/c00000.fills.bin   fills of chunk 0: the JPEG files of the images with a non-empty fill,
                                     concatenated (offsets and sizes in the chunk record)
-    CACHE/chunks/c00000.masks.npy   uint8 [n, R, R]: soft foreground probability, round(p * 255)
+    CACHE/chunks/c00000.masks.npz   uint8 [n, R, R]: soft foreground probability, round(p * 255)
+                                    (np.load(...)["masks"]; deflated, written deterministically)
     CACHE/chunks/c00000.json        the chunk record, written last (its presence = chunk finished)
     CACHE/parts/shard-<i>-of-<n>.json  written by each shard when its chunks are done
     CACHE/manifest.json             written by ``cache merge`` (or the last shard): the cache is complete
@@ -18,8 +19,10 @@ Per image the cache stores:
   (``p > fill_threshold``: the loose threshold recorded with the segmenter, chosen on its
   validation images, unless the user passed one; 0.1 = background probability < 0.9 as in the
   paper for ground-truth masks and for segmenters that record none),
-  cropped from the working-size (segmenter input size S) image and stored as JPEG (cells of
-  the box outside the loose mask hold a smooth placeholder: never use them). The box
+  cut from the working-size (segmenter input size S) image, resized to the source's resolution
+  where that is smaller (:func:`tile_size`: never more pixels than the source has) and stored as
+  JPEG; the box's pixels more than :data:`PLACEHOLDER_RING` px away from the loose cells hold a
+  smooth placeholder (:meth:`Cache.placeholder`; the loader never shows them). The box
   is in **grid cells** ``(r0, c0, r1, c1)`` (half-open), so it maps onto the source image at
   any resolution: rows ``r0 * H / R .. r1 * H / R``, columns ``c0 * W / R .. c1 * W / R``.
 
@@ -120,12 +123,129 @@ def bounding_box(cells: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    """Deterministic JPEG bytes (PIL, fixed quality, 4:2:0, no metadata)."""
+    """Deterministic JPEG bytes (PIL, fixed quality, 4:2:0, no metadata). Huffman tables
+    optimised for the image: lossless (the same pixels decode), and on a small fill tile the
+    standard tables alone would be a quarter of the file."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), optimize=False, progressive=False)
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), optimize=True, progressive=False)
     return buf.getvalue()
+
+
+PLACEHOLDER_RING = 2  # tile px around the loose cells kept as the inpainter wrote them
+
+
+def tile_size(box, grid: int, work_size: int, source_hw) -> tuple[int, int]:
+    """(rows, columns) of the stored fill of the box cells ``(r0, c0, r1, c1)``: the box's extent at
+    the work size, or at the source image's size (``source_hw`` = rows, columns) where that is
+    smaller, so that no fill holds more pixels than its source has; at least 1 x 1."""
+    r0, c0, r1, c1 = (int(v) for v in box)
+    h, w = (int(v) for v in source_hw)
+    patch = int(work_size) // int(grid)
+    return (min((r1 - r0) * patch, max(1, round((r1 - r0) * h / grid))),
+            min((c1 - c0) * patch, max(1, round((c1 - c0) * w / grid))))
+
+
+def stored_tile_size(manifest: dict, box, source_hw) -> tuple[int, int]:
+    """The fill size a cache stores for ``box``: :func:`tile_size`, or in caches written before fills
+    were capped at the source's resolution, the box at the work size."""
+    grid, work = int(manifest["grid"]), int(manifest["work_size"])
+    if "placeholder_ring" in manifest.get("fill_encoding", {}):
+        return tile_size(box, grid, work, source_hw)
+    r0, c0, r1, c1 = (int(v) for v in box)
+    return (r1 - r0) * (work // grid), (c1 - c0) * (work // grid)
+
+
+def _grow(mask: np.ndarray, steps: int) -> np.ndarray:
+    """``mask`` (bool 2-D) grown by ``steps`` pixels, one 8-neighbourhood step at a time."""
+    for _ in range(steps):
+        grown = mask.copy()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        mask = grown
+    return mask
+
+
+def placeholder_mask(tile_hw, cells: np.ndarray, ring: int = PLACEHOLDER_RING) -> np.ndarray:
+    """Bool [rows, columns]: the tile pixels that hold the smooth placeholder, not the fill. ``cells``:
+    bool [r1-r0, c1-c0] the box's loose cells; a tile pixel belongs to the cell its centre lies in
+    (the tile spans the box linearly). Pixels within ``ring`` px of a loose cell keep the
+    inpainter's output: the loader's bilinear reads of the loose cells reach one pixel beyond them."""
+    th, tw = (int(v) for v in tile_hw)
+    ch, cw = cells.shape
+    ry = ((np.arange(th) + 0.5) * ch / th).astype(np.intp)
+    cx = ((np.arange(tw) + 0.5) * cw / tw).astype(np.intp)
+    near = cells[np.minimum(ry, ch - 1)][:, np.minimum(cx, cw - 1)]
+    return ~_grow(near, int(ring))
+
+
+def hole_margin(box, grid: int, work_size: int, source_hw, ring: int = PLACEHOLDER_RING) -> int:
+    """Work-size px by which the inpainter's hole reaches past the loose cells, so that the
+    ``ring`` tile px the stored fill keeps around them (:func:`placeholder_mask`) are fill too."""
+    r0, c0, r1, c1 = (int(v) for v in box)
+    patch = int(work_size) // int(grid)
+    th, tw = tile_size(box, grid, work_size, source_hw)
+    return int(np.ceil(ring * max((r1 - r0) * patch / th, (c1 - c0) * patch / tw)))
+
+
+def fill_hole(cells: np.ndarray, grid: int, work_size: int, source_hw) -> np.ndarray:
+    """float32 [1, S, S] inpainter hole (1 = fill) of one image at the work size S: its loose cells
+    (bool [R, R]) grown by :func:`hole_margin` px (8-neighbourhood)."""
+    patch = int(work_size) // int(grid)
+    hole = np.repeat(np.repeat(cells, patch, 0), patch, 1)
+    box = bounding_box(cells)
+    if box[2] > box[0]:
+        hole = _grow(hole, hole_margin(box, grid, work_size, source_hw))
+    return hole[None].astype(np.float32)
+
+
+def _smooth_extension(tile: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``tile`` with the pixels outside ``keep`` replaced by a smooth continuation of the kept ones
+    (a mask-weighted pyramid: averages going down, bilinear going up), so the placeholder has no
+    edge against the fill and costs the JPEG almost nothing."""
+    from PIL import Image
+
+    def level(img: np.ndarray, w: np.ndarray) -> np.ndarray:
+        h, wd = w.shape
+        if w.min() > 0 or (h <= 1 and wd <= 1):
+            return img
+        h2, w2 = (h + 1) // 2, (wd + 1) // 2
+        pi = np.zeros((h2 * 2, w2 * 2, 3), np.float32)
+        pw = np.zeros((h2 * 2, w2 * 2), np.float32)
+        pi[:h, :wd], pw[:h, :wd] = img * w[..., None], w
+        si, sw = pi.reshape(h2, 2, w2, 2, 3).sum((1, 3)), pw.reshape(h2, 2, w2, 2).sum((1, 3))
+        coarse = level(si / np.maximum(sw, np.float32(1e-12))[..., None], (sw > 0).astype(np.float32))
+        up = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(coarse[..., k])).resize((wd, h), Image.BILINEAR))
+                       for k in range(3)], -1)
+        return np.where(w[..., None] > 0, img, up)
+
+    out = level(tile.astype(np.float32), keep.astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def fill_tile(filled: np.ndarray, cells: np.ndarray, box, grid: int, source_hw) -> np.ndarray:
+    """The stored fill of one image: uint8 HWC of :func:`tile_size`, cut from ``filled`` (the
+    inpainter's output at the work size, uint8 HWC, its hole the loose cells grown by
+    :func:`hole_margin`) over the box cells ``box``, resized down to the source's resolution where
+    that is smaller (PIL bilinear, antialiased), with the :func:`placeholder_mask` pixels replaced
+    by a smooth continuation of the fill: the loader never shows them, and they cost the JPEG
+    almost nothing."""
+    from PIL import Image
+
+    r0, c0, r1, c1 = (int(v) for v in box)
+    patch = filled.shape[0] // int(grid)
+    crop = filled[r0 * patch:r1 * patch, c0 * patch:c1 * patch]
+    th, tw = tile_size(box, grid, filled.shape[0], source_hw)
+    if (th, tw) != crop.shape[:2]:
+        crop = np.asarray(Image.fromarray(crop).resize((tw, th), Image.BILINEAR))
+    crop = np.ascontiguousarray(crop)
+    sub = cells[r0:r1, c0:c1]
+    if sub.all():
+        return crop
+    return _smooth_extension(crop, ~placeholder_mask((th, tw), sub))
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -159,6 +279,39 @@ def read_json(path: Path, what: str) -> dict:
         raise CacheError(f"{path}: cannot read {what} ({e})") from None
 
 
+MASKS_SUFFIX = "masks.npz"
+
+
+def encode_masks(masks: np.ndarray) -> bytes:
+    """An ``.npz`` holding ``masks`` (uint8 [n, R, R]), deflated: soft masks are mostly 0 and 255,
+    a fifth to a half of their bytes compressed. Written with a fixed zip timestamp, so the same
+    masks give the same bytes (a resumed precompute is byte-identical)."""
+    import zipfile
+
+    npy = io.BytesIO()
+    np.save(npy, masks)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        info = zipfile.ZipInfo("masks.npy", date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, npy.getvalue(), compresslevel=9)
+    return buf.getvalue()
+
+
+def read_masks(path: Path) -> np.ndarray:
+    """The masks of one chunk file: ``.masks.npz`` (this version) or ``.masks.npy`` (caches written before)."""
+    try:
+        data = np.load(path)
+        if isinstance(data, np.ndarray):
+            return data
+        with data:
+            return data["masks"]
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # a damaged .npz fails in many ways (zip, zlib, the npy header's parser): one error
+        raise ValueError(f"not a readable masks file ({type(e).__name__}: {e})") from None
+
+
 def write_chunk(root: Path, k: int, entries: list[dict], masks: np.ndarray, fills: list[bytes | None],
                 skipped: list[dict]) -> dict:
     """Write chunk ``k`` (fills, masks, then the record) atomically; returns the record.
@@ -172,14 +325,12 @@ def write_chunk(root: Path, k: int, entries: list[dict], masks: np.ndarray, fill
     it = iter(spans)
     for e, f in zip(entries, fills):
         e["fill"] = list(next(it)) if f is not None else None  # [offset, size] in the fills file
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(masks, np.uint8).reshape(len(entries), *masks.shape[1:]))
-    mask_bytes = buf.getvalue()
+    mask_bytes = encode_masks(np.ascontiguousarray(masks, np.uint8).reshape(len(entries), *masks.shape[1:]))
     atomic_write_bytes(d / f"{name}.fills.bin", blob)
-    atomic_write_bytes(d / f"{name}.masks.npy", mask_bytes)
+    atomic_write_bytes(d / f"{name}.{MASKS_SUFFIX}", mask_bytes)
     record = {"format": FORMAT, "format_version": FORMAT_VERSION, "chunk": k,
               "fills": f"{name}.fills.bin", "fills_sha256": sha256_bytes(blob), "fills_bytes": len(blob),
-              "masks": f"{name}.masks.npy", "masks_sha256": sha256_bytes(mask_bytes), "masks_bytes": len(mask_bytes),
+              "masks": f"{name}.{MASKS_SUFFIX}", "masks_sha256": sha256_bytes(mask_bytes), "masks_bytes": len(mask_bytes),
               "entries": entries, "skipped": skipped}
     write_json(d / f"{name}.json", record, compact=True)
     return record
@@ -376,9 +527,22 @@ class Cache:
         return self._maps[k][off:off + size].tobytes()
 
     def fill(self, key: str | int) -> np.ndarray | None:
-        """uint8 HWC RGB fill crop (work-size pixels of the box), None when nothing was filled."""
+        """uint8 HWC RGB fill over the box (:func:`tile_size`: the box at the work size or at the
+        source's size where that is smaller), None when nothing was filled."""
         data = self.fill_bytes(key)
         return None if data is None else decode_image(data)
+
+    def placeholder(self, key: str | int, tile_hw=None) -> np.ndarray | None:
+        """Bool [rows, columns] of the fill: True where it holds the smooth placeholder (never
+        shown by the loader), None when nothing was filled. ``tile_hw``: the fill's size when known."""
+        row = self._row(key)
+        r0, c0, r1, c1 = (int(v) for v in self.boxes[row])
+        if r1 <= r0:
+            return None
+        if tile_hw is None:
+            tile_hw = self.fill(row).shape[:2]
+        ring = self.manifest.get("fill_encoding", {}).get("placeholder_ring", 0)
+        return placeholder_mask(tile_hw, self.loose(row)[r0:r1, c0:c1], ring)
 
     def background(self, key: str | int, image: np.ndarray | None = None) -> np.ndarray:
         """uint8 HWC RGB clean background at the source image's size.
@@ -459,7 +623,7 @@ def open_cache(path: str | os.PathLike, hashes: bool = True) -> Cache:
     for k, rec in enumerate(records):
         mp = root / CHUNKS / rec["masks"]
         try:
-            m = np.load(mp)
+            m = read_masks(mp)
         except (OSError, ValueError) as e:
             raise CacheError(f"{mp}: unreadable ({e}); run `dali-abs cache verify {root}`") from None
         bad = masks_problem(mp, m, len(rec["entries"]), R)

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.cache.format import (CHUNKS, DEFAULT_FILL_THRESHOLD, DEFAULT_TIGHT_THRESHOLD, FORMAT, FORMAT_VERSION,
-                                   MANIFEST, PARTS, PLAN, CacheError, bounding_box, chunk_name, encode_jpeg,
-                                   part_name, quantize, read_chunk_record, read_json, sha256_file, threshold_mask,
-                                   write_chunk, write_json)
+                                   MANIFEST, PARTS, PLACEHOLDER_RING, PLAN, CacheError, bounding_box, chunk_name,
+                                   encode_jpeg, fill_hole, fill_tile, part_name, quantize, read_chunk_record, read_json,
+                                   sha256_file, threshold_mask, write_chunk, write_json)
 from dali_abs.dataset import Dataset, Sample
 from dali_abs.files import MAX_PIXELS
 from dali_abs.segmenter.thresholds import Thresholds
@@ -112,7 +112,7 @@ class GroundTruthMasks:
                             loose_source="ground-truth coverage: 0.1 = a tenth of the patch is object")
 
     def __init__(self, path: str | os.PathLike, grid: int = DEFAULT_MASK_GRID, input_size: int | None = None):
-        from dali_abs.segmenter.train import default_input_size
+        from dali_abs.models.segmenter_contract import default_input_size
 
         self.path = Path(path).expanduser().resolve()
         if not self.path.is_dir():
@@ -237,8 +237,13 @@ def make_plan(ds: Dataset, seg, inp, cfg: PrecomputeConfig) -> dict:
         },
         "grid": seg.grid, "work_size": seg.input_size,
         "thresholds": plan_thresholds(seg, cfg),
-        "mask_encoding": "uint8 [R,R] round(255 * foreground probability), one .masks.npy per chunk",
-        "fill_encoding": {"format": "jpeg", "quality": cfg.quality, "resolution": "work_size",
+        "mask_encoding": "uint8 [R,R] round(255 * foreground probability), one deflated .masks.npz per chunk "
+                         "(np.load(path)['masks'])",
+        "fill_encoding": {"format": "jpeg", "quality": cfg.quality, "huffman": "optimized",
+                          "resolution": "work_size, or the source's where smaller",
+                          "placeholder_ring": PLACEHOLDER_RING,
+                          "placeholder": "a smooth continuation of the fill, more than placeholder_ring px "
+                                         "from the loose cells (the inpainter's hole reaches that far)",
                           "region": "bounding box of the loose-mask cells, box in grid cells (r0, c0, r1, c1)"},
         "chunk_size": cfg.chunk_size, "chunks": (n + cfg.chunk_size - 1) // cfg.chunk_size,
         "max_pixels": cfg.max_pixels,
@@ -460,26 +465,6 @@ def _pil_decode(path: Path, size: int) -> np.ndarray:
     return img
 
 
-def smooth_outside(crop: np.ndarray, cells: np.ndarray, patch: int) -> np.ndarray:
-    """``crop`` with the pixels of its non-filled cells replaced by a smooth placeholder.
-
-    Those cells keep the source image in the background, so the loader never reads them from
-    the fill; a bilinear upsampling of the per-cell mean colours costs the JPEG few bytes
-    and has no edges to ring into the filled cells.
-    """
-    from PIL import Image
-
-    if cells.all():
-        return np.ascontiguousarray(crop)
-    h, w = crop.shape[:2]
-    means = crop.reshape(h // patch, patch, w // patch, patch, 3).mean((1, 3), dtype=np.float32)
-    smooth = np.asarray(Image.fromarray(np.rint(means).astype(np.uint8)).resize((w, h), Image.BILINEAR))
-    keep = np.repeat(np.repeat(~cells, patch, 0), patch, 1)
-    out = crop.copy()
-    out[keep] = smooth[keep]
-    return out
-
-
 class Worker:
     """Processes chunks with one segmenter (or :class:`GroundTruthMasks`) and one inpainter session."""
 
@@ -566,7 +551,7 @@ class Worker:
         skipped = sorted(skipped + bad, key=lambda d: d["index"])
         x = images.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
         t = self.timer.add("decode", t)
-        R, patch = self.seg.grid, self.seg.patch
+        R = self.seg.grid
         if soft is not None:
             prob = np.stack([soft[e["index"]] for e in entries]) if entries else np.zeros((0, R, R), np.float32)
             masks = quantize(prob)
@@ -577,7 +562,8 @@ class Worker:
             masks = quantize(prob[:, 0])
             t = self.timer.add("segmenter", t)
         loose = threshold_mask(masks, self.cfg.fill_threshold)
-        hole = np.repeat(np.repeat(loose, patch, 1), patch, 2)[:, None].astype(np.float32)
+        hole = np.stack([fill_hole(cells, R, self.seg.input_size, e["size"][::-1]) for e, cells in zip(entries, loose)]) \
+            if entries else np.zeros((0, 1, self.seg.input_size, self.seg.input_size), np.float32)
         with _naming_chunk(k, entries):
             filled = self.inp.fill(x, hole) if len(x) else x
         filled_u8 = np.clip(np.rint(filled * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
@@ -587,8 +573,8 @@ class Worker:
             r0, c0, r1, c1 = bounding_box(cells)
             e["box"] = [r0, c0, r1, c1]
             if r1 > r0:
-                crop = smooth_outside(img[r0 * patch:r1 * patch, c0 * patch:c1 * patch], cells[r0:r1, c0:c1], patch)
-                fills.append(encode_jpeg(crop, self.cfg.quality))
+                tile = fill_tile(img, cells, (r0, c0, r1, c1), R, e["size"][::-1])
+                fills.append(encode_jpeg(tile, self.cfg.quality))
             else:
                 fills.append(None)
         t = self.timer.add("encode", t)
@@ -762,14 +748,14 @@ def merge(root: str | os.PathLike, sources: list[str | os.PathLike] = ()) -> dic
         if diffs:
             raise CacheError(f"{src}: made with other settings than {root} ({'; '.join(diffs)}); cannot merge")
         for f in sorted((src / CHUNKS).glob("c*.json")):
-            stem = f.name[:-len(".json")]
             if (root / CHUNKS / f.name).is_file():
                 continue
             (root / CHUNKS).mkdir(parents=True, exist_ok=True)
-            for suffix in (".fills.bin", ".masks.npy", ".json"):  # record last: it marks the chunk finished
-                tmp = root / CHUNKS / f".{stem}{suffix}.merge.tmp"
-                shutil.copyfile(src / CHUNKS / f"{stem}{suffix}", tmp)
-                os.replace(tmp, root / CHUNKS / f"{stem}{suffix}")
+            rec = read_json(f, "chunk record")
+            for name in (rec["fills"], rec["masks"], f.name):  # the record last: it marks the chunk finished
+                tmp = root / CHUNKS / f".{name}.merge.tmp"
+                shutil.copyfile(src / CHUNKS / name, tmp)
+                os.replace(tmp, root / CHUNKS / name)
     records, missing = [], []
     for k in range(plan["chunks"]):
         rec = read_chunk_record(root, k)

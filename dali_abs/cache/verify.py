@@ -9,7 +9,8 @@ import numpy as np
 
 from dali_abs.cache.format import (CHUNKS, FORMAT, FORMAT_VERSION, MANIFEST, PLAN, CacheError, check_manifest,
                                    chunk_name, chunk_problems, decode_image, manifest_problems, masks_problem,
-                                   read_chunk_record, read_json, threshold_mask)
+                                   placeholder_mask, read_chunk_record, read_json, read_masks, stored_tile_size,
+                                   threshold_mask)
 
 
 # a fill whose loose-mask pixels average at most this (0..255) is black: a NaN fill cast to uint8 is 0
@@ -51,7 +52,6 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
         return {"cache": str(root), "ok": False, "problems": [str(e)]}
     problems += manifest_problems(root, m)
     R = int(m["grid"])
-    patch = int(m["work_size"]) // R
     by_chunk = {c["chunk"]: c for c in m.get("chunk_files", [])}
     records: dict[str, dict] = {}
     seen: dict[int, int] = {}
@@ -79,7 +79,7 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
         if file_problems:
             continue
         try:
-            masks = np.load(root / CHUNKS / rec["masks"])
+            masks = read_masks(root / CHUNKS / rec["masks"])
         except Exception as e:
             problems.append(f"chunk {k}: {rec['masks']} unreadable ({e})")
             continue
@@ -108,13 +108,13 @@ def verify(path: str | os.PathLike, dataset=None, decode: bool = True) -> dict:
                 except Exception as exc:
                     problems.append(f"image {e['id']!r}: fill does not decode ({exc})")
                     continue
-                want_shape = ((r1 - r0) * patch, (c1 - c0) * patch, 3)
+                want_shape = (*stored_tile_size(m, e["box"], e["size"][::-1]), 3)
                 if img.shape != want_shape:
                     problems.append(f"image {e['id']!r}: fill is {list(img.shape)}, expected {list(want_shape)}")
                     continue
                 cells = threshold_mask(masks[i], fill)[r0:r1, c0:c1]
                 filled += 1
-                pixels = img[np.kron(cells, np.ones((patch, patch), bool))]
+                pixels = img[~placeholder_mask(img.shape[:2], cells, ring=0)]  # the loose cells' pixels
                 black += bool(pixels.size and pixels.mean() <= BLACK)
             fills_checked += 1
         black_fills += black

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.errors import DaliAbsError
-from dali_abs.models import inpainter as net
+from dali_abs.models import inpainter_contract as net
 from dali_abs.probe import ModelOutputError, output_problem, probe_images
 
 

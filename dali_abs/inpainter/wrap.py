@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.inpainter.inference import InpainterError
-from dali_abs.models import inpainter as net
+from dali_abs.models import inpainter_contract as net
 
 _RANGES = {"0..1": (0.0, 1.0), "0..255": (0.0, 255.0), "-1..1": (-1.0, 1.0)}
 _DTYPES = ("float32", "uint8")

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.cache.format import Cache, open_cache
+from dali_abs.constants import MEAN, STD
 from dali_abs.dataset import Dataset, load_dataset
 from dali_abs.errors import DaliAbsError
 from dali_abs.loader.ops import READER_NAME, background_swap, cache_reader
-from dali_abs.loader.params import AugmentConfig, SwapConfig
-from dali_abs.training import MEAN, STD
+from dali_abs.swap.config import AugmentConfig, SwapConfig
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,12 @@ def _check(cache: Cache, ds: Dataset, cfg: LoaderConfig, rows: list[int], shards
         if cfg.swap.background == "other_group" and not ds.has_groups:
             raise DaliAbsError(f"background policy 'other_group' needs groups (a 'place' column in "
                                f"metadata.csv); {ds.root} has none")
+        loose = cfg.swap.loose
+        if cfg.swap.fill == "cached" and loose is not None and loose < cache.fill_threshold:
+            raise DaliAbsError(f"SwapConfig(loose={loose}) is below the fill threshold {cache.fill_threshold} "
+                               f"{cache.root} was built with: the cells in between were never filled and would show "
+                               f"the placeholder; use loose >= {cache.fill_threshold}, or rebuild the cache with "
+                               f"`dali-abs precompute ... --fill-threshold {loose}`")
 
 
 def _check_last_batch(n: int, shards: int, batch: int, policy: str) -> None:

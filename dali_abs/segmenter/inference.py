@@ -26,8 +26,8 @@ import numpy as np
 
 from dali_abs.errors import DaliAbsError
 from dali_abs.files import read_rgb
+from dali_abs.models import segmenter_contract as net
 from dali_abs.probe import ModelOutputError, output_problem, probe_images
-from dali_abs.models import segmenter as net
 from dali_abs.segmenter.thresholds import ThresholdError, Thresholds, from_metadata
 
 

@@ -9,7 +9,7 @@ foreground; :mod:`dali_abs.segmenter.inference`), and both compare strictly (``p
   worst-group 0.22 at tight 0.5, 0.90 at 0.8; README, Robustness). Missing foreground only
   trims the object. So **precision** of the foreground matters most. The loader draws the
   cut-out from the soft grid interpolated bilinearly between patch centres
-  (:mod:`dali_abs.loader.composite`), so a background patch just below tight still lends the
+  (:mod:`dali_abs.swap.twin`), so a background patch just below tight still lends the
   cut-out a strip of itself when its neighbour is far above; the precision is therefore
   scored on the cut-out as the loader draws it (:data:`SAMPLES` points per patch side, each
   labelled by the patch it falls in). Cutting deeper also erodes the object: both benchmarks lose

@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from dali_abs.dataset import Dataset
 from dali_abs.files import atomic_write_bytes
 from dali_abs.models import segmenter as net
+from dali_abs.models.segmenter_contract import default_input_size
 from dali_abs.segmenter.evaluate import confusion, scores
 from dali_abs.segmenter.inference import SegmenterError, read_batch
 from dali_abs.segmenter.thresholds import choose_thresholds, to_metadata
@@ -134,15 +135,6 @@ def apply_params(x: torch.Tensor, y: torch.Tensor, params: Mapping[str, torch.Te
 
 BACKBONE_LR_SCALE = 0.1  # --finetune: the pretrained backbone learns 10x slower than the head
 DEFAULT_VIEWS = 4
-
-
-def default_input_size(grid: int) -> int:
-    """224 px for the reference's 16 x 16 grid (14-px patches), else 16 px per patch.
-
-    The same for a backbone: at 224 px Lite0's stride-16 map is 14 x 14 and is resized to
-    16 x 16 in the head; 256 px (map = grid) scored the same patch IoU on cub-birds-300
-    (0.81 vs 0.81) for 1.3x the compute."""
-    return 224 if grid == 16 else 16 * grid
 
 
 def resolve_device(device: str) -> str:

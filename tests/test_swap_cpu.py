@@ -1,4 +1,4 @@
-"""The native CPU compositing (kernels/composite.cu compiled for the host, dali_abs.loader.native)
+"""The native CPU compositing (composite.cu compiled for the host, dali_abs.swap.cpu)
 against the NumPy twin, its thread partition, its build cache and its fallback."""
 
 from __future__ import annotations
@@ -13,16 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dali_abs.loader import native
-from dali_abs.loader.composite import composite_cpu, composite_host
-from dali_abs.loader.params import AugmentConfig, SwapError
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_loader_composite import CASES, make_batch, paper_swap, paper_waterbirds, params_for, ragged_batch  # noqa: E402
+from dali_abs import swap
+from dali_abs.swap import AugmentConfig, SwapConfig, SwapError
+from dali_abs.swap import cpu as native
+from dali_abs.swap.twin import composite_cpu
+from swap_cases import (CASES, RECORDED, make_batch, paper_swap, paper_waterbirds, params_for, ragged_batch,
+                        recorded_digests)
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
 
+def native_on(images, soft, fills, boxes, params, cfg, size=None, **kw):
+    """The CPU backend on the kornia-style inputs."""
+    return native.composite(swap.batch(images, soft, fills, boxes, params, cfg, size), **kw)
+
+def host_on(images, soft, fills, boxes, params, cfg, size=None):
+    return native.composite_host(swap.batch(images, soft, fills, boxes, params, cfg, size))
+
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ not installed")
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
@@ -38,7 +45,6 @@ def built(tmp_path_factory):
         yield native._STATE["path"]
     native._forget()
 
-
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
     """Empty cache dir, default environment, no library loaded; state dropped afterwards."""
@@ -48,7 +54,6 @@ def fresh(monkeypatch, tmp_path):
     native._forget()
     yield tmp_path / "xdg" / "dali-abs"
     native._forget()
-
 
 # --- parity with the twin ------------------------------------------------------------------
 
@@ -60,26 +65,28 @@ def test_native_equals_the_twin_pixel_for_pixel(built, cfg):
         images, soft, fills, boxes = make_batch(rng, n, h, w, r, f)
         p = params_for(rng, soft, cfg, h, w)
         twin = composite_cpu(images, soft, fills, boxes, p, cfg)
-        got = native.composite_native(images, soft, fills, boxes, p, cfg, threads=3)
+        got = native_on(images, soft, fills, boxes, p, cfg, threads=3)
         assert got.dtype == np.uint8 and got.shape == images.shape and got is not images
         assert int((got != twin).any(-1).sum()) == 0, f"{cfg.fill}: {(got != twin).any(-1).sum()} pixels differ"
-        assert np.array_equal(composite_host(images, soft, fills, boxes, p, cfg), twin)
+        assert np.array_equal(host_on(images, soft, fills, boxes, p, cfg), twin)
     # a ragged batch (as DALI hands it over) resized, cropped and flipped to 61 x 47
     images, soft, fills, boxes = ragged_batch(rng, 9, 8)
     p = params_for(rng, soft, cfg, 61, 47, augment=AugmentConfig(area=(0.3, 1.0)))
     twin = composite_cpu(images, soft, fills, boxes, p, cfg, size=(61, 47))
-    got = native.composite_native(images, soft, fills, boxes, p, cfg, size=(61, 47), threads=2)
+    got = native_on(images, soft, fills, boxes, p, cfg, size=(61, 47), threads=2)
     assert got.shape == (9, 61, 47, 3) and np.array_equal(got, twin)
 
+@pytest.mark.parametrize("kind, name", list(RECORDED), ids=[f"{k}-{n}" for k, n in RECORDED])
+def test_native_gives_the_recorded_bytes(built, kind, name):
+    assert recorded_digests(kind, name, native_on) == RECORDED[kind, name]
 
 ROW_CASES = [paper_swap(), paper_swap(p=0.5, scale=(0.6, 1.4)), paper_swap(tight=0.3, loose=0.0, translate=0.5),
              paper_waterbirds(), paper_waterbirds(feather=1.5), paper_swap(fill="noise")]
 
-
 @pytest.mark.parametrize("cfg", ROW_CASES, ids=["default", "scaled-p0.5", "loose0", "rotated", "rotated-feathered",
                                                 "noise-fill"])
 def test_the_row_path_equals_the_per_pixel_body(built, cfg):
-    """kernels/composite_rows.h (eight pixels a step from per-sample tables) gives the same bytes
+    """composite_rows.h (eight pixels a step from per-sample tables) gives the same bytes
     as the per-pixel body and the twin: widths below, at and above 8, crops, flips, ragged
     sources, every image's last row and column sampled."""
     rng = np.random.default_rng(700 + ROW_CASES.index(cfg))
@@ -87,18 +94,17 @@ def test_the_row_path_equals_the_per_pixel_body(built, cfg):
         images, soft, fills, boxes = make_batch(rng, n, h, w, r, f)
         p = params_for(rng, soft, cfg, h, w)
         twin = composite_cpu(images, soft, fills, boxes, p, cfg)
-        rows = native.composite_native(images, soft, fills, boxes, p, cfg, threads=2)
-        body = native.composite_native(images, soft, fills, boxes, p, cfg, threads=2, vector=False)
+        rows = native_on(images, soft, fills, boxes, p, cfg, threads=2)
+        body = native_on(images, soft, fills, boxes, p, cfg, threads=2, vector=False)
         assert np.array_equal(rows, body) and np.array_equal(rows, twin)
     images, soft, fills, boxes = ragged_batch(rng, 10, 16)
     for size in ((61, 47), (128, 96), (17, 9)):
         p = params_for(rng, soft, cfg, *size, augment=AugmentConfig(area=(0.2, 1.0)))
         twin = composite_cpu(images, soft, fills, boxes, p, cfg, size=size)
-        rows = native.composite_native(images, soft, fills, boxes, p, cfg, size=size, threads=3)
+        rows = native_on(images, soft, fills, boxes, p, cfg, size=size, threads=3)
         assert np.array_equal(rows, twin), f"{size}: {(rows != twin).any(-1).sum()} pixels differ"
-        assert np.array_equal(rows, native.composite_native(images, soft, fills, boxes, p, cfg, size=size,
+        assert np.array_equal(rows, native_on(images, soft, fills, boxes, p, cfg, size=size,
                                                             vector=False))
-
 
 def _at_page_end(x: np.ndarray, keep: list) -> np.ndarray:
     """A copy of x whose last byte sits right before an unreadable page: a read past it faults."""
@@ -117,7 +123,6 @@ def _at_page_end(x: np.ndarray, keep: list) -> np.ndarray:
     keep.append((m, buf))
     return a
 
-
 @pytest.mark.skipif(sys.platform != "linux", reason="guard pages through libc mprotect")
 @pytest.mark.parametrize("cfg", [paper_swap(), paper_swap(rotation=(-180.0, 180.0), scale=(0.5, 2.0))],
                          ids=["axis-aligned", "rotated"])
@@ -133,9 +138,8 @@ def test_no_read_passes_the_end_of_an_image_or_tile(built, cfg):
     fills = [_at_page_end(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), keep) for h, w in reversed(sides)]
     for size in ((16, 16), (9, 13)):
         p = params_for(rng, soft, cfg, *size)
-        got = native.composite_native(images, soft, fills, boxes, p, cfg, size=size, threads=2)
+        got = native_on(images, soft, fills, boxes, p, cfg, size=size, threads=2)
         assert np.array_equal(got, composite_cpu(images, soft, fills, boxes, p, cfg, size=size))
-
 
 @needs_gxx
 def test_the_plain_x86_64_build_equals_the_twin_too(fresh, monkeypatch):
@@ -145,10 +149,9 @@ def test_the_plain_x86_64_build_equals_the_twin_too(fresh, monkeypatch):
     for cfg in (paper_swap(), paper_waterbirds(fill="noise", feather=1.5)):
         images, soft, fills, boxes = make_batch(rng, 8, 64, 56, 8, 16)
         p = params_for(rng, soft, cfg, 64, 56)
-        got = native.composite_native(images, soft, fills, boxes, p, cfg, threads=2)
+        got = native_on(images, soft, fills, boxes, p, cfg, threads=2)
         assert np.array_equal(got, composite_cpu(images, soft, fills, boxes, p, cfg))
     assert "-DABS_NATIVE_NO_CLONES" in native.FLAGS and native._STATE["path"].parent == fresh
-
 
 def test_thread_count_does_not_change_the_output(built, monkeypatch):
     rng = np.random.default_rng(21)
@@ -158,31 +161,29 @@ def test_thread_count_does_not_change_the_output(built, monkeypatch):
     lib = native._load()
     launch, used = lib.abs_composite_host, []
     monkeypatch.setattr(lib, "abs_composite_host", lambda *a: used.append(launch(*a)) or used[-1], raising=False)
-    outs = [native.composite_native(images, soft, fills, boxes, p, cfg, threads=t) for t in (1, 2, 3, 4, 16)]
+    outs = [native_on(images, soft, fills, boxes, p, cfg, threads=t) for t in (1, 2, 3, 4, 16)]
     assert used == [1, 2, 3, 4, 4]  # 16 requested: at most one thread per 16384 px
     for o in outs[1:]:
         assert np.array_equal(o, outs[0])
     assert np.array_equal(outs[0], composite_cpu(images, soft, fills, boxes, p, cfg))
     monkeypatch.setenv("DALI_ABS_THREADS", "2")
     assert native.default_threads() == 2
-    assert np.array_equal(native.composite_native(images, soft, fills, boxes, p, cfg), outs[0])
+    assert np.array_equal(native_on(images, soft, fills, boxes, p, cfg), outs[0])
     assert used[-1] == 2
-
 
 def test_no_swapped_sample_returns_a_copy_and_checks_match_the_twin(built):
     rng = np.random.default_rng(22)
     images, soft, fills, boxes = make_batch(rng)
     cfg = paper_swap(p=0.0)
     p = params_for(rng, soft, cfg, 48, 40)
-    out = native.composite_native(images, soft, fills, boxes, p, cfg)
+    out = native_on(images, soft, fills, boxes, p, cfg)
     assert out is not images and np.array_equal(out, images)
     with pytest.raises(SwapError, match=r"images must be uint8 \[N,H,W,3\]"):
-        native.composite_native(images.astype(np.float32), soft, fills, boxes, p, cfg)
+        native_on(images.astype(np.float32), soft, fills, boxes, p, cfg)
     with pytest.raises(SwapError, match=r"must index the batch \(0..7\), got values 8..8"):
-        native.composite_native(images, soft, fills, boxes, {**p, "partner": np.full(8, 8, np.int32)}, cfg)
+        native_on(images, soft, fills, boxes, {**p, "partner": np.full(8, 8, np.int32)}, cfg)
     with pytest.raises(SwapError, match="threads must be >= 1, got 0"):
-        native.composite_native(images, soft, fills, boxes, p, cfg, threads=0)
-
+        native_on(images, soft, fills, boxes, p, cfg, threads=0)
 
 # --- build cache ---------------------------------------------------------------------------
 
@@ -206,10 +207,9 @@ def test_the_cached_library_is_reused_and_a_broken_one_rebuilt(fresh, monkeypatc
     assert native.native_available() and native._STATE["path"] == so
     assert so.stat().st_mtime_ns == mtime
 
-
 @needs_gxx
 def test_concurrent_builds_leave_one_good_library(fresh):
-    code = "from dali_abs.loader import native; assert native.native_available(), native._STATE"
+    code = "from dali_abs.swap import cpu as native; assert native.native_available(), native._STATE"
     env = {**os.environ, "XDG_CACHE_HOME": str(fresh.parent)}
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -219,7 +219,6 @@ def test_concurrent_builds_leave_one_good_library(fresh):
     files = list(fresh.iterdir())
     assert len(files) == 1 and files[0].suffix == ".so", files
     assert native.native_available() and native._STATE["path"] == files[0]
-
 
 # --- fallback ------------------------------------------------------------------------------
 
@@ -236,12 +235,11 @@ def test_a_broken_compiler_falls_back_to_the_twin_with_one_warning(fresh, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # only one warning per process
         assert not native.native_available()
-        out = composite_host(images, soft, fills, boxes, p, cfg)
+        out = host_on(images, soft, fills, boxes, p, cfg)
     assert np.array_equal(out, composite_cpu(images, soft, fills, boxes, p, cfg))
     with pytest.raises(native.NativeUnavailable, match="unavailable"):
-        native.composite_native(images, soft, fills, boxes, p, cfg)
+        native_on(images, soft, fills, boxes, p, cfg)
     assert not fresh.exists() or not list(fresh.iterdir())  # no partial library left
-
 
 def test_native_can_be_switched_off_without_a_warning(fresh, monkeypatch):
     monkeypatch.setenv("DALI_ABS_NATIVE", "0")

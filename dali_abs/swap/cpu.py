@@ -1,11 +1,11 @@
-"""Native CPU compositing: ``kernels/composite.cu`` itself, compiled as C++ for the host.
+"""CPU backend: ``composite.cu`` itself, compiled as C++ for the host.
 
 The CUDA kernel text is compiled with the C++ compiler (g++ by default) through
-``kernels/cpu_shim.cuh``, which turns the CUDA qualifiers into nothing. A small host
+``cpu_shim.cuh``, which turns the CUDA qualifiers into nothing. A small host
 launcher calls the kernel's per-pixel body (``abs_composite_pixel``) for every output pixel,
 the output rows split into contiguous chunks over a few host threads (the body is per pixel
 and stateless, so any partition gives the same output). Float arithmetic is kept IEEE-exact (``-ffp-contract=off``, no ``-ffast-math``), so the result equals
-:func:`dali_abs.loader.composite.composite_cpu`, the NumPy twin, pixel for pixel.
+:func:`dali_abs.swap.twin.composite_cpu`, the NumPy twin, pixel for pixel.
 
 The shared library is built on first use and cached under ``$XDG_CACHE_HOME/dali-abs``
 (default ``~/.cache/dali-abs``) as ``native-<sha256 of sources, compiler and flags>.so``; the
@@ -15,7 +15,7 @@ ctypes releases the GIL for the call.
 Environment: ``DALI_ABS_CXX`` the compiler (default ``g++``); ``DALI_ABS_NATIVE=0`` turns the
 native path off; ``DALI_ABS_THREADS`` the default thread count (default: the CPUs this
 process may run on, at most 16). Without a compiler, or if the build fails, :func:`native_available`
-returns False after one warning and :func:`dali_abs.loader.composite.composite_host` uses
+returns False after one warning and :func:`composite_host` uses
 the NumPy twin.
 """
 
@@ -34,97 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.errors import DaliAbsError
-from dali_abs.loader.composite import check_batch, launch_args, mean_colour
-from dali_abs.loader.params import FILLS, SwapConfig, SwapError
+from dali_abs.swap import signature
+from dali_abs.swap.batch import Batch, mean_colour
+from dali_abs.swap.config import SwapError
 
-_ABI = 4  # bump when the launcher's C signature changes
+_ABI = 5  # bump when the launcher's C signature changes
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno",
          "-fvisibility=hidden", "-Wall")
 
-_LAUNCHER = r"""
-#include <thread>
-#include <vector>
-
-#define ABS_EXPORT extern "C" __attribute__((visibility("default")))
-ABS_EXPORT int abs_native_abi() { return %(abi)d; }
-
-// Output rows first..last-1 (row = s * h + y) on the calling host thread: the kernel's
-// per-pixel body called directly, no index division per pixel.
-// x86-64 with glibc (ifunc): also a clone for CPUs with SSE4.1, picked at load time by the
-// dynamic linker. There floorf is one roundss instead of a long SSE2 sequence (same IEEE
-// results). No -march=native: the cached library must run on any x86-64.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__) && \
-    !defined(ABS_NATIVE_NO_CLONES)
-__attribute__((target_clones("sse4.1", "default")))
-#endif
-static void abs_pixel_row(ABS_COMPOSITE_PARAMS, int s, int y) {
-  for (int x = 0; x < w; ++x) abs_composite_pixel(ABS_COMPOSITE_ARGS, s, y, x);
-}
-
-#if ABS_HAVE_ROWS
-// With `vector` and an AVX2 CPU, whole rows from per-sample tables (composite_rows.h) where
-// the sample allows it; the per-pixel body for the rest.
-static void abs_run_rows(long long first, long long last, int vector, ABS_COMPOSITE_PARAMS) {
-  long long row = first;
-  if (vector && __builtin_cpu_supports("avx2")) {
-    // The tables and scratch rows allocate: should that fail, the per-pixel body (which does
-    // not) finishes the rows, rather than an exception ending the process from a thread.
-    try {
-      abs_rows::Tables t;
-      std::vector<unsigned char> scratch;
-      for (; row < last; ++row) {
-        const int s = (int)(row / h), y = (int)(row - (long long)s * h);
-        if (t.s != s) abs_rows::build_tables(t, ABS_COMPOSITE_ARGS, s);
-        if (t.fast) abs_rows::render_row(t, scratch, ABS_COMPOSITE_ARGS, s, y);
-        else abs_pixel_row(ABS_COMPOSITE_ARGS, s, y);
-      }
-    } catch (...) {
-    }
-  }
-  for (; row < last; ++row) {
-    const int s = (int)(row / h);
-    abs_pixel_row(ABS_COMPOSITE_ARGS, s, (int)(row - (long long)s * h));
-  }
-}
-#else
-static void abs_run_rows(long long first, long long last, int vector, ABS_COMPOSITE_PARAMS) {
-  (void)vector;
-  for (long long row = first; row < last; ++row) {
-    const int s = (int)(row / h);
-    abs_pixel_row(ABS_COMPOSITE_ARGS, s, (int)(row - (long long)s * h));
-  }
-}
-#endif
-
-// The output rows split into contiguous chunks, one per host thread (every pixel is computed
-// independently of the others, so any partition gives the same output). Returns the number of
-// threads used.
-ABS_EXPORT int abs_composite_host(ABS_COMPOSITE_PARAMS, int threads, int vector) {
-  const long long rows = (long long)n * h;
-  const long long min_rows = (16384 + w - 1) / w;  // below ~16k px a thread costs more than it saves
-  long long t = threads < 1 ? 1 : threads;
-  if (t > (rows + min_rows - 1) / min_rows) t = (rows + min_rows - 1) / min_rows;
-  auto run = [=](long long first, long long last) { abs_run_rows(first, last, vector, ABS_COMPOSITE_ARGS); };
-  if (t <= 1) {
-    run(0, rows);
-    return 1;
-  }
-  const long long chunk = (rows + t - 1) / t;
-  std::vector<std::thread> pool;
-  long long first = 0;
-  int used = 1;
-  try {
-    for (; first + chunk < rows; first += chunk) {
-      pool.emplace_back(run, first, first + chunk);
-      ++used;
-    }
-  } catch (...) {  // could not start a thread: the calling thread does the rest
-  }
-  run(first, rows);
-  for (auto& th : pool) th.join();
-  return used;
-}
-"""
 
 
 class NativeUnavailable(DaliAbsError, RuntimeError):
@@ -137,7 +54,7 @@ _STATE: dict = {}  # "lib": the loaded CDLL or None (unavailable), "why": reason
 
 def translation_unit() -> str:
     """The full C++ source compiled for the host: shim, kernel text, launcher."""
-    from dali_abs.kernels import source
+    from dali_abs.swap.sources import source
 
     return "\n".join([
         '#line 1 "cpu_shim.cuh"', source("cpu_shim.cuh"),
@@ -145,7 +62,7 @@ def translation_unit() -> str:
         "#if defined(__x86_64__) && defined(__GNUC__)\n#define ABS_HAVE_ROWS 1",
         '#line 1 "composite_rows.h"', source("composite_rows.h"),
         "#else\n#define ABS_HAVE_ROWS 0\n#endif",
-        '#line 1 "native_launcher.cpp"', _LAUNCHER % {"abi": _ABI},
+        f"#define ABS_NATIVE_ABI {_ABI}", '#line 1 "cpu_launcher.cpp"', source("cpu_launcher.cpp"),
     ])
 
 
@@ -194,7 +111,7 @@ def _open(path: Path):
         raise NativeUnavailable(f"{path}: wrong launcher ABI")
     fn = lib.abs_composite_host
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 15 + [ctypes.c_int] * 4 + [ctypes.c_float] * 3 + [ctypes.c_int] * 3
+    fn.argtypes = signature.argtypes(extra=(ctypes.c_int, ctypes.c_int))  # ABS_COMPOSITE_PARAMS, threads, vector
     return lib
 
 
@@ -257,19 +174,15 @@ def default_threads() -> int:
     return max(1, min(cpus, MAX_DEFAULT_THREADS))
 
 
-def composite_native(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None, *,
-                     threads: int | None = None, vector: bool = True) -> np.ndarray:
-    """:func:`~dali_abs.loader.composite.composite_cpu` computed by the kernel text on the CPU
-    (same inputs, same checks, same output: a new uint8 [N,H,W,3] array). ``vector``: whole
-    rows eight pixels at a time (``kernels/composite_rows.h``) where the CPU has AVX2 and the
-    sample allows it (False: the per-pixel body everywhere; same output). ``threads``: host
-    threads (default :func:`default_threads`). Raises :class:`NativeUnavailable` if the
-    library cannot be built; use :func:`~dali_abs.loader.composite.composite_host` to fall back."""
-    b = check_batch(images, soft, fills, boxes, params, cfg, size)
-    for name, arrays in (("images", b.images), ("fills", b.fills), ("soft", [soft]), ("boxes", [boxes])):
-        for a in arrays:
-            if not isinstance(a, np.ndarray):
-                raise SwapError(f"composite_native needs NumPy arrays, got {name} of type {type(a).__name__}")
+def composite(b: Batch, *, threads: int | None = None, vector: bool = True) -> np.ndarray:
+    """The batch composited by the kernel text on the CPU: a new uint8 [N,H,W,3] array, equal to
+    :func:`dali_abs.swap.twin.composite` byte for byte. ``vector``: whole rows eight pixels at a
+    time (``composite_rows.h``) where the CPU has AVX2 and the sample allows it (False: the
+    per-pixel body everywhere; same output). ``threads``: host threads (default
+    :func:`default_threads`). Raises :class:`NativeUnavailable` if the library cannot be built;
+    :func:`composite_host` falls back to the twin instead."""
+    if b.on_gpu:
+        raise SwapError("the CPU backend composites host (NumPy) batches; this one holds CuPy arrays")
     lib = _load()
     if lib is None:
         raise NativeUnavailable(f"native compositing unavailable: {_STATE.get('why')}")
@@ -277,10 +190,20 @@ def composite_native(images, soft, fills, boxes, params: dict, cfg: SwapConfig, 
         threads = default_threads()
     elif int(threads) < 1:
         raise SwapError(f"threads must be >= 1, got {threads}")
-    mean = mean_colour(np, b.fills) if cfg.fill == "mean" else np.zeros((b.n, 3), np.float32)
+    mean = mean_colour(np, b.fills) if b.cfg.fill == "mean" else np.zeros((b.n, 3), np.float32)
     out = np.empty((b.n, b.h, b.w, 3), np.uint8)
-    ptr = lambda a: a.ctypes.data
-    args = (np.array([ptr(a) for a in b.images], np.uint64), b.image_hw, *launch_args(b, cfg, np, ptr, mean, out))
-    lib.abs_composite_host(*(a.ctypes.data for a in args), b.n, b.h, b.w, b.r, cfg.tight, cfg.loose, cfg.feather,
-                           FILLS.index(cfg.fill), int(threads), int(bool(vector)))
+    values = b.kernel_values(b.refs(lambda a: a.ctypes.data), mean, out)
+    signature.check(values, b.dims())
+    lib.abs_composite_host(*signature.ctypes_args(values), int(threads), int(bool(vector)))
     return out
+
+
+def composite_host(b: Batch) -> np.ndarray:
+    """The CPU loader's compositing: :func:`composite` (the kernel text compiled for the host,
+    multi-threaded) when it builds, else the twin :func:`dali_abs.swap.twin.composite` (after one
+    warning); the same bytes either way."""
+    if native_available():
+        return composite(b)
+    from dali_abs.swap import twin
+
+    return twin.composite(b)

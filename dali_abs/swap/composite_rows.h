@@ -1,4 +1,4 @@
-// CPU row renderer for kernels/composite.cu: whole output rows, eight pixels per step (AVX2),
+// CPU row renderer for composite.cu: whole output rows, eight pixels per step (AVX2),
 // with the same float32 arithmetic in the same order as abs_composite_pixel, so the output is
 // the same byte for byte (the tests compare it with the per-pixel body and the NumPy twin).
 //
@@ -12,7 +12,7 @@
 // body) and gathers from the mask grid and the image. Feathered alpha, fills other than
 // "cached" and CPUs without AVX2 take the per-pixel body.
 //
-// Needs: composite.cu (its helpers, ABS_GEO_*, ABS_COMPOSITE_PARAMS) included before this file.
+// Needs: composite.cu (its helpers, AbsSample, AbsRefs, ABS_COMPOSITE_PARAMS) included before this file.
 #pragma once
 #include <immintrin.h>
 #include <stdint.h>
@@ -48,65 +48,68 @@ struct Tables {
   std::vector<int32_t> f_ok, f_off0, f_off1, fg_ix0, fg_ix1;
   std::vector<float> f_ax, fg_fx;
   // the partner's fill: -1 inside its box, grid columns of its mask, tile columns
-  std::vector<int32_t> j_in, jg_ix0, jg_ix1, t_off0, t_off1;
-  std::vector<float> jg_fx, t_ax;
-  // horizontal lerps of the r mask-grid rows (r x w8, computed when a row first needs them)
+  std::vector<int32_t> j_in, jg_cell, t_off0, t_off1;  // jg_cell: grid column of j's mask (by cells)
+  std::vector<float> t_ax;
+  // s's mask: horizontal lerps of its r grid rows; j's: its cells along each grid row (r x w8,
+  // computed when a row first needs them)
   std::vector<float> hs, hj;
   std::vector<char> hs_done, hj_done;
 };
 
 // The sample's canvas x of output column x (as the body: flip, crop origin and scale).
-static inline float canvas_x(const float* gs, int w, bool flip, int x) {
+static inline float canvas_x(const AbsSample* ps, int w, bool flip, int x) {
   const int xm = flip ? w - 1 - x : x;
-  return gs[ABS_GEO_CROP_X0] + ((float)xm + 0.5f) * gs[ABS_GEO_CROP_SX];
+  return ps->crop_x0 + ((float)xm + 0.5f) * ps->crop_sx;
 }
 
 static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   t.s = s;
   t.w8 = (w + 7) / 8 * 8;
-  t.swapped = swap[s] != 0;
-  const float* a = affine + s * 6;
+  const AbsRefs& rs = refs[s];
+  const AbsSample* ps = rs.sample;
+  t.swapped = ps->swap != 0;
+  const float* a = ps->affine;
   t.fg_tables = t.swapped && a[1] == 0.0f && a[3] == 0.0f;
   t.fg_affine = t.swapped && !t.fg_tables;
   // feathered alpha and the per-pixel fills: the body; per-lane gathers index image s by int32 offsets
   // (and a 1 x 1 image is 3 bytes, less than one 4-byte load: sample8<true> needs 2 px or more)
-  const long long px_s = (long long)image_hw[s * 2] * image_hw[s * 2 + 1];
+  const long long px_s = (long long)rs.ih * rs.iw;
   t.fast = !t.swapped || (fill_mode == ABS_FILL_CACHED && !(feather > 0.0f) &&
                           (t.fg_tables || (px_s >= 2 && px_s * 3 < (1LL << 31) - 64)));
   if (!t.fast) return;
   const int W = t.w8;
   const float fw = (float)w, sx = (float)r / fw;
-  const float* gs = geo + s * ABS_GEO;
-  const bool fl = flip[s] != 0;
-  const int j = t.swapped ? partner[s] : s;
-  const float* gj = geo + j * ABS_GEO;
-  const int wj = image_hw[j * 2 + 1];
+  const bool fl = ps->flip != 0;
+  const int j = t.swapped ? abs_partner(ps, s, n) : s;
+  const AbsRefs& rj = refs[j];
+  const AbsSample* pj = rj.sample;
   t.p_off0.resize(W); t.p_off1.resize(W); t.p_ax.resize(W);
   for (int x = 0; x < W; ++x) {
-    const float px = canvas_x(gs, w, fl, x < w ? x : w - 1);
-    axis_setup(px * gj[ABS_GEO_IMG_SX] - 0.5f, wj, &t.p_off0[x], &t.p_off1[x], &t.p_ax[x], 3);
+    const float px = canvas_x(ps, w, fl, x < w ? x : w - 1);
+    axis_setup(px * rj.img_sx - 0.5f, rj.iw, &t.p_off0[x], &t.p_off1[x], &t.p_ax[x], 3);
   }
   if (!t.swapped) return;
-  const int ws = image_hw[s * 2 + 1], tw = fill_hw[j * 2 + 1];
-  const float* fb = fg_box + s * 4;
-  for (auto* v : {&t.f_ok, &t.f_off0, &t.f_off1, &t.fg_ix0, &t.fg_ix1, &t.j_in, &t.jg_ix0, &t.jg_ix1, &t.t_off0,
+  const int ws = rs.iw, tw = rj.tw;
+  const float tile_sx = (float)tw / (pj->box_x1 - pj->box_x0);  // as the body computes it
+  const float* fb = ps->fg_box;
+  for (auto* v : {&t.f_ok, &t.f_off0, &t.f_off1, &t.fg_ix0, &t.fg_ix1, &t.j_in, &t.jg_cell, &t.t_off0,
                   &t.t_off1, &t.f_box})
     v->resize(W);
-  for (auto* v : {&t.f_ax, &t.fg_fx, &t.jg_fx, &t.t_ax, &t.px}) v->resize(W);
+  for (auto* v : {&t.f_ax, &t.fg_fx, &t.t_ax, &t.px}) v->resize(W);
   for (int x = 0; x < W; ++x) {
-    const float px = canvas_x(gs, w, fl, x < w ? x : w - 1);
+    const float px = canvas_x(ps, w, fl, x < w ? x : w - 1);
     t.px[x] = px;
     t.f_box[x] = (px >= fb[0] && px < fb[2]) ? -1 : 0;
     if (t.fg_tables) {
       // a[1] and a[3] are zero: a[1] * py adds a (signed) zero, which changes no later result
       const float xs = a[0] * px + a[2];
       t.f_ok[x] = (px >= fb[0] && px < fb[2] && xs >= 0.0f && xs < fw) ? -1 : 0;
-      axis_setup(xs * gs[ABS_GEO_IMG_SX] - 0.5f, ws, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], 3);
+      axis_setup(xs * rs.img_sx - 0.5f, ws, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], 3);
       axis_setup(xs * sx - 0.5f, r, &t.fg_ix0[x], &t.fg_ix1[x], &t.fg_fx[x], 1);
     }
-    t.j_in[x] = (px >= gj[ABS_GEO_BOX_X0] && px < gj[ABS_GEO_BOX_X1]) ? -1 : 0;
-    axis_setup(px * sx - 0.5f, r, &t.jg_ix0[x], &t.jg_ix1[x], &t.jg_fx[x], 1);
-    axis_setup((px - gj[ABS_GEO_BOX_X0]) * gj[ABS_GEO_TILE_SX] - 0.5f, tw, &t.t_off0[x], &t.t_off1[x], &t.t_ax[x], 3);
+    t.j_in[x] = (px >= pj->box_x0 && px < pj->box_x1) ? -1 : 0;
+    t.jg_cell[x] = abs_cell(px * sx, r);
+    axis_setup((px - pj->box_x0) * tile_sx - 0.5f, tw, &t.t_off0[x], &t.t_off1[x], &t.t_ax[x], 3);
   }
   t.hs.resize((size_t)r * W); t.hj.resize((size_t)r * W);
   t.hs_done.assign(r, 0); t.hj_done.assign(r, 0);
@@ -141,6 +144,18 @@ static GridRows grid_rows(std::vector<float>& h, std::vector<char>& done, const 
   return out;
 }
 
+// Grid row `cy` of an r x r grid, cell by cell under each output column (`cell[x]`), computed
+// the first time a sample needs it.
+static const float* cell_row(std::vector<float>& h, std::vector<char>& done, const float* g, int r, int cy,
+                             const int32_t* cell, int W) {
+  float* o = h.data() + (size_t)cy * W;
+  if (!done[cy]) {
+    for (int x = 0; x < W; ++x) o[x] = g[cy * r + cell[x]];
+    done[cy] = 1;
+  }
+  return o;
+}
+
 // One source's two rows for the current output row: pointers, bytes per row, weight.
 struct RowPair {
   const unsigned char* r0;
@@ -162,30 +177,31 @@ static inline RowPair row_pair(const unsigned char* img, int ih, int iw, float g
 }
 
 // The row's sources as int32 byte offsets from one base: the rows in place when all lie within
-// reach of a 32-bit gather index and none is an image's last row, else copied (padded) into
-// `scratch`.
+// reach of a 32-bit gather index, none is an image's last row and every row has 32 bytes or more
+// (so that a 32-byte load anywhere in a row stays inside the image: sample8_near), else copied,
+// each followed by 32 bytes of padding, into `scratch`.
 static const unsigned char* gather_base(RowPair* src, int k, std::vector<unsigned char>& scratch, int32_t* b0,
                                         int32_t* b1) {
   const unsigned char* base = src[0].r0;
   bool copy = false;
   for (int i = 0; i < k && !copy; ++i) {
     const long long d0 = src[i].r0 - base, d1 = src[i].r1 - base;
-    copy = src[i].last || d0 < -(1LL << 30) || d0 > (1LL << 30) || d1 < -(1LL << 30) || d1 > (1LL << 30);
+    copy = src[i].last || src[i].bytes < 32 || d0 < -(1LL << 30) || d0 > (1LL << 30) || d1 < -(1LL << 30) || d1 > (1LL << 30);
     b0[i] = (int32_t)d0;
     b1[i] = (int32_t)d1;
   }
   if (!copy) return base;
   size_t need = 0;
-  for (int i = 0; i < k; ++i) need += 2 * ((size_t)src[i].bytes + 16);
+  for (int i = 0; i < k; ++i) need += 2 * ((size_t)src[i].bytes + 32);
   if (scratch.size() < need) scratch.resize(need);
   size_t at = 0;
   for (int i = 0; i < k; ++i) {
     memcpy(scratch.data() + at, src[i].r0, src[i].bytes);
     b0[i] = (int32_t)at;
-    at += src[i].bytes + 16;
+    at += src[i].bytes + 32;
     memcpy(scratch.data() + at, src[i].r1, src[i].bytes);
     b1[i] = (int32_t)at;
-    at += src[i].bytes + 16;
+    at += src[i].bytes + 32;
   }
   return scratch.data();
 }
@@ -194,8 +210,28 @@ __attribute__((target("avx2"))) static inline __m256i load_i(const int32_t* p) {
   return _mm256_loadu_si256((const __m256i*)p);
 }
 
+// abs_rgb_bilerp and abs_round_u8 lane by lane on the four neighbours' RGBx (v[0..3] = v00,
+// v01, v10, v11) and the weights: eight pixels, RGBx in the lanes.
+__attribute__((target("avx2"))) static inline __m256i blend8(const __m256i* v, __m256 ax, __m256 ay) {
+  const __m256i m = _mm256_set1_epi32(0xff);
+  const __m256 half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps(), top255 = _mm256_set1_ps(255.0f);
+  __m256i packed = _mm256_setzero_si256();
+  for (int c = 0; c < 3; ++c) {
+    const __m256 a00 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[0], 8 * c), m));
+    const __m256 a01 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[1], 8 * c), m));
+    const __m256 a10 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[2], 8 * c), m));
+    const __m256 a11 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[3], 8 * c), m));
+    const __m256 top = _mm256_add_ps(a00, _mm256_mul_ps(_mm256_sub_ps(a01, a00), ax));
+    const __m256 bot = _mm256_add_ps(a10, _mm256_mul_ps(_mm256_sub_ps(a11, a10), ax));
+    const __m256 val = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), ay));
+    const __m256 rv = _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(val, half)), zero), top255);
+    packed = _mm256_or_si256(packed, _mm256_slli_epi32(_mm256_cvttps_epi32(rv), 8 * c));
+  }
+  return packed;
+}
+
 // Eight pixels (RGBx in the lanes, rounded to 0..255) from the byte offsets of their four
-// neighbours from `base` and the weights; abs_rgb_bilerp and abs_round_u8 lane by lane.
+// neighbours from `base` and the weights, by gathers.
 // `from_below`: each 4-byte load ends at the pixel's last byte (starts one byte early) except
 // at offset 0, so that no load passes the end of an image of 2 px or more (a pixel is 3 bytes).
 template <bool from_below>
@@ -212,21 +248,47 @@ __attribute__((target("avx2"))) static inline __m256i sample8(const unsigned cha
       v[i] = _mm256_i32gather_epi32(b, v[i], 1);
     }
   }
-  const __m256i m = _mm256_set1_epi32(0xff);
-  const __m256 half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps(), top255 = _mm256_set1_ps(255.0f);
-  __m256i packed = _mm256_setzero_si256();
-  for (int c = 0; c < 3; ++c) {
-    const __m256 a00 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[0], 8 * c), m));
-    const __m256 a01 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[1], 8 * c), m));
-    const __m256 a10 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[2], 8 * c), m));
-    const __m256 a11 = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(v[3], 8 * c), m));
-    const __m256 top = _mm256_add_ps(a00, _mm256_mul_ps(_mm256_sub_ps(a01, a00), ax));
-    const __m256 bot = _mm256_add_ps(a10, _mm256_mul_ps(_mm256_sub_ps(a11, a10), ax));
-    const __m256 val = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), ay));
-    const __m256 rv = _mm256_min_ps(_mm256_max_ps(_mm256_floor_ps(_mm256_add_ps(val, half)), zero), top255);
-    packed = _mm256_or_si256(packed, _mm256_slli_epi32(_mm256_cvttps_epi32(rv), 8 * c));
-  }
-  return packed;
+  return blend8(v, ax, ay);
+}
+
+__attribute__((target("avx2"))) static inline int hmin8(__m256i v) {
+  __m128i q = _mm_min_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  q = _mm_min_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm_cvtsi128_si32(_mm_min_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(2, 3, 0, 1))));
+}
+
+__attribute__((target("avx2"))) static inline int hmax8(__m256i v) {
+  __m128i q = _mm_max_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  q = _mm_max_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm_cvtsi128_si32(_mm_max_epi32(q, _mm_shuffle_epi32(q, _MM_SHUFFLE(2, 3, 0, 1))));
+}
+
+// The four bytes at byte offset rel (0..28) of the 32 bytes `row`, lane by lane: a byte shuffle
+// across both halves instead of a gather.
+__attribute__((target("avx2"))) static inline __m256i bytes4(__m256i row, __m256i rel) {
+  const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4,
+                                          8, 8, 8, 8, 12, 12, 12, 12);
+  const __m256i idx = _mm256_add_epi8(_mm256_shuffle_epi8(rel, spread), _mm256_set1_epi32(0x03020100));
+  const __m256i lo = _mm256_permute2x128_si256(row, row, 0x00), hi = _mm256_permute2x128_si256(row, row, 0x11);
+  return _mm256_blendv_epi8(_mm256_shuffle_epi8(lo, idx), _mm256_shuffle_epi8(hi, idx),
+                            _mm256_cmpgt_epi8(idx, _mm256_set1_epi8(15)));
+}
+
+// sample8<false> for eight lanes that read one source's two rows (o10 - o00 the same in every
+// lane): where their columns span 32 bytes or less, two loads and byte shuffles instead of four
+// gathers (same bytes, so the same pixels); else the gathers. Needs gather_base's guarantee
+// that a 32-byte load in any row stays inside its image.
+__attribute__((target("avx2"))) static inline __m256i sample8_near(const unsigned char* base, __m256i o00,
+                                                                   __m256i o01, __m256i o10, __m256i o11, __m256 ax,
+                                                                   __m256 ay) {
+  const int lo = hmin8(o00);
+  if (hmax8(o01) - lo > 28) return sample8<false>(base, o00, o01, o10, o11, ax, ay);
+  const int d = _mm256_cvtsi256_si32(_mm256_sub_epi32(o10, o00));
+  const __m256i row0 = _mm256_loadu_si256((const __m256i*)(base + lo));
+  const __m256i row1 = _mm256_loadu_si256((const __m256i*)(base + lo + d));
+  const __m256i l = _mm256_set1_epi32(lo), r00 = _mm256_sub_epi32(o00, l), r01 = _mm256_sub_epi32(o01, l);
+  const __m256i v[4] = {bytes4(row0, r00), bytes4(row0, r01), bytes4(row1, r00), bytes4(row1, r01)};
+  return blend8(v, ax, ay);
 }
 
 // The first `count` (1..8) pixels of RGBx lanes as contiguous RGB bytes at o.
@@ -271,57 +333,57 @@ __attribute__((target("avx2"))) static inline void take(__m256 m, const int32_t*
 // Output row y of sample s from its tables (t.fast).
 __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<unsigned char>& scratch,
                                                        ABS_COMPOSITE_PARAMS, int s, int y) {
-  const float* gs = geo + s * ABS_GEO;
-  const float py = gs[ABS_GEO_CROP_Y0] + ((float)y + 0.5f) * gs[ABS_GEO_CROP_SY];
+  const AbsRefs& rs = refs[s];
+  const AbsSample* ps = rs.sample;
+  const float py = ps->crop_y0 + ((float)y + 0.5f) * ps->crop_sy;
   unsigned char* orow = out + ((long long)s * h + y) * w * 3;
-  const int j = t.swapped ? partner[s] : s;
-  const float* gj = geo + j * ABS_GEO;
-  const int hj = image_hw[j * 2], wj = image_hw[j * 2 + 1];
+  const int j = t.swapped ? abs_partner(ps, s, n) : s;
+  const AbsRefs& rj = refs[j];
+  const AbsSample* pj = rj.sample;
   RowPair src[3];  // 0: plain, 1: fill tile, 2: foreground
-  src[0] = row_pair((const unsigned char*)image_ptrs[j], hj, wj, py * gj[ABS_GEO_IMG_SY] - 0.5f);
+  src[0] = row_pair(rj.image, rj.ih, rj.iw, py * rj.img_sy - 0.5f);
   int k = 1;
   bool fg_row = false, j_row = false;
-  GridRows gs_rows = {nullptr, nullptr, 0.0f}, gj_rows = {nullptr, nullptr, 0.0f};  // s's mask, j's mask
+  GridRows gs_rows = {nullptr, nullptr, 0.0f};  // s's mask along the row
+  const float* j_cells = nullptr;  // j's mask cell under each column
   if (t.swapped) {
     const float fh = (float)h, sy = (float)r / fh;
-    const float* a = affine + s * 6;
-    const float* fb = fg_box + s * 4;
+    const float* a = ps->affine;
+    const float* fb = ps->fg_box;
     const float ys = a[4] * py + a[5];  // a[3] is zero when t.fg_tables (see build_tables)
     fg_row = t.fg_tables && py >= fb[1] && py < fb[3] && ys >= 0.0f && ys < fh;
-    j_row = py >= gj[ABS_GEO_BOX_Y0] && py < gj[ABS_GEO_BOX_Y1];
+    j_row = py >= pj->box_y0 && py < pj->box_y1;
     const int W = t.w8;
     if (j_row) {
-      gj_rows = grid_rows(t.hj, t.hj_done, soft + (long long)j * r * r, r, py * sy - 0.5f, t.jg_ix0.data(),
-                          t.jg_ix1.data(), t.jg_fx.data(), W);
-      src[1] = row_pair((const unsigned char*)fill_ptrs[j], fill_hw[j * 2], fill_hw[j * 2 + 1],
-                        (py - gj[ABS_GEO_BOX_Y0]) * gj[ABS_GEO_TILE_SY] - 0.5f);
+      j_cells = cell_row(t.hj, t.hj_done, abs_soft(pj), r, abs_cell(py * sy, r), t.jg_cell.data(), W);
+      const float tile_sy = (float)rj.th / (pj->box_y1 - pj->box_y0);  // as the body computes it
+      src[1] = row_pair(rj.tile, rj.th, rj.tw, (py - pj->box_y0) * tile_sy - 0.5f);
       k = 2;
     }
     if (fg_row) {
-      gs_rows = grid_rows(t.hs, t.hs_done, soft + (long long)s * r * r, r, ys * sy - 0.5f, t.fg_ix0.data(),
-                          t.fg_ix1.data(), t.fg_fx.data(), W);
+      gs_rows = grid_rows(t.hs, t.hs_done, abs_soft(ps), r, ys * sy - 0.5f, t.fg_ix0.data(), t.fg_ix1.data(),
+                          t.fg_fx.data(), W);
       if (k == 1) src[1] = src[0];  // keep the foreground in slot 2
-      src[2] = row_pair((const unsigned char*)image_ptrs[s], image_hw[s * 2], image_hw[s * 2 + 1],
-                        ys * gs[ABS_GEO_IMG_SY] - 0.5f);
+      src[2] = row_pair(rs.image, rs.ih, rs.iw, ys * rs.img_sy - 0.5f);
       k = 3;
     }
   }
   int32_t b0[3], b1[3];
   const unsigned char* base = gather_base(src, k, scratch, b0, b1);
   // per-lane foreground (t.fg_affine): the map's constants and the row's terms a[1]*py, a[4]*py
-  const float* aff = affine + s * 6;
-  const bool aff_row = t.fg_affine && py >= fg_box[s * 4 + 1] && py < fg_box[s * 4 + 3];
+  const float* aff = ps->affine;
+  const bool aff_row = t.fg_affine && py >= ps->fg_box[1] && py < ps->fg_box[3];
   const __m256 A[6] = {_mm256_set1_ps(aff[0]), _mm256_set1_ps(aff[1]), _mm256_set1_ps(aff[2]),
                        _mm256_set1_ps(aff[3]), _mm256_set1_ps(aff[4]), _mm256_set1_ps(aff[5])};
   const __m256 a1py = _mm256_set1_ps(aff[1] * py), a4py = _mm256_set1_ps(aff[4] * py);
   const __m256 fw_v = _mm256_set1_ps((float)w), fh_v = _mm256_set1_ps((float)h);
   const __m256 sx_v = _mm256_set1_ps((float)r / (float)w), sy_v = _mm256_set1_ps((float)r / (float)h);
-  const __m256 isx_v = _mm256_set1_ps(gs[ABS_GEO_IMG_SX]), isy_v = _mm256_set1_ps(gs[ABS_GEO_IMG_SY]);
-  const float* grid_s = soft + (long long)s * r * r;
-  const unsigned char* img_s = (const unsigned char*)image_ptrs[s];
-  const int hs_s = image_hw[s * 2], ws_s = image_hw[s * 2 + 1];
+  const __m256 isx_v = _mm256_set1_ps(rs.img_sx), isy_v = _mm256_set1_ps(rs.img_sy);
+  const float* grid_s = abs_soft(ps);
+  const unsigned char* img_s = rs.image;
+  const int hs_s = rs.ih, ws_s = rs.iw;
   const __m256 tight_v = _mm256_set1_ps(tight), loose_v = _mm256_set1_ps(loose);
-  const __m256 gfys = _mm256_set1_ps(gs_rows.fy), gfyj = _mm256_set1_ps(gj_rows.fy);
+  const __m256 gfys = _mm256_set1_ps(gs_rows.fy);
   for (int x = 0; x < w; x += 8) {
     // the four neighbours' byte offsets and the weights: the plain source, then the lanes that
     // take the fill tile or the foreground
@@ -329,6 +391,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
     __m256 ax = _mm256_setzero_ps(), ay = _mm256_setzero_ps();
     take(_mm256_castsi256_ps(_mm256_set1_epi32(-1)), &t.p_off0[x], &t.p_off1[x], &t.p_ax[x], b0[0], b1[0], src[0].a,
          o, &ax, &ay);
+    bool one_source = true;  // every lane reads the same source (then sample8_near may load instead of gather)
     __m256 fg = _mm256_setzero_ps();
     if (fg_row) {  // alpha = soft(s) at the source point > tight, where the column allows foreground
       const __m256 top = _mm256_loadu_ps(gs_rows.top + x), bot = _mm256_loadu_ps(gs_rows.bot + x);
@@ -336,17 +399,25 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
       fg = _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.f_ok[x])), _mm256_cmp_ps(pt, tight_v, _CMP_GT_OQ));
     }
     if (j_row) {  // not foreground, inside the partner's box and its loose region: the fill tile
-      const __m256 top = _mm256_loadu_ps(gj_rows.top + x), bot = _mm256_loadu_ps(gj_rows.bot + x);
-      const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfyj));
+      const __m256 pt = _mm256_loadu_ps(j_cells + x);
       const __m256 fill = _mm256_andnot_ps(
           fg, _mm256_and_ps(_mm256_castsi256_ps(load_i(&t.j_in[x])), _mm256_cmp_ps(pt, loose_v, _CMP_GT_OQ)));
-      if (_mm256_movemask_ps(fill))
+      const int fill_lanes = _mm256_movemask_ps(fill);
+      if (fill_lanes) {
         take(fill, &t.t_off0[x], &t.t_off1[x], &t.t_ax[x], b0[1], b1[1], src[1].a, o, &ax, &ay);
+        one_source = fill_lanes == 0xff;
+      }
     }
-    if (fg_row && _mm256_movemask_ps(fg))
+    const int fg_tab_lanes = fg_row ? _mm256_movemask_ps(fg) : 0;
+    if (fg_tab_lanes) {
       take(fg, &t.f_off0[x], &t.f_off1[x], &t.f_ax[x], b0[2], b1[2], src[2].a, o, &ax, &ay);
-    __m256i packed = sample8<false>(base, o[0], o[1], o[2], o[3], ax, ay);
-    if (aff_row) {  // rotated / sheared foreground: each lane through the affine map
+      one_source = fg_tab_lanes == 0xff;
+    }
+    // the rotated / sheared foreground first: where all eight lanes are foreground the
+    // background is not sampled at all (as the body skips it where alpha is 1)
+    __m256 fgm = _mm256_setzero_ps();
+    __m256i fgp = _mm256_setzero_si256();
+    if (aff_row) {  // each lane through the affine map
       const __m256 px = _mm256_loadu_ps(&t.px[x]);
       const __m256 xs = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(A[0], px), a1py), A[2]);
       const __m256 ys = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(A[3], px), a4py), A[5]);
@@ -369,7 +440,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
         const __m256 top = _mm256_add_ps(v00, _mm256_mul_ps(_mm256_sub_ps(v01, v00), gfx));
         const __m256 bot = _mm256_add_ps(v10, _mm256_mul_ps(_mm256_sub_ps(v11, v10), gfx));
         const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfy));
-        const __m256 fgm = _mm256_and_ps(ok, _mm256_cmp_ps(pt, tight_v, _CMP_GT_OQ));
+        fgm = _mm256_and_ps(ok, _mm256_cmp_ps(pt, tight_v, _CMP_GT_OQ));
         if (_mm256_movemask_ps(fgm)) {
           __m256i ix0, ix1, iy0, iy1;
           __m256 iax, iay;
@@ -380,11 +451,18 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
           ix1 = _mm256_mullo_epi32(ix1, three);
           iy0 = _mm256_mullo_epi32(iy0, rowb);
           iy1 = _mm256_mullo_epi32(iy1, rowb);
-          const __m256i fgp = sample8<true>(img_s, _mm256_add_epi32(iy0, ix0), _mm256_add_epi32(iy0, ix1),
-                                            _mm256_add_epi32(iy1, ix0), _mm256_add_epi32(iy1, ix1), iax, iay);
-          packed = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(packed), _mm256_castsi256_ps(fgp), fgm));
+          fgp = sample8<true>(img_s, _mm256_add_epi32(iy0, ix0), _mm256_add_epi32(iy0, ix1),
+                              _mm256_add_epi32(iy1, ix0), _mm256_add_epi32(iy1, ix1), iax, iay);
         }
       }
+    }
+    const int fg_lanes = _mm256_movemask_ps(fgm);
+    __m256i packed = fgp;
+    if (fg_lanes != 0xff) {
+      packed = one_source ? sample8_near(base, o[0], o[1], o[2], o[3], ax, ay)
+                          : sample8<false>(base, o[0], o[1], o[2], o[3], ax, ay);
+      if (fg_lanes)
+        packed = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(packed), _mm256_castsi256_ps(fgp), fgm));
     }
     store8(packed, orow + x * 3, w - x < 8 ? w - x : 8);
   }

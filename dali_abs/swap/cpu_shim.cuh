@@ -1,6 +1,6 @@
 // Lets a CUDA kernel source compile as plain C++ (g++) and run on the CPU: the CUDA qualifiers
 // vanish and the built-in indices become per-thread globals (thread_local) that a host loop sets
-// for every CUDA thread in turn. Used by dali_abs.loader.native (which calls the kernel's
+// for every CUDA thread in turn. Used by dali_abs.swap.cpu (which calls the kernel's
 // per-pixel body directly and needs only the qualifiers) and by the kernel-text tests (which
 // run the __global__ entry point itself with ABS_SHIM_LAUNCH).
 //

@@ -1,0 +1,18 @@
+"""One call for both sides of the pipeline: :func:`composite` runs a :class:`~dali_abs.swap.batch.Batch`
+where its arrays live (CuPy: the GPU backend; NumPy: the CPU backend, or the twin where the CPU
+build cannot be made). The loader's CPU and GPU operators both make exactly this call."""
+
+from __future__ import annotations
+
+from dali_abs.swap.batch import Batch
+
+
+def composite(b: Batch):
+    """uint8 [N,H,W,3] composited batch, on the device the batch's arrays are on."""
+    if b.on_gpu:
+        from dali_abs.swap import gpu
+
+        return gpu.composite(b)
+    from dali_abs.swap import cpu
+
+    return cpu.composite_host(b)
