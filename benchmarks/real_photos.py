@@ -64,7 +64,7 @@ from dali_abs.cache.precompute import GroundTruthMasks, PrecomputeConfig, precom
 from dali_abs.dataset import Columns, load_dataset
 from dali_abs.labels import labels_from_masks
 from dali_abs.loader.iterator import create_loader
-from dali_abs.loader.params import SwapConfig
+from dali_abs.swap import SwapConfig
 from dali_abs.models import inpainter as inet
 from dali_abs.photobench import PhotoConfig, make_photo_dataset
 from dali_abs.segmenter.evaluate import evaluate as evaluate_segmenter
@@ -406,7 +406,7 @@ def pictures(out: Path, ds, seg: Path, caches: dict, args) -> list[str]:
     from dali_abs.labels import patch_coverage
     from dali_abs.preview import caption, grid_overlay, mask_overlay, save_grid
     from dali_abs.segmenter.inference import Segmenter
-    from dali_abs.training import MEAN, STD
+    from dali_abs.constants import MEAN, STD
 
     out.mkdir(parents=True, exist_ok=True)
     cache = open_cache(caches["push-pull"])
