@@ -136,8 +136,8 @@ def test_training_chooses_and_records_the_thresholds(trained):
     assert th["foreground_patches"] + th["background_patches"] == m["val_images"] * GRID * GRID
     rec = Segmenter(out).thresholds
     assert (rec.tight, rec.loose) == (th["tight"], th["loose"])
-    assert rec.tight_source == f"segmenter {out} (chosen on {m['val_images']} validation images" + \
-        (f" ({th['note']}))" if "note" in th else ")")
+    assert rec.tight_source == f"segmenter {out} (chosen on {m['val_images']} validation images " \
+        f"({th['tight_criterion']}; {th['loose_criterion']}))"
     assert rec.stats["precision_at_tight"] == th["precision_at_tight"]
     assert read_thresholds(out) == rec
     _, info = load_checkpoint(m["checkpoint"])

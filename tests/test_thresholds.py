@@ -35,7 +35,10 @@ def brute_force(p, y, precision=th.PRECISION, recall=th.RECALL):
     tight_ok = [t for t in th.CANDIDATES if th.TIGHT_RANGE[0] <= t <= th.TIGHT_RANGE[1]
                 and drec(t) >= th.MIN_TIGHT_RECALL]
     hits = [t for t in tight_ok if prec(t) >= precision]
-    tight = hits[0] if hits else max(tight_ok, key=lambda t: (np.nan_to_num(prec(t), nan=-1.0), -t))
+    if not tight_ok:  # even the range's start keeps less than the recall floor
+        tight = th.TIGHT_RANGE[0]
+    else:
+        tight = hits[0] if hits else max(tight_ok, key=lambda t: (np.nan_to_num(prec(t), nan=-1.0), -t))
     loose_ok = [t for t in th.CANDIDATES if th.LOOSE_RANGE[0] <= t <= min(th.LOOSE_RANGE[1], tight)]
     hits = [t for t in loose_ok if rec(t) >= recall]
     return tight, (hits[-1] if hits else loose_ok[0])
@@ -80,7 +83,9 @@ def test_tight_cuts_where_the_drawn_cut_out_leaves_the_ring_and_loose_keeps_ever
     assert 0.75 < got.tight <= 0.8 and got.stats["patch_precision_at_tight"] == 1.0
     # recall 0.999 needs the faint corner: loose below 0.05, as high as that allows
     assert got.loose == 0.04 and got.stats["recall_at_loose"] == 1.0
-    assert got.tight_source == got.loose_source == "chosen on test patches"
+    assert got.tight_source == got.loose_source == \
+        "chosen on test patches (tight: drawn precision >= 0.995; loose: patch recall >= 0.999)"
+    assert got.stats["tight_criterion"] == th.TIGHT_BY_PRECISION.format(precision=th.PRECISION)
     # polarity: 1 = foreground; 0/1 labels; [N, 1, R, R] as the model outputs it
     again = choose_thresholds(p[:, None], y.astype(np.uint8)[:, None])
     assert (again.tight, again.loose) == (got.tight, got.loose)
@@ -96,16 +101,48 @@ def test_a_clean_model_keeps_the_paper_cut_and_the_paper_fill():
     assert "note" not in got.stats
 
 
+def test_where_precision_needs_a_deeper_cut_than_the_recall_floor_allows_the_floor_wins(monkeypatch):
+    # object patches spread over 0.55..1.0 (a soft object: each step up trims it), one column of
+    # background patches at 0.9 beside it: a clean cut needs t >= 0.94, where about 1 % of the
+    # object is left. The rule keeps at least 70 % of it, and says which criterion fired.
+    rng = np.random.default_rng(3)
+    p = np.zeros((30, 8, 8))
+    y = np.zeros((30, 8, 8), bool)
+    y[:, 2:6, 2:6] = True
+    p[:, 2:6, 2:6] = rng.uniform(0.55, 1.0, (30, 4, 4))
+    p[:, 2:6, 1] = 0.9
+    got = choose_thresholds(p, y, source="30 images")
+    assert (got.tight, got.loose) == brute_force(p, y)
+    assert got.stats["recall_at_tight"] >= th.MIN_TIGHT_RECALL == 0.7
+    assert got.stats["precision_at_tight"] < th.PRECISION and got.tight < 0.7
+    floor = th.TIGHT_BY_RECALL_FLOOR.format(precision=0.995, floor=0.7)
+    assert got.stats["tight_criterion"] == floor and got.stats["note"] == floor
+    assert got.tight_source == f"chosen on 30 images ({floor}; loose: patch recall >= 0.999)"
+    assert got.stats["best_precision_at_floor"] == got.stats["precision_at_tight"]
+    # the target is reachable without the floor: that cut keeps almost nothing of the object
+    monkeypatch.setattr(th, "MIN_TIGHT_RECALL", 0.0)
+    unbounded = choose_thresholds(p, y)
+    assert unbounded.tight >= 0.94 and unbounded.stats["recall_at_tight"] < 0.05
+
+
 def test_targets_that_cannot_be_reached_give_the_nearest_choice_and_say_so():
-    # background everywhere up to 0.99: no cut reaches 0.995 precision; object down to 0
+    # background everywhere up to 0.99: no cut reaches 0.995 precision; object over 0.5..1, some missed
     rng = np.random.default_rng(0)
     y = rng.random((60, 8, 8)) < 0.3
     p = np.where(y, rng.uniform(0.0, 1.0, y.shape), rng.uniform(0.0, 0.99, y.shape))
+    p[y] = rng.uniform(0.5, 1.0, y.sum())
+    p[y & (rng.random(y.shape) < 0.03)] = 0.01  # a few object patches the model misses
     got = choose_thresholds(p, y)
     assert (got.tight, got.loose) == brute_force(p, y)
     assert got.loose == th.LOOSE_RANGE[0]
     assert "precision 0.995 not reached" in got.stats["note"] and "recall 0.999 not reached" in got.stats["note"]
     assert "not reached" in got.tight_source
+    # an object so soft that even 0.5 trims more than 30 % of it: the range's start, said so
+    p[y] = rng.uniform(0.0, 1.0, y.sum())
+    low = choose_thresholds(p, y)
+    assert low.tight == th.TIGHT_RANGE[0] == brute_force(p, y)[0]
+    assert low.stats["tight_criterion"] == "tight: even 0.5 keeps less than 0.7 of the foreground, so 0.5"
+    assert low.stats["best_precision_at_floor"] is None and "even 0.5" in low.tight_source
 
 
 def test_without_both_classes_the_library_defaults_and_the_reason():
@@ -134,7 +171,8 @@ def test_metadata_round_trip_and_bad_records():
     assert meta["dali_abs.tight_threshold"] == repr(chosen.tight) and meta["dali_abs.loose_threshold"] == "0.1"
     back = from_metadata(meta, "seg.onnx")
     assert (back.tight, back.loose) == (chosen.tight, chosen.loose) and back.stats == chosen.stats
-    assert back.tight_source == "segmenter seg.onnx (chosen on 40 validation images)"
+    assert back.tight_source == f"segmenter seg.onnx ({chosen.tight_source})"
+    assert chosen.tight_source.startswith("chosen on 40 validation images (tight: ")
     assert from_metadata(onnx_metadata(8, 64), "old.onnx") is None  # exported before thresholds were recorded
     half = {k: v for k, v in meta.items() if k != "dali_abs.loose_threshold"}
     with pytest.raises(ThresholdError, match="seg.onnx: metadata has dali_abs.tight_threshold but not "

@@ -27,9 +27,10 @@ def _train(args: argparse.Namespace) -> int:
               f"{res['val_balanced_accuracy']:.3f}, patch IoU {_fmt(res['val_patch_iou'])} on {res['val_images']} images; "
               f"checkpoint {res['checkpoint']}")
         th = res["thresholds"]
-        print(f"thresholds chosen on the validation images: tight {th['tight']} (cut-out; patch precision "
-              f"{_fmt(th.get('precision_at_tight'))}), loose {th['loose']} (fill; patch recall "
-              f"{_fmt(th.get('recall_at_loose'))})" + (f"; {th['note']}" if th.get("note") else ""))
+        print(f"thresholds chosen on the validation images: tight {th['tight']} (cut-out; drawn precision "
+              f"{_fmt(th.get('precision_at_tight'))}, recall {_fmt(th.get('recall_at_tight'))}), loose {th['loose']} "
+              f"(fill; patch recall {_fmt(th.get('recall_at_loose'))})"
+              + (f" [{th['tight_criterion']}; {th['loose_criterion']}]" if th.get("tight_criterion") else ""))
     return 0
 
 
