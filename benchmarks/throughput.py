@@ -1,6 +1,6 @@
 """Loader throughput, side by side in one run: plain DALI vs dali-abs swapping vs the peers' way.
 
-    python benchmarks/throughput.py [--device cpu] [--batch 32 64] [--batches 15] [--rounds 3] [--cub DIR]
+    python benchmarks/throughput.py [--device cpu] [--batch 32 64] [--batches 15] [--rounds 3] [--tight T] [--cub DIR]
 
 For each dataset (the built-in benchmark at its default 128 px, and cub-birds-300 at --cub,
 default ../shared/data/cub-birds-300) and each batch size, at 224 px output, ``num_threads=2``:
@@ -102,7 +102,7 @@ class PeerSwapDataset(torch.utils.data.Dataset):
         return (t - self.mean) / self.std, self.labels[i]
 
 
-def write_peer_files(cache, ds, out: Path) -> tuple[list[str], list[str], list[str], list[int]]:
+def write_peer_files(cache, ds, out: Path, tight: float | None = None) -> tuple[list[str], list[str], list[str], list[int]]:
     """Full-size tight-mask PNGs and clean-background JPEGs from the cache (the peers' storage)."""
     from PIL import Image
 
@@ -114,8 +114,8 @@ def write_peer_files(cache, ds, out: Path) -> tuple[list[str], list[str], list[s
         src = ds.root / rel
         img = read_rgb(src)
         h, w = img.shape[:2]
-        tight = cache.tight(row).astype(np.uint8) * 255
-        Image.fromarray(tight).resize((w, h), Image.NEAREST).save(out / f"{row}.png")
+        cut = cache.tight(row, tight).astype(np.uint8) * 255
+        Image.fromarray(cut).resize((w, h), Image.NEAREST).save(out / f"{row}.png")
         Image.fromarray(cache.background(row, img)).save(out / f"{row}.jpg", quality=90)
         imgs.append(str(src))
         masks.append(str(out / f"{row}.png"))
@@ -179,10 +179,13 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, default=15, help="timed batches per measurement")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tight", type=float, default=None,
+                    help="the cut-out threshold for B, W, C and the kernel (default: each cache's, as the loader; "
+                         "the segmenter this script trains chooses it, so the work per image follows the rule)")
     ap.add_argument("--cub", type=Path, default=CUB, help="the cub-birds-300 folder (default: ../shared/data/cub-birds-300)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    results, kernel = {}, {}
+    results, kernel, cut = {}, {}, {}
     count = lambda b: len(b[0]["labels"])  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         for name, (root, cache_dir) in prepare(Path(tmp), args.threads, args.cub).items():
@@ -190,15 +193,19 @@ def main(argv=None) -> int:
             cache = open_cache(cache_dir)
             files = [str(ds.root / r) for r in cache.relpaths]
             labels = [int(x) for x in cache.labels]
-            peer = PeerSwapDataset(*write_peer_files(cache, ds, Path(tmp) / f"peer-{len(results)}"), size=args.size)
-            kernel[name] = kernel_ns_per_px(cache, ds, args.size)
+            tight = cache.thresholds.tight if args.tight is None else args.tight
+            cut[name] = {"tight": tight, "loose": cache.thresholds.loose, "foreground": float(
+                np.mean([cache.tight(i, tight).mean() for i in range(len(cache))]))}
+            peer = PeerSwapDataset(*write_peer_files(cache, ds, Path(tmp) / f"peer-{len(results)}", tight),
+                                   size=args.size)
+            kernel[name] = kernel_ns_per_px(cache, ds, args.size, tight=tight)
             for batch in args.batch:
                 rounds = {"A": [], "B": [], "W": [], "C": []}
                 for _ in range(args.rounds):
                     a = plain_dali(files, labels, batch, args.size, args.threads, args.device)
                     rounds["A"].append(rate(a, args.batches, count))
                     del a
-                    for key, swap in (("B", SwapConfig()), ("W", SwapConfig.waterbirds())):
+                    for key, swap in (("B", SwapConfig(tight=args.tight)), ("W", SwapConfig.waterbirds(tight=args.tight))):
                         b = create_loader(cache, ds, batch_size=batch, size=args.size, device=args.device,
                                           num_threads=args.threads, split=_train_split(ds), swap=swap)
                         rounds[key].append(rate(b, args.batches, count))
@@ -222,17 +229,21 @@ def main(argv=None) -> int:
     print(f"(img/s, median of {args.rounds} rounds, ratios: median of the per-round ratios; {args.device}, "
           f"{args.threads} threads, {args.size} px, {os.cpu_count()} CPU cores)")
     print("targets: B/A >= 1.0 (batch 32 and 64), W/A >= 0.95, B/C and W/C >= 3")
+    for name, c in cut.items():
+        print(f"{name}: cut at tight {c['tight']:g} ({'--tight' if args.tight is not None else 'the cache'}'s), "
+              f"loose {c['loose']:g}: {c['foreground']:.1%} of the cells are cut out")
     print(f"\nthe compositing alone, one core, a 64 x {args.size} x {args.size} batch (ns per output pixel):")
     print(f"{'dataset, swap':<44}{'per-pixel body':>16}{'row renderer':>14}")
     for name, rows in kernel.items():
         for swap, (body, fast) in rows.items():
             print(f"{name + ', ' + swap:<44}{body:>16.1f}{fast:>14.1f}")
     print(json.dumps({"benchmark": "throughput", "device": args.device, "threads": args.threads, "batch": args.batch,
-                      "size": args.size, "cpu_count": os.cpu_count(), "results": results, "kernel_ns_per_px": kernel}))
+                      "size": args.size, "cpu_count": os.cpu_count(), "results": results, "kernel_ns_per_px": kernel,
+                      "thresholds": cut}))
     return 0
 
 
-def kernel_ns_per_px(cache, ds, size: int, n: int = 64) -> dict[str, tuple[float, float]]:
+def kernel_ns_per_px(cache, ds, size: int, n: int = 64, tight: float | None = None) -> dict[str, tuple[float, float]]:
     """ns per output pixel of the CPU backend alone (one thread): per-pixel body and row renderer,
     for no swap, SwapConfig() and the Waterbirds preset, on the first n cached images."""
     from dali_abs import swap
@@ -245,7 +256,7 @@ def kernel_ns_per_px(cache, ds, size: int, n: int = 64) -> dict[str, tuple[float
     soft = np.stack([cache.mask(i) for i in rows])
     boxes = (cache.boxes[rows] / np.float32(cache.grid)).astype(np.float32)
     out = {}
-    th = dict(tight=cache.thresholds.tight, loose=cache.thresholds.loose)  # what the loader resolves None to
+    th = dict(tight=cache.thresholds.tight if tight is None else tight, loose=cache.thresholds.loose)  # as the loader
     for name, cfg in (("no swap", swap.SwapConfig(p=0.0, **th)), ("SwapConfig()", swap.SwapConfig(**th)),
                       ("SwapConfig.waterbirds()", swap.SwapConfig.waterbirds(**th))):
         params = swap.sample_params(cache.labels[rows], np.random.default_rng(0), cfg, image_size=(size, size),
