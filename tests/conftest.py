@@ -19,9 +19,7 @@ def pytest_collection_modifyitems(config, items):
 
     # A device is not enough: CuPy compiles the kernels with NVRTC, which the wheel does not bring.
     problem = cupy_problem()
-    if problem is None:
-        return
-    skip = pytest.mark.skip(reason=f"needs an NVIDIA GPU with CuPy and NVRTC: {problem}")
+    skip = pytest.mark.skipif(problem is not None, reason=f"needs an NVIDIA GPU with CuPy and NVRTC: {problem}")
     for item in gpu_items:
         item.add_marker(skip)
 

@@ -313,10 +313,9 @@ def test_cli_bad_model_files_are_one_line_naming_them(colour_cache, tmp_path, ca
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch has no CUDA here (a CPU build of torch)")
 def test_gpu_audit_gives_the_cpu_audits_accuracies(colour_cache):
     """On a GPU: nvJPEG decode, the CUDA compositing kernel, the model on the GPU; the same parameters."""
-    if not torch.cuda.is_available():
-        pytest.skip("torch has no CUDA here (a CPU build of torch)")
     from dali_abs.audit import audit, to_json
 
     cache, data = colour_cache

@@ -47,9 +47,7 @@ def test_a_bad_local_rank_is_named():
 
 def test_the_driver_says_why_there_is_no_device():
     count, why = cuda_device_count()
-    if count:
-        pytest.skip(f"{count} CUDA device(s) here")
-    assert why  # e.g. "no NVIDIA driver (libcuda.so.1 does not load: ...)"
+    assert count > 0 or why  # no device: a reason, e.g. "no NVIDIA driver (libcuda.so.1 does not load: ...)"
 
 
 def test_torch_problem_names_the_cuda_build_to_install():
@@ -66,6 +64,6 @@ def test_torch_problem_names_the_cuda_build_to_install():
 
 def test_cupy_problem_names_the_missing_part():
     problem = cupy_problem()
-    if problem is None:
-        pytest.skip("CuPy compiles and runs kernels here")
+    if problem is None:  # CuPy compiles and runs kernels here: nothing to name
+        return
     assert "CuPy" in problem and ("no CUDA device" in problem or "NVRTC" in problem or "import" in problem)

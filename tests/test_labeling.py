@@ -64,26 +64,36 @@ def status_of(response: bytes) -> int:
 
 
 @pytest.fixture
-def make_server(tiny_dataset, tmp_path):
-    """Factory: a LabelSession on ``tiny_dataset`` behind a LabelServer on 127.0.0.1:<ephemeral>."""
+def servers():
+    """Factory: ``start(dataset_root, out, host, **session options)`` -> a Client of a LabelServer at an
+    ephemeral port; every server started is shut down after the test."""
     from dali_abs.labeling.server import serve
     from dali_abs.labeling.session import LabelSession
 
-    servers = []
+    started = []
+
+    def start(root, out, host="127.0.0.1", **kw):
+        server = serve(LabelSession(load_dataset(root), out, **kw), host, 0)
+        server.start_background()
+        started.append(server)
+        return Client(server)
+
+    yield start
+    for s in started:
+        s.shutdown()
+        s.server_close()
+
+
+@pytest.fixture
+def make_server(tiny_dataset, tmp_path, servers):
+    """Factory: a LabelSession on ``tiny_dataset`` behind a LabelServer on 127.0.0.1:<ephemeral>."""
 
     def make(out=None, **kw):
         kw.setdefault("count", 6)
         kw.setdefault("grid", 8)
-        session = LabelSession(load_dataset(tiny_dataset), out or tmp_path / "labels.csv", **kw)
-        server = serve(session, "127.0.0.1", 0)
-        server.start_background()
-        servers.append(server)
-        return Client(server)
+        return servers(tiny_dataset, out or tmp_path / "labels.csv", **kw)
 
-    yield make
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+    return make
 
 
 def mask_str(r: int, on=()) -> str:
@@ -536,27 +546,16 @@ def test_retrain_in_uncertain_order_reranks_the_unlabelled(make_server, tiny_mod
 
 # ---------------------------------------------------------------------------- bad input (issue 14)
 @pytest.fixture
-def serve_folder(tmp_path):
+def serve_folder(tmp_path, servers):
     """Factory: a LabelSession on an ImageFolder dataset root (all train images, random order) behind a
     LabelServer on ``host`` (default 127.0.0.1) at an ephemeral port."""
-    from dali_abs.labeling.server import serve
-    from dali_abs.labeling.session import LabelSession
-
-    servers = []
 
     def make(root, out=None, host="127.0.0.1", **kw):
         kw.setdefault("count", 50)
         kw.setdefault("grid", 4)
-        session = LabelSession(load_dataset(root), out or tmp_path / "l.csv", **kw)
-        server = serve(session, host, 0)
-        server.start_background()
-        servers.append(server)
-        return Client(server)
+        return servers(root, out or tmp_path / "l.csv", host, **kw)
 
-    yield make
-    for s in servers:
-        s.shutdown()
-        s.server_close()
+    return make
 
 
 def _folder_dataset(root: Path, n: int = 2) -> Path:

@@ -268,12 +268,15 @@ def test_swap_output_declares_hwc(tiny_cache):
     assert swapped.layout() == "HWC" and normalised.layout() == "CHW"
 
 
-def test_gpu_loader_says_what_to_install(tiny_cache, monkeypatch):
+def _gpu_loader_problems() -> list[str]:
     from dali_abs.devices import gpu_loader_problems
 
-    problems = gpu_loader_problems()
-    if not problems:
-        pytest.skip("the GPU loader can run here (test_gpu_loader_matches_the_cpu_reader runs it)")
+    return gpu_loader_problems()
+
+
+@pytest.mark.skipif(not _gpu_loader_problems(),
+                    reason="the GPU loader can run here (test_gpu_loader_matches_the_cpu_reader runs it)")
+def test_gpu_loader_says_what_to_install(tiny_cache, monkeypatch):
     with pytest.raises(DaliAbsError, match=r"create_loader\(device='gpu'\) cannot run here: .*Or use device='cpu'"):
         create_loader(tiny_cache, batch_size=8, device="gpu")
     if torch.version.cuda is None:
@@ -284,19 +287,20 @@ def test_gpu_loader_says_what_to_install(tiny_cache, monkeypatch):
         create_loader(tiny_cache, batch_size=8, device="gpu")
 
 
-@pytest.fixture
-def dali_torch_cuda():
-    """Skips (before the cache fixtures run) unless DALI imports and torch has CUDA here."""
+def _dali_torch_cuda_problem() -> str | None:
+    """Why the GPU loader test cannot run here (DALI missing, torch without CUDA), or None."""
+    import importlib.util
+
     from dali_abs.devices import torch_problem
 
-    pytest.importorskip("nvidia.dali", reason="DALI is not installed (pip install nvidia-dali-cuda120)")
-    problem = torch_problem()
-    if problem:
-        pytest.skip(problem)
+    if importlib.util.find_spec("nvidia.dali") is None:
+        return "DALI is not installed (pip install nvidia-dali-cuda120)"
+    return torch_problem()
 
 
 @pytest.mark.gpu
-def test_gpu_loader_matches_the_cpu_reader(dali_torch_cuda, tiny_cache):
+@pytest.mark.skipif(_dali_torch_cuda_problem() is not None, reason=str(_dali_torch_cuda_problem()))
+def test_gpu_loader_matches_the_cpu_reader(tiny_cache):
     """On a GPU: CUDA tensors of the right shape, and the same labels in the same order as on the CPU."""
     opts = dict(batch_size=16, size=48, seed=2)
     gpu_images, gpu_labels = _epoch(create_loader(tiny_cache, device="gpu", **opts))
