@@ -3,15 +3,20 @@
     python benchmarks/throughput.py [--device cpu] [--batch 32 64] [--batches 15] [--rounds 3] [--tight T] [--cub DIR]
 
 For each dataset (the built-in benchmark at its default 128 px, and cub-birds-300 at --cub,
-default ../shared/data/cub-birds-300) and each batch size, at 224 px output, ``num_threads=2``:
+default ../shared/data/cub-birds-300) and each batch size, at 224 px output, ``num_threads=2``.
+Every way reads the same images, the loader's split (cub-birds-300: its 164 training images), in the
+same epochs:
 
-- A: plain DALI pipeline on the same images (decode, random resized crop, flip, normalise);
+- A: plain DALI pipeline (decode, random resized crop, flip, normalise), its reader set as the
+  loader's (the same files in the same order, shuffled after every epoch, the last batch padded and
+  returned partial: ``LastBatchPolicy.PARTIAL``, the loader's default), so both pay for the padding;
 - B: dali-abs (``create_loader``: ``SwapConfig()``: swap p = 1, class-balanced backgrounds,
   cached fills, translation);
 - W: dali-abs with the paper's Waterbirds preset (``SwapConfig.waterbirds()``: rotation, scale);
 - C: the swap written the way the peers do it: a torch ``DataLoader`` with 2 workers over a
   PIL-based Dataset that reads the image, its full-size mask PNG and a full clean-background
-  JPEG of another image per sample, translation only (the files are written from our cache).
+  JPEG of another image per sample, translation only (the files are written from our cache);
+  shuffled, the last batch kept.
 
 Each round measures A, B, W and C one after the other (this machine is noisy; ratios within
 one round are comparable); the table gives the median img/s over rounds and the median of the
@@ -36,7 +41,7 @@ from dali_abs.cache.format import open_cache
 from dali_abs.cache.precompute import PrecomputeConfig, precompute
 from dali_abs.dataset import load_dataset
 from dali_abs.labels import labels_from_masks
-from dali_abs.loader.iterator import create_loader
+from dali_abs.loader.iterator import create_loader, split_rows
 from dali_abs.swap import SwapConfig
 from dali_abs.models import inpainter as inet
 from dali_abs.segmenter.train import train_segmenter
@@ -47,21 +52,26 @@ CUB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cub-bird
 
 
 def plain_dali(files: list[str], labels: list[int], batch: int, size: int, threads: int, device: str):
+    """The plain pipeline, read as the loader reads: the same files in the same order, shuffled after
+    every epoch, the last batch padded and returned partial (so both pay for the same padding)."""
     from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali.plugin.base_iterator import LastBatchPolicy
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
     gpu = device == "gpu"
 
     @pipeline_def(batch_size=batch, num_threads=threads, device_id=0 if gpu else None, seed=0)
     def pipe():
-        jpegs, lab = fn.readers.file(files=files, labels=labels, random_shuffle=True, name="Reader")
+        jpegs, lab = fn.readers.file(files=files, labels=labels, shuffle_after_epoch=True, seed=0, pad_last_batch=True,
+                                     name="Reader")
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.random_resized_crop(images, size=[size, size], random_area=[0.7, 1.0], antialias=False)
         images = fn.crop_mirror_normalize(images, mirror=fn.random.coin_flip(), mean=[m * 255 for m in MEAN],
                                           std=[s * 255 for s in STD], dtype=types.FLOAT, output_layout="CHW")
         return images, lab
 
-    return DALIGenericIterator([pipe()], ["images", "labels"], reader_name="Reader", auto_reset=True)
+    return DALIGenericIterator([pipe()], ["images", "labels"], reader_name="Reader", auto_reset=True,
+                               last_batch_policy=LastBatchPolicy.PARTIAL)
 
 
 class PeerSwapDataset(torch.utils.data.Dataset):
@@ -102,16 +112,17 @@ class PeerSwapDataset(torch.utils.data.Dataset):
         return (t - self.mean) / self.std, self.labels[i]
 
 
-def write_peer_files(cache, ds, out: Path, tight: float | None = None) -> tuple[list[str], list[str], list[str], list[int]]:
-    """Full-size tight-mask PNGs and clean-background JPEGs from the cache (the peers' storage)."""
+def write_peer_files(cache, ds, rows: list[int], out: Path, tight: float | None = None
+                     ) -> tuple[list[str], list[str], list[str], list[int]]:
+    """Full-size tight-mask PNGs and clean-background JPEGs of cache ``rows`` (the peers' storage)."""
     from PIL import Image
 
     from dali_abs.files import read_rgb
 
     out.mkdir(parents=True, exist_ok=True)
     imgs, masks, bgs, labels = [], [], [], []
-    for row, rel in enumerate(cache.relpaths):
-        src = ds.root / rel
+    for row in rows:
+        src = ds.root / cache.relpaths[row]
         img = read_rgb(src)
         h, w = img.shape[:2]
         cut = cache.tight(row, tight).astype(np.uint8) * 255
@@ -191,12 +202,15 @@ def main(argv=None) -> int:
         for name, (root, cache_dir) in prepare(Path(tmp), args.threads, args.cub).items():
             ds = load_dataset(root, _columns_for(root, args.cub))
             cache = open_cache(cache_dir)
-            files = [str(ds.root / r) for r in cache.relpaths]
-            labels = [int(x) for x in cache.labels]
+            # the images the loader reads (its split), in its order: every way reads the same epoch
+            rows = split_rows(cache, ds, _train_split(ds))
+            rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+            files = [str(ds.root / cache.relpaths[r]) for r in rows]
+            labels = [int(cache.labels[r]) for r in rows]
             tight = cache.thresholds.tight if args.tight is None else args.tight
             cut[name] = {"tight": tight, "loose": cache.thresholds.loose, "foreground": float(
                 np.mean([cache.tight(i, tight).mean() for i in range(len(cache))]))}
-            peer = PeerSwapDataset(*write_peer_files(cache, ds, Path(tmp) / f"peer-{len(results)}", tight),
+            peer = PeerSwapDataset(*write_peer_files(cache, ds, rows, Path(tmp) / f"peer-{len(results)}", tight),
                                    size=args.size)
             kernel[name] = kernel_ns_per_px(cache, ds, args.size, tight=tight)
             for batch in args.batch:
@@ -211,7 +225,7 @@ def main(argv=None) -> int:
                         rounds[key].append(rate(b, args.batches, count))
                         del b
                     c = torch.utils.data.DataLoader(peer, batch_size=batch, shuffle=True, num_workers=2,
-                                                    persistent_workers=True, drop_last=True)
+                                                    persistent_workers=True)
                     rounds["C"].append(rate(c, args.batches, lambda b: len(b[1])))
                     del c
                 med = {k: statistics.median(v) for k, v in rounds.items()}
