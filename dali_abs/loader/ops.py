@@ -30,7 +30,6 @@ image j, which is decoded anyway, and j's small cached fill. No second full-imag
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -44,39 +43,65 @@ from dali_abs.swap.config import AugmentConfig, SwapConfig, SwapError
 READER_NAME = "Reader"
 
 
-@dataclass
 class CacheSamples:
     """The data nodes :func:`cache_reader` returns (one entry per sample of a batch).
 
     - ``jpegs``: encoded source image bytes (decode with ``fn.decoders.image``).
-    - ``labels``: int64 class label, shape ().
     - ``rows``: int32 row of the sample in the cache arrays, shape (1,).
+    - ``labels``: int64 class label, shape ().
     - ``soft``: float32 [R, R] foreground probability.
     - ``fills``: uint8 HWC fill tile, decoded on ``fill_device`` (its own size).
     - ``boxes``: float32 [4] ``(y0, x0, y1, x1)`` in 0..1 image coordinates covered by the fill.
     - ``groups``: int32 group (``y * n_places + place``; -1 without places), shape ().
+    - ``fill_bytes``: the fills' JPEG bytes, before decoding.
+
+    ``labels`` to ``fill_bytes`` come from one host lookup op (rows -> cache entries), made the
+    first time one of them is used: the swap reads the entries by row itself, in its own op, so a
+    pipeline that only swaps and returns the labels runs one Python op per batch, not two. After
+    :func:`background_swap`, ``labels`` is the swap op's own output (the same values) unless it
+    was used before.
 
     And what the swap needs to know on the host, not data nodes: ``grid`` (R); ``epoch_size`` /
     ``pad_last_batch`` (this shard's images per epoch and how the reader ends an epoch), from which
-    :func:`background_swap` counts epochs for a ``p_schedule``; ``fill_bytes`` / ``fill_device``
-    (the fills undecoded, and where to decode them); ``thresholds``: the cache's recorded tight and
-    loose thresholds (:attr:`~dali_abs.cache.format.Cache.thresholds`), which :func:`background_swap`
-    uses where its ``SwapConfig`` leaves them None.
+    :func:`background_swap` counts epochs for a ``p_schedule``; ``fill_device`` (where to decode
+    fills); ``thresholds``: the cache's recorded tight and loose thresholds
+    (:attr:`~dali_abs.cache.format.Cache.thresholds`), which :func:`background_swap` uses where its
+    ``SwapConfig`` leaves them None; ``lookup``: the host-side table behind the lookup op.
     """
 
-    jpegs: object
-    labels: object
-    rows: object
-    soft: object
-    fills: object
-    boxes: object
-    groups: object
-    grid: int = 0
-    epoch_size: int = 0
-    pad_last_batch: bool = False
-    fill_bytes: object = None  # the fills' JPEG bytes, before decoding (background_swap decodes only those it reads)
-    fill_device: str = "cpu"
-    thresholds: Thresholds | None = None
+    _LOOKUP = ("labels", "soft", "fill_bytes", "boxes", "groups")
+
+    def __init__(self, jpegs, rows, lookup: "_CacheLookup", grid: int, epoch_size: int, pad_last_batch: bool,
+                 fill_device: str, thresholds: Thresholds | None):
+        self.jpegs, self.rows, self.lookup, self.grid = jpegs, rows, lookup, grid
+        self.epoch_size, self.pad_last_batch, self.fill_device, self.thresholds = (
+            epoch_size, pad_last_batch, fill_device, thresholds)
+        self._nodes: dict = {}
+
+    def _node(self, name: str):
+        if name not in self._nodes:
+            from nvidia.dali import fn, types
+
+            if name == "fills":
+                self._nodes["fills"] = fn.decoders.image(self.fill_bytes, device=self.fill_device,
+                                                         output_type=types.RGB)
+            else:
+                outs = fn.python_function(self.rows, function=self.lookup, batch_processing=True,
+                                          num_outputs=len(self._LOOKUP))
+                for k, node in zip(self._LOOKUP, outs):
+                    self._nodes.setdefault(k, node)  # a label node the swap provided stays
+        return self._nodes[name]
+
+    def _provide(self, name: str, node) -> None:
+        """Another op's node for ``name`` (the same values), used from now on if none was made yet."""
+        self._nodes.setdefault(name, node)
+
+    labels = property(lambda self: self._node("labels"))
+    soft = property(lambda self: self._node("soft"))
+    fills = property(lambda self: self._node("fills"))
+    boxes = property(lambda self: self._node("boxes"))
+    groups = property(lambda self: self._node("groups"))
+    fill_bytes = property(lambda self: self._node("fill_bytes"))
 
 
 def _blank_jpeg() -> np.ndarray:
@@ -88,8 +113,14 @@ def _blank_jpeg() -> np.ndarray:
     return np.frombuffer(buf.getvalue(), np.uint8)
 
 
+def _row_index(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """The cache rows of a batch (DALI hands over one int32 (1,) array per sample) as int64 (N,)."""
+    return np.array([int(np.asarray(r).reshape(-1)[0]) for r in rows], np.int64)
+
+
 class _CacheLookup:
-    """Per batch: cache rows -> labels, soft masks, fill bytes, boxes, groups (host-side, NumPy)."""
+    """Cache rows -> labels, soft masks, fill bytes, boxes, groups (host-side, NumPy): :meth:`take`
+    for the swap's own op, and as a DALI op (``__call__``) for :class:`CacheSamples`' nodes."""
 
     def __init__(self, cache: Cache, groups: np.ndarray):
         R = cache.grid
@@ -100,17 +131,24 @@ class _CacheLookup:
         self.groups = groups.astype(np.int32)
         self.blank = _blank_jpeg()
 
+    def take(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For cache rows ``idx``: labels int64 (N,), soft float32 (N,R,R), boxes float32 (N,4) (zeros
+        where the image has no fill), groups int32 (N,), and bool (N,): the image has a fill."""
+        has = self.cache.fill_spans[idx, 2] > 0
+        boxes = self.boxes[idx]
+        boxes[~has] = 0.0
+        return self.labels[idx], self.soft[idx], boxes, self.groups[idx], has
+
+    def fill_jpeg(self, row: int) -> np.ndarray:
+        """The fill JPEG of cache row ``row`` as uint8 bytes (the blank where it has none)."""
+        data = self.cache.fill_bytes(int(row))
+        return self.blank if data is None else np.frombuffer(data, np.uint8)
+
     def __call__(self, rows: Sequence[np.ndarray]):
-        labels, soft, fills, boxes, groups = [], [], [], [], []
-        for r in rows:
-            i = int(np.asarray(r).reshape(-1)[0])
-            labels.append(np.array(self.labels[i]))
-            soft.append(self.soft[i])
-            data = self.cache.fill_bytes(i)
-            fills.append(self.blank if data is None else np.frombuffer(data, np.uint8))
-            boxes.append(self.boxes[i] if data is not None else np.zeros(4, np.float32))
-            groups.append(np.array(self.groups[i]))
-        return labels, soft, fills, boxes, groups
+        idx = _row_index(rows)
+        labels, soft, boxes, groups, _ = self.take(idx)
+        return ([labels[i:i + 1].reshape(()) for i in range(len(labels))], list(soft),
+                [self.fill_jpeg(i) for i in idx], list(boxes), [groups[i:i + 1].reshape(()) for i in range(len(groups))])
 
 
 def cache_reader(cache: Cache, rows: Sequence[int] | None = None, *, data_root: str | None = None,
@@ -124,7 +162,7 @@ def cache_reader(cache: Cache, rows: Sequence[int] | None = None, *, data_root: 
     ``reader_kwargs`` go to ``fn.readers.file`` (``shard_id``, ``num_shards``,
     ``random_shuffle``, ``shuffle_after_epoch``, ``pad_last_batch``, ``seed``, ...).
     """
-    from nvidia.dali import fn, types
+    from nvidia.dali import fn
 
     rows = list(range(len(cache))) if rows is None else [int(r) for r in rows]
     if not rows:
@@ -133,14 +171,11 @@ def cache_reader(cache: Cache, rows: Sequence[int] | None = None, *, data_root: 
     files = [str(root / cache.relpaths[r]) for r in rows]
     groups = np.full(len(cache), -1, np.int32) if groups is None else np.asarray(groups, np.int32)
     jpegs, row_ids = fn.readers.file(files=files, labels=rows, name=name, **reader_kwargs)
-    labels, soft, fill_bytes, boxes, grp = fn.python_function(
-        row_ids, function=_CacheLookup(cache, groups), batch_processing=True, num_outputs=5)
-    fills = fn.decoders.image(fill_bytes, device=fill_device, output_type=types.RGB)
     shard, shards = int(reader_kwargs.get("shard_id", 0)), int(reader_kwargs.get("num_shards", 1))
     # DALI's shards: shard i of n reads rows [floor(i N / n), floor((i + 1) N / n))
     epoch_size = (len(rows) * (shard + 1)) // shards - (len(rows) * shard) // shards
-    return CacheSamples(jpegs, labels, row_ids, soft, fills, boxes, grp, cache.grid, epoch_size,
-                        bool(reader_kwargs.get("pad_last_batch", False)), fill_bytes, fill_device, cache.thresholds)
+    return CacheSamples(jpegs, row_ids, _CacheLookup(cache, groups), cache.grid, epoch_size,
+                        bool(reader_kwargs.get("pad_last_batch", False)), fill_device, cache.thresholds)
 
 
 class _Epochs:
@@ -162,36 +197,40 @@ class _Epochs:
 
 
 class _Sample:
-    """The CPU side, per batch: draw the swap, crop and flip parameters (:func:`sample_params`)
-    where the labels, groups, soft masks and boxes are, and pack them into one record per sample
-    (:func:`pack_samples`): data the compositing op reads without a host copy. Given the fills'
-    JPEG bytes too, it also passes on only those the batch's swaps read (the partners of swapped
-    samples, with a fill that reads the tile), a blank for the rest: fewer fills to decode."""
+    """The CPU side, per batch, from the batch's cache rows: look up labels, groups, soft masks and
+    boxes (:meth:`_CacheLookup.take`), draw the swap, crop and flip parameters (:func:`sample_params`)
+    and pack them into one record per sample (:func:`pack_samples`): data the compositing op reads
+    without a host copy. ``fills``: also pass on the fills' JPEG bytes, only those the batch's swaps
+    read (the partners of swapped samples, with a fill that reads the tile), a blank for the rest:
+    fewer fills to decode. ``labels``: also the labels (int64, shape ()), as the lookup op gives them."""
 
-    def __init__(self, cfg: SwapConfig, seed: int, size: tuple[int, int], augment, epochs: _Epochs):
-        self.cfg, self.seed, self.size, self.augment, self.epochs = cfg, seed, size, augment, epochs
+    def __init__(self, cfg: SwapConfig, seed: int, size: tuple[int, int], augment, epochs: _Epochs,
+                 lookup: _CacheLookup, *, fills: bool = False, labels: bool = False):
+        self.cfg, self.seed, self.size, self.augment, self.epochs, self.lookup = cfg, seed, size, augment, epochs, lookup
+        self.fills, self.labels = fills, labels
         self.batches = 0  # batches drawn so far: the random key, and through _Epochs the epoch
-        self.blank = _blank_jpeg()
 
-    def __call__(self, labels, groups, soft, boxes, fill_bytes=None):
+    def __call__(self, rows):
         from dali_abs.swap import pack_samples, sample_params
 
-        b, n = self.batches, len(labels)
+        b, n = self.batches, len(rows)
         self.batches += 1
         rng = np.random.default_rng([self.seed, b])
-        lab = np.stack(labels).reshape(-1).astype(np.int64)
-        grp = np.stack(groups).reshape(-1).astype(np.int64)
-        soft = np.stack(soft)
-        params = sample_params(lab, rng, self.cfg, groups=grp if (grp >= 0).all() else None,
+        idx = _row_index(rows)
+        lab, soft, boxes, grp, has = self.lookup.take(idx)
+        params = sample_params(lab, rng, self.cfg, groups=grp.astype(np.int64) if (grp >= 0).all() else None,
                                epoch=self.epochs(b, n), image_size=self.size, soft=soft, augment=self.augment)
-        records = pack_samples(params, soft, np.stack(boxes), self.size).view(np.uint8).reshape(n, -1)
-        records = [records[i] for i in range(n)]
-        if fill_bytes is None:
-            return records
-        read = np.zeros(n, bool)
-        if self.cfg.fill in ("cached", "mean"):  # a backdrop reads no partner
-            read[params["partner"][(params["swap"] == 1) & (params["backdrop"] == 0)]] = True
-        return records, [f if k else self.blank for f, k in zip(fill_bytes, read)]
+        records = pack_samples(params, soft, boxes, self.size).view(np.uint8).reshape(n, -1)
+        out = [[records[i] for i in range(n)]]
+        if self.fills:
+            read = np.zeros(n, bool)
+            if self.cfg.fill in ("cached", "mean"):  # a backdrop reads no partner
+                read[params["partner"][(params["swap"] == 1) & (params["backdrop"] == 0)]] = True
+            blank = self.lookup.blank
+            out.append([self.lookup.fill_jpeg(i) if k else blank for i, k in zip(idx, read & has)])
+        if self.labels:
+            out.append([lab[i:i + 1].reshape(()) for i in range(n)])
+        return tuple(out) if len(out) > 1 else out[0]
 
 
 class _Composite:
@@ -235,7 +274,7 @@ def swap_parameters(samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, si
                     batches_per_epoch: int | None = None):
     """The CPU data node of the swap's per-sample parameter records (uint8, one record each).
 
-    Drawn per batch from ``samples`` (labels, groups, soft masks, boxes) with the random key
+    Drawn per batch from the cache entries of ``samples.rows`` (labels, groups, soft masks, boxes) with the random key
     ``(seed, batch index)`` on an ``size`` canvas (S or (H, W)); ``augment`` adds the random
     resized crop and flip. The epoch a ``p_schedule`` follows is counted from the reader
     (``batches_per_epoch`` overrides it). :func:`background_swap` calls this; call it yourself to
@@ -248,9 +287,8 @@ def swap_parameters(samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, si
         raise DaliAbsError(f"cfg must be a SwapConfig, got {type(cfg).__name__}")
     cfg = swap_thresholds(cfg, samples.thresholds)
     hw = _canvas_size(size)
-    return fn.python_function(samples.labels, samples.groups, samples.soft, samples.boxes,
-                              function=_Sample(cfg, seed, hw, augment, _Epochs(samples, batches_per_epoch)),
-                              batch_processing=True, num_outputs=1)
+    return fn.python_function(samples.rows, function=_Sample(cfg, seed, hw, augment, _Epochs(samples, batches_per_epoch),
+                                                             samples.lookup), batch_processing=True, num_outputs=1)
 
 
 def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, size=None,
@@ -281,16 +319,15 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     if not isinstance(cfg, SwapConfig):
         raise DaliAbsError(f"cfg must be a SwapConfig, got {type(cfg).__name__}")
     cfg = swap_thresholds(cfg, samples.thresholds)
-    if params is None and samples.fill_bytes is not None:
-        params, read = fn.python_function(
-            samples.labels, samples.groups, samples.soft, samples.boxes, samples.fill_bytes,
-            function=_Sample(cfg, seed, hw, augment, _Epochs(samples, batches_per_epoch)), batch_processing=True,
-            num_outputs=2)
+    if params is None:
+        # one op draws the parameters, picks the fills they read and gives the labels (the lookup op
+        # is then left out of a pipeline that uses no other entry)
+        params, read, labels = fn.python_function(
+            samples.rows, function=_Sample(cfg, seed, hw, augment, _Epochs(samples, batches_per_epoch), samples.lookup,
+                                           fills=True, labels=True), batch_processing=True, num_outputs=3)
+        samples._provide("labels", labels)
         fills = fn.decoders.image(read, device=samples.fill_device, output_type=types.RGB)
     else:
-        if params is None:
-            params = swap_parameters(samples, cfg, size=hw, augment=augment, seed=seed,
-                                     batches_per_epoch=batches_per_epoch)
         fills = samples.fills
     if device == "gpu":  # a GPU operator takes GPU inputs: DALI copies the records over, in its own stream
         fills, params = fills.gpu(), params.gpu()
