@@ -1,5 +1,6 @@
 // Host launcher of the native CPU build (dali_abs.swap.cpu): compiled after cpu_shim.cuh,
 // composite.cu and composite_rows.h in one translation unit; ABS_NATIVE_ABI comes from cpu.py.
+#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -54,31 +55,34 @@ static void abs_run_rows(long long first, long long last, int vector, ABS_COMPOS
 }
 #endif
 
-// The output rows split into contiguous chunks, one per host thread (every pixel is computed
-// independently of the others, so any partition gives the same output). Returns the number of
-// threads used.
+// The output rows handed out in chunks to the host threads as each asks for more (every pixel
+// is computed independently of the others, so any partition gives the same output): one sample
+// per chunk where the batch has a few per thread, so the row renderer builds each sample's tables
+// once; contiguous halves would leave one thread idle when the swapped samples crowd the other
+// half. Returns the number of threads used.
 ABS_EXPORT int abs_composite_host(ABS_COMPOSITE_PARAMS, int threads, int vector) {
   const long long rows = (long long)n * h;
   const long long min_rows = (16384 + w - 1) / w;  // below ~16k px a thread costs more than it saves
   long long t = threads < 1 ? 1 : threads;
   if (t > (rows + min_rows - 1) / min_rows) t = (rows + min_rows - 1) / min_rows;
-  auto run = [=](long long first, long long last) { abs_run_rows(first, last, vector, ABS_COMPOSITE_ARGS); };
   if (t <= 1) {
-    run(0, rows);
+    abs_run_rows(0, rows, vector, ABS_COMPOSITE_ARGS);
     return 1;
   }
-  const long long chunk = (rows + t - 1) / t;
+  long long grain = (long long)n >= 4 * t ? h : (rows + 4 * t - 1) / (4 * t);
+  if (grain < min_rows) grain = min_rows;
+  std::atomic<long long> next(0);
+  auto run = [&, grain]() {
+    for (long long first; (first = next.fetch_add(grain)) < rows;)
+      abs_run_rows(first, first + grain < rows ? first + grain : rows, vector, ABS_COMPOSITE_ARGS);
+  };
   std::vector<std::thread> pool;
-  long long first = 0;
   int used = 1;
   try {
-    for (; first + chunk < rows; first += chunk) {
-      pool.emplace_back(run, first, first + chunk);
-      ++used;
-    }
-  } catch (...) {  // could not start a thread: the calling thread does the rest
+    for (; used < t; ++used) pool.emplace_back(run);
+  } catch (...) {  // could not start a thread: the others share its chunks
   }
-  run(first, rows);
+  run();
   for (auto& th : pool) th.join();
   return used;
 }
