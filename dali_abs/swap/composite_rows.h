@@ -38,6 +38,8 @@ struct Tables {
   bool fast = false, swapped = false;
   bool fg_tables = false;  // the foreground from the column tables (axis-aligned map)
   bool fg_affine = false;  // else per lane through the affine map
+  // fg_affine: the source box (x0, y0, x1, y1, canvas px) outside which the mask stays below tight
+  double src_box[4] = {0.0, 0.0, 0.0, 0.0};
   std::vector<float> px;  // canvas x of each output column
   std::vector<int32_t> f_box;  // -1 where the column lies inside the foreground box
   int w8 = 0;
@@ -62,6 +64,53 @@ static inline float canvas_x(const AbsSample* ps, int w, bool flip, int x) {
   return ps->crop_x0 + ((float)xm + 0.5f) * ps->crop_sx;
 }
 
+// The box of source canvas points (x0, y0, x1, y1) where the bilinear mask of an r x r grid can
+// exceed `tight`: the cells at or above tight (less 1e-6), widened by half a patch on each side
+// (a bilinear value lies between its four cells' values) and by one more px for rounding, as
+// foreground_box in sampling.py. False when no cell is.
+static bool source_box(double* box, const float* g, int r, float tight, int w, int h) {
+  int c0 = r, c1 = -1, r0 = r, r1 = -1;
+  for (int i = 0; i < r; ++i)
+    for (int j = 0; j < r; ++j)
+      if (g[i * r + j] >= tight - 1e-6f) {
+        c0 = j < c0 ? j : c0; c1 = j > c1 ? j : c1;
+        r0 = i < r0 ? i : r0; r1 = i > r1 ? i : r1;
+      }
+  if (c1 < 0) return false;
+  const double pw = (double)w / r, ph = (double)h / r;
+  box[0] = (c0 - 0.5) * pw - 1.0; box[2] = (c1 + 1.5) * pw + 1.0;
+  box[1] = (r0 - 0.5) * ph - 1.0; box[3] = (r1 + 1.5) * ph + 1.0;
+  return true;
+}
+
+// The output columns [*lo, *hi] of row py whose points the affine map a takes into the source
+// box (a rotated foreground's chord of the row, often much narrower than its axis-aligned
+// fg_box), widened by one column each side; outside them no lane can be foreground.
+static void affine_columns(const double* box, const float* a, const AbsSample* ps, int w, float py, int* lo, int* hi) {
+  double plo = -1e30, phi = 1e30;  // canvas x interval
+  const double k[2] = {a[0], a[3]}, c[2] = {(double)a[1] * py + a[2], (double)a[4] * py + a[5]};
+  for (int d = 0; d < 2; ++d) {
+    const double blo = box[d], bhi = box[d + 2];
+    if (k[d] > 1e-12 || k[d] < -1e-12) {
+      double u = (blo - c[d]) / k[d], v = (bhi - c[d]) / k[d];
+      if (u > v) { const double tmp = u; u = v; v = tmp; }
+      plo = u > plo ? u : plo; phi = v < phi ? v : phi;
+    } else if (c[d] < blo || c[d] > bhi) {
+      *lo = 0; *hi = -1;
+      return;
+    }
+  }
+  if (plo > phi) { *lo = 0; *hi = -1; return; }
+  // canvas x = crop_x0 + (xm + 0.5) * crop_sx, increasing in xm (crop_sx > 0); x = xm or w - 1 - xm
+  const double sx = ps->crop_sx;
+  double m0 = (plo - ps->crop_x0) / sx - 0.5, m1 = (phi - ps->crop_x0) / sx - 0.5;
+  m0 = m0 < -2.0 ? -2.0 : (m0 > w + 2.0 ? w + 2.0 : m0);
+  m1 = m1 < -2.0 ? -2.0 : (m1 > w + 2.0 ? w + 2.0 : m1);
+  int x0 = (int)floor(m0) - 1, x1 = (int)ceil(m1) + 1;
+  if (ps->flip) { const int tmp = w - 1 - x1; x1 = w - 1 - x0; x0 = tmp; }
+  *lo = x0; *hi = x1;
+}
+
 static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   t.s = s;
   t.w8 = (w + 7) / 8 * 8;
@@ -71,6 +120,7 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   const float* a = ps->affine;
   t.fg_tables = t.swapped && a[1] == 0.0f && a[3] == 0.0f;
   t.fg_affine = t.swapped && !t.fg_tables;
+  if (t.fg_affine && !source_box(t.src_box, abs_soft(ps), r, tight, w, h)) t.fg_affine = false;  // no foreground
   // feathered alpha, the per-pixel fills and a constant backdrop (the audit's object alone): the
   // body; per-lane gathers index image s by int32 offsets (and a 1 x 1 image is 3 bytes, less than
   // one 4-byte load: sample8<true> needs 2 px or more)
@@ -374,6 +424,8 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   // per-lane foreground (t.fg_affine): the map's constants and the row's terms a[1]*py, a[4]*py
   const float* aff = ps->affine;
   const bool aff_row = t.fg_affine && py >= ps->fg_box[1] && py < ps->fg_box[3];
+  int aff_lo = 0, aff_hi = -1;  // the columns the per-lane foreground can reach on this row
+  if (aff_row) affine_columns(t.src_box, aff, ps, w, py, &aff_lo, &aff_hi);
   const __m256 A[6] = {_mm256_set1_ps(aff[0]), _mm256_set1_ps(aff[1]), _mm256_set1_ps(aff[2]),
                        _mm256_set1_ps(aff[3]), _mm256_set1_ps(aff[4]), _mm256_set1_ps(aff[5])};
   const __m256 a1py = _mm256_set1_ps(aff[1] * py), a4py = _mm256_set1_ps(aff[4] * py);
@@ -418,7 +470,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
     // background is not sampled at all (as the body skips it where alpha is 1)
     __m256 fgm = _mm256_setzero_ps();
     __m256i fgp = _mm256_setzero_si256();
-    if (aff_row) {  // each lane through the affine map
+    if (aff_row && x + 7 >= aff_lo && x <= aff_hi) {  // each lane through the affine map
       const __m256 px = _mm256_loadu_ps(&t.px[x]);
       const __m256 xs = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(A[0], px), a1py), A[2]);
       const __m256 ys = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(A[3], px), a4py), A[5]);
