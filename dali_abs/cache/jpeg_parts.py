@@ -18,6 +18,7 @@ never does (its first byte is the high byte of a row count below 65,280).
 
 from __future__ import annotations
 
+import functools
 import struct
 
 SOI, SOF0, DHT, SOS, EOI = b"\xff\xd8", 0xC0, 0xC4, 0xDA, b"\xff\xd9"
@@ -114,17 +115,26 @@ def rebuild(stored: bytes, parts: Parts | None) -> bytes:
     too short for what its first bytes say (damaged)."""
     if stored[:2] == SOI or parts is None:
         return bytes(stored)
-    head, frame, scan, shared = parts
     if len(stored) < 5:
         raise ValueError(f"a stored fill of {len(stored)} B is too short")
-    out = [head, frame[:5], stored[:4], frame[9:]]
+    start, frame_tail, shared_dht, scan = _joined(parts)
     if stored[4] == 0:
-        _append_tables(out, shared, len(shared))
-        i = 5
-    else:
-        i = _append_tables(out, stored, len(stored), start=5, count=stored[4])
+        return b"".join((start, stored[:4], frame_tail, shared_dht, scan, stored[5:], EOI))
+    out = [start, stored[:4], frame_tail]
+    i = _append_tables(out, stored, len(stored), start=5, count=stored[4])
     out += [scan, stored[i:], EOI]
     return b"".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _joined(parts: Parts) -> tuple[bytes, bytes, bytes, bytes]:
+    """What every fill of ``parts`` puts around its own bytes, joined once (the loader rebuilds a
+    fill per sample and batch): head and frame start, frame end, the shared tables' DHT segments,
+    the scan header."""
+    head, frame, scan, shared = parts
+    dht: list = []
+    _append_tables(dht, shared, len(shared))
+    return head + frame[:5], frame[9:], b"".join(dht), scan
 
 
 def _append_tables(out: list, data: bytes, end: int, start: int = 0, count: int | None = None) -> int:
