@@ -40,6 +40,10 @@ struct Tables {
   bool fg_affine = false;  // else per lane through the affine map
   // fg_affine: the source box (x0, y0, x1, y1, canvas px) outside which the mask stays below tight
   double src_box[4] = {0.0, 0.0, 0.0, 0.0};
+  // fg_affine: s's grid with its edge cells repeated around it ((r + 2) x (r + 2)), so that a
+  // point's two grid columns are always neighbours in memory (one 8-byte load for both)
+  std::vector<float> gpad;
+  bool pairs = false;  // image s has 3 px or more: an 8-byte load at byte 0 stays inside it
   std::vector<float> px;  // canvas x of each output column
   std::vector<int32_t> f_box;  // -1 where the column lies inside the foreground box
   int w8 = 0;
@@ -121,6 +125,14 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   t.fg_tables = t.swapped && a[1] == 0.0f && a[3] == 0.0f;
   t.fg_affine = t.swapped && !t.fg_tables;
   if (t.fg_affine && !source_box(t.src_box, abs_soft(ps), r, tight, w, h)) t.fg_affine = false;  // no foreground
+  if (t.fg_affine) {
+    const int rp = r + 2;
+    const float* g = abs_soft(ps);
+    t.gpad.resize((size_t)rp * rp);
+    for (int i = 0; i < rp; ++i)
+      for (int j = 0; j < rp; ++j) t.gpad[(size_t)i * rp + j] = g[abs_clampi(i - 1, 0, r - 1) * r + abs_clampi(j - 1, 0, r - 1)];
+    t.pairs = (long long)rs.ih * rs.iw >= 3;
+  }
   // feathered alpha, the per-pixel fills and a constant backdrop (the audit's object alone): the
   // body; per-lane gathers index image s by int32 offsets (and a 1 x 1 image is 3 bytes, less than
   // one 4-byte load: sample8<true> needs 2 px or more)
@@ -381,6 +393,60 @@ __attribute__((target("avx2"))) static inline void take(__m256 m, const int32_t*
   *ay = _mm256_blendv_ps(*ay, _mm256_set1_ps(ay_k), m);
 }
 
+// The low 32 bits of the eight 64-bit lanes of lo (lanes 0-3) and hi (lanes 4-7), in order.
+__attribute__((target("avx2"))) static inline __m256i low_dwords(__m256i lo, __m256i hi) {
+  const __m256 sh = _mm256_shuffle_ps(_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi), 0x88);
+  return _mm256_permute4x64_epi64(_mm256_castps_si256(sh), 0xD8);
+}
+
+// Eight 8-byte loads from base + off (byte offsets, int32 lanes): two 4-lane gathers.
+__attribute__((target("avx2"))) static inline void gather_pairs(const void* base, __m256i off, __m256i* lo,
+                                                                __m256i* hi) {
+  *lo = _mm256_i32gather_epi64((const long long*)base, _mm256_castsi256_si128(off), 1);
+  *hi = _mm256_i32gather_epi64((const long long*)base, _mm256_extracti128_si256(off, 1), 1);
+}
+
+// abs_grid_bilerp of the padded grid (t.gpad, rp = r + 2 columns) at grid coordinates gx, gy of
+// eight points with xs, ys inside the canvas (gx, gy in [-0.5, r - 0.5): floor in [-1, r - 1];
+// other lanes are clamped there and give some value): each row's two cells in one 8-byte load,
+// the same values and the same arithmetic as axis8 and the four-gather version.
+__attribute__((target("avx2"))) static inline __m256 grid_bilerp8(const float* gpad, int r, __m256 gx, __m256 gy) {
+  const __m256 fx0 = _mm256_floor_ps(gx), fy0 = _mm256_floor_ps(gy);
+  const __m256 fx = _mm256_sub_ps(gx, fx0), fy = _mm256_sub_ps(gy, fy0);
+  const __m256i lo = _mm256_set1_epi32(-1), hi = _mm256_set1_epi32(r - 1), one = _mm256_set1_epi32(1);
+  const __m256i kx = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(fx0), lo), hi), one);
+  const __m256i ky = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(_mm256_cvttps_epi32(fy0), lo), hi), one);
+  const __m256i rp = _mm256_set1_epi32(r + 2);
+  const __m256i top_i = _mm256_slli_epi32(_mm256_add_epi32(_mm256_mullo_epi32(ky, rp), kx), 2);  // bytes
+  const __m256i bot_i = _mm256_add_epi32(top_i, _mm256_slli_epi32(rp, 2));
+  __m256i a, b, c, d;
+  gather_pairs(gpad, top_i, &a, &b);
+  gather_pairs(gpad, bot_i, &c, &d);
+  const __m256 v00 = _mm256_castsi256_ps(low_dwords(a, b));
+  const __m256 v01 = _mm256_castsi256_ps(low_dwords(_mm256_srli_epi64(a, 32), _mm256_srli_epi64(b, 32)));
+  const __m256 v10 = _mm256_castsi256_ps(low_dwords(c, d));
+  const __m256 v11 = _mm256_castsi256_ps(low_dwords(_mm256_srli_epi64(c, 32), _mm256_srli_epi64(d, 32)));
+  const __m256 top = _mm256_add_ps(v00, _mm256_mul_ps(_mm256_sub_ps(v01, v00), fx));
+  const __m256 bot = _mm256_add_ps(v10, _mm256_mul_ps(_mm256_sub_ps(v11, v10), fx));
+  return _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), fy));
+}
+
+// sample8<true> where every lane's two columns are neighbours (o01 = o00 + 3, o11 = o10 + 3) and
+// o00, o10 >= 2: each row's two pixels in one 8-byte load ending at the second pixel's last
+// byte (bytes o - 2 .. o + 5, inside the image), so the same bytes as the four gathers.
+__attribute__((target("avx2"))) static inline __m256i sample8_pairs(const unsigned char* base, __m256i o00,
+                                                                    __m256i o10, __m256 ax, __m256 ay) {
+  const __m256i two = _mm256_set1_epi32(2);
+  __m256i a, b, c, d;
+  gather_pairs(base, _mm256_sub_epi32(o00, two), &a, &b);
+  gather_pairs(base, _mm256_sub_epi32(o10, two), &c, &d);
+  const __m256i v[4] = {low_dwords(_mm256_srli_epi64(a, 16), _mm256_srli_epi64(b, 16)),
+                        low_dwords(_mm256_srli_epi64(a, 40), _mm256_srli_epi64(b, 40)),
+                        low_dwords(_mm256_srli_epi64(c, 16), _mm256_srli_epi64(d, 16)),
+                        low_dwords(_mm256_srli_epi64(c, 40), _mm256_srli_epi64(d, 40))};
+  return blend8(v, ax, ay);
+}
+
 // Output row y of sample s from its tables (t.fast).
 __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<unsigned char>& scratch,
                                                        ABS_COMPOSITE_PARAMS, int s, int y) {
@@ -421,6 +487,11 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   }
   int32_t b0[3], b1[3];
   const unsigned char* base = gather_base(src, k, scratch, b0, b1);
+  // the next output row reads these rows or the ones after them: ask for the latter now (a row
+  // of a just-decoded image is often not in this core's cache yet)
+  for (int i = 0; i < k; ++i)
+    if (!src[i].last)
+      for (int b = 0; b < src[i].bytes; b += 64) __builtin_prefetch(src[i].r1 + src[i].bytes + b);
   // per-lane foreground (t.fg_affine): the map's constants and the row's terms a[1]*py, a[4]*py
   const float* aff = ps->affine;
   const bool aff_row = t.fg_affine && py >= ps->fg_box[1] && py < ps->fg_box[3];
@@ -480,19 +551,8 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
       ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(ys, zero, _CMP_GE_OQ), _mm256_cmp_ps(ys, fh_v, _CMP_LT_OQ)));
       if (_mm256_movemask_ps(ok)) {
         const __m256 half = _mm256_set1_ps(0.5f);
-        __m256i gx0, gx1, gy0, gy1;
-        __m256 gfx, gfy;
-        axis8(_mm256_sub_ps(_mm256_mul_ps(xs, sx_v), half), r, &gx0, &gx1, &gfx);
-        axis8(_mm256_sub_ps(_mm256_mul_ps(ys, sy_v), half), r, &gy0, &gy1, &gfy);
-        const __m256i rr = _mm256_set1_epi32(r);
-        const __m256i y0 = _mm256_mullo_epi32(gy0, rr), y1 = _mm256_mullo_epi32(gy1, rr);
-        const __m256 v00 = _mm256_i32gather_ps(grid_s, _mm256_add_epi32(y0, gx0), 4);
-        const __m256 v01 = _mm256_i32gather_ps(grid_s, _mm256_add_epi32(y0, gx1), 4);
-        const __m256 v10 = _mm256_i32gather_ps(grid_s, _mm256_add_epi32(y1, gx0), 4);
-        const __m256 v11 = _mm256_i32gather_ps(grid_s, _mm256_add_epi32(y1, gx1), 4);
-        const __m256 top = _mm256_add_ps(v00, _mm256_mul_ps(_mm256_sub_ps(v01, v00), gfx));
-        const __m256 bot = _mm256_add_ps(v10, _mm256_mul_ps(_mm256_sub_ps(v11, v10), gfx));
-        const __m256 pt = _mm256_add_ps(top, _mm256_mul_ps(_mm256_sub_ps(bot, top), gfy));
+        const __m256 pt = grid_bilerp8(t.gpad.data(), r, _mm256_sub_ps(_mm256_mul_ps(xs, sx_v), half),
+                                       _mm256_sub_ps(_mm256_mul_ps(ys, sy_v), half));
         fgm = _mm256_and_ps(ok, _mm256_cmp_ps(pt, tight_v, _CMP_GT_OQ));
         if (_mm256_movemask_ps(fgm)) {
           __m256i ix0, ix1, iy0, iy1;
@@ -504,8 +564,19 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
           ix1 = _mm256_mullo_epi32(ix1, three);
           iy0 = _mm256_mullo_epi32(iy0, rowb);
           iy1 = _mm256_mullo_epi32(iy1, rowb);
-          fgp = sample8<true>(img_s, _mm256_add_epi32(iy0, ix0), _mm256_add_epi32(iy0, ix1),
-                              _mm256_add_epi32(iy1, ix0), _mm256_add_epi32(iy1, ix1), iax, iay);
+          __m256i o00 = _mm256_add_epi32(iy0, ix0), o10 = _mm256_add_epi32(iy1, ix0);
+          // the lanes that are not foreground read bytes 0..7 (their pixels are not used)
+          const __m256i on = _mm256_castps_si256(fgm), two = _mm256_set1_epi32(2);
+          const __m256i near = _mm256_and_si256(_mm256_cmpeq_epi32(ix1, _mm256_add_epi32(ix0, three)),
+                                                _mm256_cmpgt_epi32(o00, _mm256_set1_epi32(1)));
+          if (t.pairs && _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(near, _mm256_xor_si256(
+                             on, _mm256_set1_epi32(-1))))) == 0xff) {
+            o00 = _mm256_blendv_epi8(two, o00, on);
+            o10 = _mm256_blendv_epi8(two, o10, on);
+            fgp = sample8_pairs(img_s, o00, o10, iax, iay);
+          } else {
+            fgp = sample8<true>(img_s, o00, _mm256_add_epi32(iy0, ix1), o10, _mm256_add_epi32(iy1, ix1), iax, iay);
+          }
         }
       }
     }
