@@ -45,6 +45,14 @@ def test_same_seed_same_batches(tiny_cache):
     assert not torch.equal(a[0], c[0])
 
 
+def test_batches_do_not_change_with_the_prefetch_depth(tiny_cache):
+    """The compositing op writes every batch into one reused buffer: DALI must have copied the
+    previous batch out of it, or batches waiting in a deeper prefetch queue would change."""
+    a = _epoch(create_loader(tiny_cache, batch_size=16, size=32, device="cpu", seed=5, prefetch_queue_depth=1))
+    b = _epoch(create_loader(tiny_cache, batch_size=16, size=32, device="cpu", seed=5, prefetch_queue_depth=4))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
 @pytest.mark.parametrize("compose_size, size", [(None, 96), (64, 96), (None, 64)],
                          ids=["fused-upsample", "compose-64", "fused-same-size"])
 def test_no_swap_is_the_plain_pipeline_and_swap_changes_images(tiny_cache, compose_size, size):

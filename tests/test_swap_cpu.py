@@ -186,6 +186,18 @@ def test_no_swapped_sample_returns_a_copy_and_checks_match_the_twin(built):
     with pytest.raises(SwapError, match="threads must be >= 1, got 0"):
         native_on(images, soft, fills, boxes, p, cfg, threads=0)
 
+
+def test_a_reused_output_buffer_gets_the_same_bytes(built):
+    rng = np.random.default_rng(23)
+    cfg = paper_waterbirds(fill="cached")
+    images, soft, fills, boxes = make_batch(rng)
+    b = swap.batch(images, soft, fills, boxes, params_for(rng, soft, cfg, 48, 40), cfg)
+    buf = np.full((8, 48, 40, 3), 7, np.uint8)
+    assert native.composite(b, out=buf) is buf and np.array_equal(buf, native.composite(b))
+    with pytest.raises(SwapError, match=r"out must be a C-contiguous uint8 \(8, 48, 40, 3\) NumPy array, got uint8 "
+                                        r"\(8, 48, 41, 3\)"):
+        native.composite(b, out=np.empty((8, 48, 41, 3), np.uint8))
+
 # --- build cache ---------------------------------------------------------------------------
 
 @needs_gxx

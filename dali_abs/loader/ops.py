@@ -239,11 +239,18 @@ class _Composite:
 
     def __init__(self, cfg: SwapConfig, size: tuple[int, int], grid: int):
         self.cfg, self.size, self.grid = cfg, size, grid
+        self.out = None  # the host output, reused: DALI copies a Python op's outputs before it runs again
 
     def __call__(self, images, fills, records):
         from dali_abs.swap import batch_of_records, composite
 
-        out = composite(batch_of_records(list(images), list(fills), list(records), self.cfg, self.size, self.grid))
+        b = batch_of_records(list(images), list(fills), list(records), self.cfg, self.size, self.grid)
+        if b.on_gpu:
+            out = composite(b)
+        else:  # a fresh 5-20 MB array per batch costs its page faults each time
+            if self.out is None or self.out.shape[0] != b.n:
+                self.out = np.empty((b.n, b.h, b.w, 3), np.uint8)
+            out = composite(b, out=self.out)
         return [out[i] for i in range(out.shape[0])]
 
 

@@ -174,8 +174,9 @@ def default_threads() -> int:
     return max(1, min(cpus, MAX_DEFAULT_THREADS))
 
 
-def composite(b: Batch, *, threads: int | None = None, vector: bool = True) -> np.ndarray:
-    """The batch composited by the kernel text on the CPU: a new uint8 [N,H,W,3] array, equal to
+def composite(b: Batch, *, threads: int | None = None, vector: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+    """The batch composited by the kernel text on the CPU: a uint8 [N,H,W,3] array (``out`` when
+    given, C-contiguous of that shape and dtype: a buffer reused from batch to batch), equal to
     :func:`dali_abs.swap.twin.composite` byte for byte. ``vector``: whole rows eight pixels at a
     time (``composite_rows.h``) where the CPU has AVX2 and the sample allows it (False: the
     per-pixel body everywhere; same output). ``threads``: host threads (default
@@ -191,19 +192,33 @@ def composite(b: Batch, *, threads: int | None = None, vector: bool = True) -> n
     elif int(threads) < 1:
         raise SwapError(f"threads must be >= 1, got {threads}")
     mean = mean_colour(np, b.fills) if b.cfg.fill == "mean" else np.zeros((b.n, 3), np.float32)
-    out = np.empty((b.n, b.h, b.w, 3), np.uint8)
+    out = _output(b, out)
     values = b.kernel_values(b.refs(lambda a: a.ctypes.data), mean, out)
     signature.check(values, b.dims())
     lib.abs_composite_host(*signature.ctypes_args(values), int(threads), int(bool(vector)))
     return out
 
 
-def composite_host(b: Batch) -> np.ndarray:
+def _output(b: Batch, out: np.ndarray | None) -> np.ndarray:
+    shape = (b.n, b.h, b.w, 3)
+    if out is None:
+        return np.empty(shape, np.uint8)
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != shape or not out.flags.c_contiguous:
+        raise SwapError(f"out must be a C-contiguous uint8 {shape} NumPy array, got {getattr(out, 'dtype', type(out))} "
+                        f"{getattr(out, 'shape', '')}")
+    return out
+
+
+def composite_host(b: Batch, out: np.ndarray | None = None) -> np.ndarray:
     """The CPU loader's compositing: :func:`composite` (the kernel text compiled for the host,
     multi-threaded) when it builds, else the twin :func:`dali_abs.swap.twin.composite` (after one
-    warning); the same bytes either way."""
+    warning); the same bytes either way, in ``out`` when given."""
     if native_available():
-        return composite(b)
+        return composite(b, out=out)
     from dali_abs.swap import twin
 
-    return twin.composite(b)
+    res = twin.composite(b)
+    if out is None:
+        return res
+    _output(b, out)[...] = res
+    return out

@@ -5,14 +5,18 @@ build cannot be made). The loader's CPU and GPU operators both make exactly this
 from __future__ import annotations
 
 from dali_abs.swap.batch import Batch
+from dali_abs.swap.config import SwapError
 
 
-def composite(b: Batch):
-    """uint8 [N,H,W,3] composited batch, on the device the batch's arrays are on."""
+def composite(b: Batch, out=None):
+    """uint8 [N,H,W,3] composited batch, on the device the batch's arrays are on. ``out``: a host
+    buffer of that shape to write into (host batches only; the CPU loader reuses one)."""
     if b.on_gpu:
+        if out is not None:
+            raise SwapError("out= is a host buffer, for host batches; this batch holds device arrays")
         from dali_abs.swap import gpu
 
         return gpu.composite(b)
     from dali_abs.swap import cpu
 
-    return cpu.composite_host(b)
+    return cpu.composite_host(b, out)
