@@ -276,6 +276,48 @@ def test_swap_output_declares_hwc(tiny_cache):
     assert swapped.layout() == "HWC" and normalised.layout() == "CHW"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_normalising_in_the_swap_op_gives_crop_mirror_normalizes_bytes(tiny_cache, dtype):
+    """background_swap(normalize=...) on the CPU normalises in its own op (what create_loader uses);
+    the result is the same bytes as DALI's crop_mirror_normalize after it, with layout CHW."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_abs.loader.ops import background_swap, cache_reader, normalize_node, swap_parameters
+    from dali_abs.swap import Normalize
+
+    cache = open_cache(tiny_cache)
+    norm = Normalize.imagenet(dtype)
+
+    @pipeline_def(batch_size=8, num_threads=2, device_id=None, seed=0)
+    def pipe():
+        s = cache_reader(cache, seed=0)
+        images = fn.decoders.image(s.jpegs, device="cpu", output_type=types.RGB)
+        params = swap_parameters(s, SwapConfig.waterbirds(), size=40, seed=3)
+        fused = background_swap(images, s, SwapConfig.waterbirds(), size=40, params=params, normalize=norm)
+        plain = background_swap(images, s, SwapConfig.waterbirds(), size=40, params=params)
+        return fused, normalize_node(plain, norm)
+
+    p = pipe()
+    p.build()
+    for _ in range(2):
+        fused, reference = p.run()
+        a, b = fused.as_array(), reference.as_array()
+        assert fused.layout() == "CHW" and a.shape == (8, 3, 40, 40) and a.dtype == np.dtype(dtype)
+        assert a.tobytes() == b.tobytes()
+
+
+def test_normalize_options_are_checked():
+    from dali_abs.swap import Normalize, SwapError
+
+    assert Normalize.imagenet().mean == tuple(m * 255 for m in (0.485, 0.456, 0.406))
+    with pytest.raises(SwapError, match=r"Normalize.std must be positive, got \(1, 0, 1\)"):
+        Normalize((0, 0, 0), (1, 0, 1))
+    with pytest.raises(SwapError, match="Normalize.dtype must be one of float32, float16; got 'int8'"):
+        Normalize((0, 0, 0), (1, 1, 1), "int8")
+    with pytest.raises(SwapError, match=r"Normalize.mean must be 3 numbers \(R, G, B in 0..255 units\), got \(1, 2\)"):
+        Normalize((1, 2), (1, 1, 1))
+
+
 def _gpu_loader_problems() -> list[str]:
     from dali_abs.devices import gpu_loader_problems
 

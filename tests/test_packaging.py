@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_kernel_sources_are_found_from_the_installed_package():
     from dali_abs.swap import sources
 
-    assert {"composite.cu", "composite_rows.h", "cpu_shim.cuh", "cpu_launcher.cpp"} <= set(sources.names())
+    assert {"composite.cu", "composite_rows.h", "normalize_rows.h", "cpu_shim.cuh", "cpu_launcher.cpp"} <= set(sources.names())
     assert "__global__" in sources.source("composite.cu")
     with pytest.raises(FileNotFoundError, match="no kernel source 'nope.cu'"):
         sources.source("nope.cu")
@@ -40,7 +40,7 @@ def test_wheel_ships_kernels_and_models(tmp_path):
     assert r.returncode == 0, r.stderr
     (wheel,) = tmp_path.glob("dali_abs-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for name in ("composite.cu", "composite_rows.h", "cpu_shim.cuh", "cpu_launcher.cpp"):  # the CPU build compiles them
+    for name in ("composite.cu", "composite_rows.h", "normalize_rows.h", "cpu_shim.cuh", "cpu_launcher.cpp"):  # the CPU build compiles them
         assert f"dali_abs/swap/{name}" in names
     assert "dali_abs/models/classifier.py" in names
     assert "dali_abs/labeling/static/index.html" in names

@@ -187,6 +187,20 @@ def test_no_swapped_sample_returns_a_copy_and_checks_match_the_twin(built):
         native_on(images, soft, fills, boxes, p, cfg, threads=0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_native_normalize_equals_the_twin(built, dtype):
+    from dali_abs.swap import Normalize
+    from dali_abs.swap.twin import normalize as twin_normalize
+
+    images = np.random.default_rng(24).integers(0, 256, (5, 17, 23, 3), dtype=np.uint8)  # odd sizes: the tails
+    norm = Normalize.imagenet(dtype)
+    out = native.normalize(images, norm, threads=2)
+    assert out.shape == (5, 3, 17, 23) and out.dtype == np.dtype(dtype) and out.flags.c_contiguous
+    assert out.tobytes() == twin_normalize(images, norm).tobytes()
+    with pytest.raises(SwapError, match=r"out must be a C-contiguous float32 \(5, 3, 17, 23\) NumPy array, got float64"):
+        native.normalize(images, Normalize.imagenet(), out=np.empty((5, 3, 17, 23)))
+
+
 def test_a_reused_output_buffer_gets_the_same_bytes(built):
     rng = np.random.default_rng(23)
     cfg = paper_waterbirds(fill="cached")

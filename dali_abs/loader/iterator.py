@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from dali_abs.cache.format import Cache, open_cache
-from dali_abs.constants import MEAN, STD
 from dali_abs.dataset import Dataset, load_dataset
 from dali_abs.errors import DaliAbsError
-from dali_abs.loader.ops import READER_NAME, background_swap, cache_reader
-from dali_abs.swap.config import AugmentConfig, SwapConfig
+from dali_abs.loader.ops import READER_NAME, background_swap, cache_reader, normalize_node
+from dali_abs.swap.config import AugmentConfig, Normalize, SwapConfig
 
 
 @dataclass(frozen=True)
@@ -247,11 +246,11 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
                          pad_last_batch=True, name=READER_NAME)
         images = fn.decoders.image(s.jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         aug = cfg.augment
+        norm = Normalize.imagenet(cfg.dtype)
         if cfg.swap is not None and compose is None:
-            # one pass: swap, random resized crop, flip and resize to the output size
+            # one pass: swap, random resized crop, flip, resize to the output size and normalise
             images = background_swap(images, s, cfg.swap, size=cfg.size, augment=aug, device=cfg.device,
-                                     seed=seed, batches_per_epoch=batches_per_epoch)
-            mirror = 0
+                                     seed=seed, batches_per_epoch=batches_per_epoch, normalize=norm)
         else:  # DALI's own crop and flip: after a composite of compose x compose, or the plain pipeline
             if cfg.swap is not None:
                 images = background_swap(images, s, cfg.swap, size=compose, device=cfg.device, seed=seed,
@@ -263,9 +262,7 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
                 images = fn.resize(images, size=[cfg.size, cfg.size], interp_type=types.INTERP_LINEAR,
                                    antialias=False)
             mirror = fn.random.coin_flip(probability=aug.flip) if aug is not None and aug.flip > 0 else 0
-        images = fn.crop_mirror_normalize(
-            images, mirror=mirror, mean=[m * 255 for m in MEAN], std=[s_ * 255 for s_ in STD],
-            dtype=types.FLOAT16 if cfg.dtype == "float16" else types.FLOAT, output_layout="CHW")
+            images = normalize_node(images, norm, mirror=mirror)
         labels = s.labels.gpu() if gpu else s.labels
         return images, labels
 

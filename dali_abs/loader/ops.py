@@ -38,7 +38,7 @@ import numpy as np
 from dali_abs.cache.format import Cache
 from dali_abs.errors import DaliAbsError
 from dali_abs.segmenter.thresholds import Thresholds
-from dali_abs.swap.config import AugmentConfig, SwapConfig, SwapError
+from dali_abs.swap.config import AugmentConfig, Normalize, SwapConfig, SwapError
 
 READER_NAME = "Reader"
 
@@ -235,11 +235,15 @@ class _Sample:
 
 class _Composite:
     """The compositing op, the same call on the CPU and on the GPU: one :class:`~dali_abs.swap.Batch`
-    of the decoded images, the fill tiles and the records, composited where they are."""
+    of the decoded images, the fill tiles and the records, composited where they are. ``normalize``
+    (host batches): also normalised to float CHW here (:func:`dali_abs.swap.cpu.normalize`), which
+    on the CPU costs a fraction of a crop_mirror_normalize op after it."""
 
-    def __init__(self, cfg: SwapConfig, size: tuple[int, int], grid: int):
-        self.cfg, self.size, self.grid = cfg, size, grid
-        self.out = None  # the host output, reused: DALI copies a Python op's outputs before it runs again
+    def __init__(self, cfg: SwapConfig, size: tuple[int, int], grid: int, normalize: Normalize | None = None):
+        self.cfg, self.size, self.grid, self.normalize = cfg, size, grid, normalize
+        # the host outputs, reused: DALI copies a Python op's outputs before it runs again, and a
+        # fresh 5-20 MB array per batch costs its page faults each time
+        self.out = self.norm_out = None
 
     def __call__(self, images, fills, records):
         from dali_abs.swap import batch_of_records, composite
@@ -247,11 +251,27 @@ class _Composite:
         b = batch_of_records(list(images), list(fills), list(records), self.cfg, self.size, self.grid)
         if b.on_gpu:
             out = composite(b)
-        else:  # a fresh 5-20 MB array per batch costs its page faults each time
+        else:
             if self.out is None or self.out.shape[0] != b.n:
                 self.out = np.empty((b.n, b.h, b.w, 3), np.uint8)
+                self.norm_out = None if self.normalize is None else np.empty(
+                    (b.n, 3, b.h, b.w), np.dtype(self.normalize.dtype))
             out = composite(b, out=self.out)
+            if self.normalize is not None:
+                from dali_abs.swap.cpu import normalize
+
+                out = normalize(out, self.normalize, out=self.norm_out)
         return [out[i] for i in range(out.shape[0])]
+
+
+def normalize_node(images, norm: Normalize, mirror=0):
+    """DALI's ``crop_mirror_normalize`` with the values of ``norm`` (float CHW out): the one place
+    a :class:`~dali_abs.swap.config.Normalize` becomes that op's arguments."""
+    from nvidia.dali import fn, types
+
+    return fn.crop_mirror_normalize(images, mirror=mirror, mean=list(norm.mean), std=list(norm.std),
+                                    dtype=types.FLOAT16 if norm.dtype == "float16" else types.FLOAT,
+                                    output_layout="CHW")
 
 
 def _canvas_size(size) -> tuple[int, int]:
@@ -300,7 +320,7 @@ def swap_parameters(samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, si
 
 def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(), *, size=None,
                     augment: AugmentConfig | None = None, device: str = "cpu", seed: int = 0,
-                    batches_per_epoch: int | None = None, params=None):
+                    batches_per_epoch: int | None = None, params=None, normalize: Normalize | None = None):
     """Composite each sample's foreground onto a clean background of another sample of the batch.
 
     ``images``: data node of uint8 HWC RGB of any sizes, on ``device`` ("cpu" or "gpu").
@@ -313,7 +333,9 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     ``params``: records of :func:`swap_parameters` to use instead of drawing new ones.
     ``cfg.tight`` / ``cfg.loose`` left None are the cache's recorded thresholds
     (:func:`swap_thresholds`). Returns a data node of uint8 HWC RGB, S x S, on ``device``, with
-    layout "HWC".
+    layout "HWC"; with ``normalize`` (a :class:`~dali_abs.swap.config.Normalize`) float CHW
+    instead, the same bytes as ``crop_mirror_normalize`` after it (on the CPU done in the same op;
+    on the GPU by that op).
     """
     from nvidia.dali import fn, types
 
@@ -338,6 +360,11 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
         fills = samples.fills
     if device == "gpu":  # a GPU operator takes GPU inputs: DALI copies the records over, in its own stream
         fills, params = fills.gpu(), params.gpu()
+    if normalize is not None and not isinstance(normalize, Normalize):
+        raise DaliAbsError(f"normalize must be None or a Normalize, got {type(normalize).__name__}")
+    host_norm = normalize if device == "cpu" else None
     # The layout is declared: the GPU crop_mirror_normalize refuses an input without one.
-    return fn.python_function(images, fills, params, function=_Composite(cfg, hw, samples.grid),
-                              batch_processing=True, num_outputs=1, device=device, output_layouts="HWC")
+    out = fn.python_function(images, fills, params, function=_Composite(cfg, hw, samples.grid, host_norm),
+                             batch_processing=True, num_outputs=1, device=device,
+                             output_layouts="CHW" if host_norm is not None else "HWC")
+    return normalize_node(out, normalize) if normalize is not None and host_norm is None else out

@@ -14,9 +14,9 @@ makes random batches. The loader
 """
 
 from dali_abs.swap.batch import Batch, batch, batch_of_records, pack_samples
-from dali_abs.swap.config import BACKGROUNDS, FILLS, SCHEDULES, AugmentConfig, SwapConfig, SwapError
+from dali_abs.swap.config import BACKGROUNDS, FILLS, SCHEDULES, AugmentConfig, Normalize, SwapConfig, SwapError
 from dali_abs.swap.dispatch import composite
 from dali_abs.swap.sampling import foreground_box, sample_crops, sample_params
 
-__all__ = ["BACKGROUNDS", "FILLS", "SCHEDULES", "AugmentConfig", "Batch", "SwapConfig", "SwapError", "batch",
+__all__ = ["BACKGROUNDS", "FILLS", "SCHEDULES", "AugmentConfig", "Batch", "Normalize", "SwapConfig", "SwapError", "batch",
            "batch_of_records", "composite", "foreground_box", "pack_samples", "sample_crops", "sample_params"]

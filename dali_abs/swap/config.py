@@ -1,5 +1,6 @@
 """Options of the background swap: :class:`SwapConfig` (what is swapped, how), :class:`AugmentConfig`
-(the crop and flip done in the same pass), and :class:`SwapError`, the error of every swap input.
+(the crop and flip done in the same pass), :class:`Normalize` (the float CHW normalisation that
+may follow in the same op), and :class:`SwapError`, the error of every swap input.
 
 Thresholds are on the cached soft patch mask, the **foreground** probability (1 = foreground).
 """
@@ -172,6 +173,45 @@ class AugmentConfig:
             raise SwapError(f"AugmentConfig.ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio!r}")
         if not 0.0 <= float(self.flip) <= 1.0:
             raise SwapError(f"AugmentConfig.flip is a probability in [0, 1], got {self.flip!r}")
+
+
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class Normalize:
+    """The composite normalised to float CHW as DALI's ``crop_mirror_normalize(mean=mean, std=std,
+    dtype=..., output_layout="CHW")`` computes it, so the tensors are the same bytes whichever
+    does it: ``(x - mean) * (1 / std)`` in float32 for x in 0..255, ``mean`` and ``std`` per RGB
+    channel in **0..255 units** (DALI's), ``1 / std`` in float32; ``dtype`` "float16" rounds that
+    to nearest even. :meth:`imagenet`: the constants every stage uses."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if not isinstance(v, (tuple, list)) or len(v) != 3 or not all(isinstance(x, (int, float)) for x in v):
+                raise SwapError(f"Normalize.{name} must be 3 numbers (R, G, B in 0..255 units), got {v!r}")
+        if not all(x > 0 for x in self.std):
+            raise SwapError(f"Normalize.std must be positive, got {self.std!r}")
+        if self.dtype not in DTYPES:
+            raise SwapError(f"Normalize.dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
+
+    @classmethod
+    def imagenet(cls, dtype: str = "float32") -> "Normalize":
+        """ImageNet's mean and std (:mod:`dali_abs.constants`), times 255."""
+        from dali_abs.constants import MEAN, STD
+
+        return cls(tuple(m * 255 for m in MEAN), tuple(s * 255 for s in STD), dtype)
+
+    def constants(self):
+        """float32 (3,) mean and float32 (3,) ``1 / std``, as DALI's kernel holds them."""
+        import numpy as np
+
+        return np.array(self.mean, np.float32), np.float32(1) / np.array(self.std, np.float32)
 
 
 def require_thresholds(cfg: SwapConfig) -> None:

@@ -38,7 +38,7 @@ from dali_abs.swap import signature
 from dali_abs.swap.batch import Batch, mean_colour
 from dali_abs.swap.config import SwapError
 
-_ABI = 5  # bump when the launcher's C signature changes
+_ABI = 6  # bump when the launcher's C signature changes
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno",
          "-fvisibility=hidden", "-Wall")
 
@@ -62,6 +62,7 @@ def translation_unit() -> str:
         "#if defined(__x86_64__) && defined(__GNUC__)\n#define ABS_HAVE_ROWS 1",
         '#line 1 "composite_rows.h"', source("composite_rows.h"),
         "#else\n#define ABS_HAVE_ROWS 0\n#endif",
+        '#line 1 "normalize_rows.h"', source("normalize_rows.h"),
         f"#define ABS_NATIVE_ABI {_ABI}", '#line 1 "cpu_launcher.cpp"', source("cpu_launcher.cpp"),
     ])
 
@@ -112,6 +113,10 @@ def _open(path: Path):
     fn = lib.abs_composite_host
     fn.restype = ctypes.c_int
     fn.argtypes = signature.argtypes(extra=(ctypes.c_int, ctypes.c_int))  # ABS_COMPOSITE_PARAMS, threads, vector
+    norm = lib.abs_normalize_host
+    norm.restype = ctypes.c_int
+    norm.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p,
+                     ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
     return lib
 
 
@@ -221,4 +226,34 @@ def composite_host(b: Batch, out: np.ndarray | None = None) -> np.ndarray:
     if out is None:
         return res
     _output(b, out)[...] = res
+    return out
+
+
+def normalize(images: np.ndarray, norm, *, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+    """uint8 [N,H,W,3] composites -> [N,3,H,W] float32 / float16 (:class:`~dali_abs.swap.config.Normalize`),
+    byte for byte DALI's crop_mirror_normalize and :func:`dali_abs.swap.twin.normalize` (natively on
+    ``threads`` host threads, default :func:`default_threads`; the twin where the library is
+    unavailable). ``out``: a C-contiguous buffer of that shape and dtype to write into."""
+    from dali_abs.swap import twin
+
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 \
+            or not images.flags.c_contiguous:
+        raise SwapError(f"images must be a C-contiguous uint8 [N,H,W,3] NumPy array, got "
+                        f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
+    n, h, w, _ = images.shape
+    dtype = np.dtype(norm.dtype)
+    if out is None:
+        out = np.empty((n, 3, h, w), dtype)
+    elif not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != (n, 3, h, w) or not out.flags.c_contiguous:
+        raise SwapError(f"out must be a C-contiguous {dtype} {(n, 3, h, w)} NumPy array, got "
+                        f"{getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
+    lib = _load()
+    if lib is not None and n:
+        mean, inv = norm.constants()
+        threads = default_threads() if threads is None else max(1, int(threads))
+        half = int(dtype == np.float16)
+        if lib.abs_normalize_host(images.ctypes.data, out.ctypes.data, n, h * w, mean.ctypes.data, inv.ctypes.data,
+                                  half, threads) == 0:
+            return out
+    out[...] = twin.normalize(images, norm)  # no library, or no float16 on this CPU: NumPy rounds it
     return out

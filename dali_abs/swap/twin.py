@@ -234,3 +234,13 @@ def composite(b: Batch) -> np.ndarray:
 def composite_cpu(images, soft, fills, boxes, params: dict, cfg: SwapConfig, size=None) -> np.ndarray:
     """The twin on the kornia-style inputs: :func:`composite` of :func:`~dali_abs.swap.batch.batch`."""
     return composite(batch(images, soft, fills, boxes, params, cfg, size))
+
+
+def normalize(images: np.ndarray, norm) -> np.ndarray:
+    """uint8 [N,H,W,3] -> [N,3,H,W] ``norm.dtype`` (:class:`~dali_abs.swap.config.Normalize`):
+    ``(x - mean) * (1 / std)`` in float32, as DALI's crop_mirror_normalize; the reference of
+    :func:`dali_abs.swap.cpu.normalize`."""
+    mean, inv = norm.constants()
+    out = (np.ascontiguousarray(images.transpose(0, 3, 1, 2)).astype(np.float32) - mean[:, None, None]) \
+        * inv[:, None, None]
+    return out.astype(np.float16) if norm.dtype == "float16" else out
