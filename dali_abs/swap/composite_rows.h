@@ -38,8 +38,9 @@ struct Tables {
   bool fast = false, swapped = false;
   bool fg_tables = false;  // the foreground from the column tables (axis-aligned map)
   bool fg_affine = false;  // else per lane through the affine map
-  // fg_affine: the source box (x0, y0, x1, y1, canvas px) outside which the mask stays below tight
-  double src_box[4] = {0.0, 0.0, 0.0, 0.0};
+  // fg_affine: source boxes (x0, y0, x1, y1, canvas px, 4 per box), one per band of grid rows,
+  // outside which the mask stays below tight (source_boxes)
+  std::vector<double> src_boxes;
   // fg_affine: s's grid with its edge cells repeated around it ((r + 2) x (r + 2)), so that a
   // point's two grid columns are always neighbours in memory (one 8-byte load for both)
   std::vector<float> gpad;
@@ -68,46 +69,58 @@ static inline float canvas_x(const AbsSample* ps, int w, bool flip, int x) {
   return ps->crop_x0 + ((float)xm + 0.5f) * ps->crop_sx;
 }
 
-// The box of source canvas points (x0, y0, x1, y1) where the bilinear mask of an r x r grid can
-// exceed `tight`: the cells at or above tight (less 1e-6), widened by half a patch on each side
-// (a bilinear value lies between its four cells' values) and by one more px for rounding, as
-// foreground_box in sampling.py. False when no cell is.
-static bool source_box(double* box, const float* g, int r, float tight, int w, int h) {
-  int c0 = r, c1 = -1, r0 = r, r1 = -1;
-  for (int i = 0; i < r; ++i)
-    for (int j = 0; j < r; ++j)
-      if (g[i * r + j] >= tight - 1e-6f) {
-        c0 = j < c0 ? j : c0; c1 = j > c1 ? j : c1;
-        r0 = i < r0 ? i : r0; r1 = i > r1 ? i : r1;
-      }
-  if (c1 < 0) return false;
+// Source canvas boxes (x0, y0, x1, y1), one per band between two grid rows, outside which the
+// bilinear mask of an r x r grid stays at or below `tight`: a bilinear value lies between the
+// values of its four cells (those around it, clamped at the edges), so a point can exceed tight
+// only where one of them is at or above it (less 1e-6, as foreground_box in sampling.py). A point
+// with grid coordinate gy in [i, i + 1) reads grid rows i and i + 1, i.e. source y in
+// [(i + 0.5), (i + 1.5)) patch heights; its band's box spans the grid columns j whose 2 x 2 block
+// (rows i, i + 1, columns j, j + 1) holds such a cell. Each box widened by one px for rounding.
+// Empty when no cell is.
+static void source_boxes(std::vector<double>& boxes, const float* g, int r, float tight, int w, int h) {
+  boxes.clear();
   const double pw = (double)w / r, ph = (double)h / r;
-  box[0] = (c0 - 0.5) * pw - 1.0; box[2] = (c1 + 1.5) * pw + 1.0;
-  box[1] = (r0 - 0.5) * ph - 1.0; box[3] = (r1 + 1.5) * ph + 1.0;
-  return true;
+  auto hot = [&](int i, int j) { return g[abs_clampi(i, 0, r - 1) * r + abs_clampi(j, 0, r - 1)] >= tight - 1e-6f; };
+  for (int i = -1; i < r; ++i) {  // floor(gy), for points inside the canvas
+    int lo = r, hi = -2;
+    for (int j = -1; j < r; ++j)
+      if (hot(i, j) || hot(i, j + 1) || hot(i + 1, j) || hot(i + 1, j + 1)) {
+        lo = j < lo ? j : lo;
+        hi = j;
+      }
+    if (hi < lo) continue;
+    boxes.insert(boxes.end(), {(lo + 0.5) * pw - 1.0, (i + 0.5) * ph - 1.0, (hi + 1.5) * pw + 1.0, (i + 1.5) * ph + 1.0});
+  }
 }
 
-// The output columns [*lo, *hi] of row py whose points the affine map a takes into the source
-// box (a rotated foreground's chord of the row, often much narrower than its axis-aligned
-// fg_box), widened by one column each side; outside them no lane can be foreground.
-static void affine_columns(const double* box, const float* a, const AbsSample* ps, int w, float py, int* lo, int* hi) {
-  double plo = -1e30, phi = 1e30;  // canvas x interval
+// The output columns [*lo, *hi] of row py whose points the affine map a takes into one of the
+// source boxes (a rotated foreground's outline along the row, often much narrower than its
+// axis-aligned fg_box), widened by one column each side; outside them no lane can be foreground.
+static void affine_columns(const std::vector<double>& boxes, const float* a, const AbsSample* ps, int w, float py,
+                           int* lo, int* hi) {
+  double ulo = 1e30, uhi = -1e30;  // canvas x: the union of the boxes' intervals
   const double k[2] = {a[0], a[3]}, c[2] = {(double)a[1] * py + a[2], (double)a[4] * py + a[5]};
-  for (int d = 0; d < 2; ++d) {
-    const double blo = box[d], bhi = box[d + 2];
-    if (k[d] > 1e-12 || k[d] < -1e-12) {
-      double u = (blo - c[d]) / k[d], v = (bhi - c[d]) / k[d];
-      if (u > v) { const double tmp = u; u = v; v = tmp; }
-      plo = u > plo ? u : plo; phi = v < phi ? v : phi;
-    } else if (c[d] < blo || c[d] > bhi) {
-      *lo = 0; *hi = -1;
-      return;
+  for (size_t b = 0; b < boxes.size(); b += 4) {
+    double plo = -1e30, phi = 1e30;
+    bool none = false;
+    for (int d = 0; d < 2 && !none; ++d) {
+      const double blo = boxes[b + d], bhi = boxes[b + d + 2];
+      if (k[d] > 1e-12 || k[d] < -1e-12) {
+        double u = (blo - c[d]) / k[d], v = (bhi - c[d]) / k[d];
+        if (u > v) { const double tmp = u; u = v; v = tmp; }
+        plo = u > plo ? u : plo; phi = v < phi ? v : phi;
+      } else {
+        none = c[d] < blo || c[d] > bhi;
+      }
     }
+    if (none || plo > phi) continue;
+    ulo = plo < ulo ? plo : ulo;
+    uhi = phi > uhi ? phi : uhi;
   }
-  if (plo > phi) { *lo = 0; *hi = -1; return; }
+  if (ulo > uhi) { *lo = 0; *hi = -1; return; }
   // canvas x = crop_x0 + (xm + 0.5) * crop_sx, increasing in xm (crop_sx > 0); x = xm or w - 1 - xm
   const double sx = ps->crop_sx;
-  double m0 = (plo - ps->crop_x0) / sx - 0.5, m1 = (phi - ps->crop_x0) / sx - 0.5;
+  double m0 = (ulo - ps->crop_x0) / sx - 0.5, m1 = (uhi - ps->crop_x0) / sx - 0.5;
   m0 = m0 < -2.0 ? -2.0 : (m0 > w + 2.0 ? w + 2.0 : m0);
   m1 = m1 < -2.0 ? -2.0 : (m1 > w + 2.0 ? w + 2.0 : m1);
   int x0 = (int)floor(m0) - 1, x1 = (int)ceil(m1) + 1;
@@ -124,7 +137,8 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
   const float* a = ps->affine;
   t.fg_tables = t.swapped && a[1] == 0.0f && a[3] == 0.0f;
   t.fg_affine = t.swapped && !t.fg_tables;
-  if (t.fg_affine && !source_box(t.src_box, abs_soft(ps), r, tight, w, h)) t.fg_affine = false;  // no foreground
+  if (t.fg_affine) source_boxes(t.src_boxes, abs_soft(ps), r, tight, w, h);
+  if (t.fg_affine && t.src_boxes.empty()) t.fg_affine = false;  // no foreground
   if (t.fg_affine) {
     const int rp = r + 2;
     const float* g = abs_soft(ps);
@@ -496,7 +510,7 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   const float* aff = ps->affine;
   const bool aff_row = t.fg_affine && py >= ps->fg_box[1] && py < ps->fg_box[3];
   int aff_lo = 0, aff_hi = -1;  // the columns the per-lane foreground can reach on this row
-  if (aff_row) affine_columns(t.src_box, aff, ps, w, py, &aff_lo, &aff_hi);
+  if (aff_row) affine_columns(t.src_boxes, aff, ps, w, py, &aff_lo, &aff_hi);
   const __m256 A[6] = {_mm256_set1_ps(aff[0]), _mm256_set1_ps(aff[1]), _mm256_set1_ps(aff[2]),
                        _mm256_set1_ps(aff[3]), _mm256_set1_ps(aff[4]), _mm256_set1_ps(aff[5])};
   const __m256 a1py = _mm256_set1_ps(aff[1] * py), a4py = _mm256_set1_ps(aff[4] * py);
