@@ -194,11 +194,26 @@ def test_native_normalize_equals_the_twin(built, dtype):
 
     images = np.random.default_rng(24).integers(0, 256, (5, 17, 23, 3), dtype=np.uint8)  # odd sizes: the tails
     norm = Normalize.imagenet(dtype)
-    out = native.normalize(images, norm, threads=2)
+    out = native.normalize_images(images, norm, threads=2)
     assert out.shape == (5, 3, 17, 23) and out.dtype == np.dtype(dtype) and out.flags.c_contiguous
     assert out.tobytes() == twin_normalize(images, norm).tobytes()
     with pytest.raises(SwapError, match=r"out must be a C-contiguous float32 \(5, 3, 17, 23\) NumPy array, got float64"):
-        native.normalize(images, Normalize.imagenet(), out=np.empty((5, 3, 17, 23)))
+        native.normalize_images(images, Normalize.imagenet(), out=np.empty((5, 3, 17, 23)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_compositing_and_normalising_in_one_pass_gives_the_same_bytes(built, dtype):
+    from dali_abs.swap import Normalize
+    from dali_abs.swap.twin import normalize as twin_normalize
+
+    rng = np.random.default_rng(25)
+    cfg = paper_waterbirds(fill="cached")
+    images, soft, fills, boxes = make_batch(rng, 12, 72, 68, 8, 16)  # several chunks over the threads
+    b = swap.batch(images, soft, fills, boxes, params_for(rng, soft, cfg, 72, 68), cfg)
+    norm = Normalize.imagenet(dtype)
+    expected = twin_normalize(native.composite(b, threads=1), norm).tobytes()
+    for threads in (1, 3):
+        assert native.composite(b, threads=threads, normalize=norm).tobytes() == expected
 
 
 def test_a_reused_output_buffer_gets_the_same_bytes(built):
@@ -273,4 +288,21 @@ def test_native_can_be_switched_off_without_a_warning(fresh, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not native.native_available()
+    assert native._STATE["why"] == "disabled by DALI_ABS_NATIVE"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_without_the_library_the_twin_composites_and_normalises_the_same(fresh, monkeypatch, dtype):
+    from dali_abs.swap import Normalize
+
+    rng = np.random.default_rng(26)
+    cfg = paper_waterbirds(fill="cached")
+    images, soft, fills, boxes = make_batch(rng)
+    b = swap.batch(images, soft, fills, boxes, params_for(rng, soft, cfg, 48, 40), cfg)
+    norm = Normalize.imagenet(dtype)
+    expected = native.composite_host(b, normalize=norm).tobytes()
+    native._forget()
+    monkeypatch.setenv("DALI_ABS_NATIVE", "0")
+    buf = np.empty((8, 3, 48, 40), np.dtype(dtype))
+    assert swap.composite(b, normalize=norm, normalized=buf) is buf and buf.tobytes() == expected
     assert native._STATE["why"] == "disabled by DALI_ABS_NATIVE"

@@ -637,13 +637,13 @@ class Cache:
     def fill_bytes(self, key: str | int) -> bytes | None:
         """The fill JPEG of an image (the encoder's bytes, put back together from the stored form:
         :func:`~dali_abs.cache.jpeg_parts.rebuild`), None when its loose mask is empty."""
-        k, off, size = (int(v) for v in self.fill_spans[self._row(key)])
+        k, off, size = self.fill_spans[self._row(key)].tolist()
         if size == 0:
             return None
         if not hasattr(self, "_maps"):
             self._maps = {}
-        if k not in self._maps:
-            self._maps[k] = np.memmap(self.root / CHUNKS / f"{chunk_name(k)}.fills.bin", np.uint8, "r")
+        if k not in self._maps:  # a plain ndarray over the map: slicing a np.memmap costs more than the copy
+            self._maps[k] = np.asarray(np.memmap(self.root / CHUNKS / f"{chunk_name(k)}.fills.bin", np.uint8, "r"))
         return rebuild(self._maps[k][off:off + size].tobytes(), self.jpeg_parts[k] if self.jpeg_parts else None)
 
     def fill(self, key: str | int) -> np.ndarray | None:

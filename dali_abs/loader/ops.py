@@ -236,8 +236,8 @@ class _Sample:
 class _Composite:
     """The compositing op, the same call on the CPU and on the GPU: one :class:`~dali_abs.swap.Batch`
     of the decoded images, the fill tiles and the records, composited where they are. ``normalize``
-    (host batches): also normalised to float CHW here (:func:`dali_abs.swap.cpu.normalize`), which
-    on the CPU costs a fraction of a crop_mirror_normalize op after it."""
+    (host batches): also normalised to float CHW in the same pass (:func:`dali_abs.swap.cpu.composite`),
+    which on the CPU costs a fraction of a crop_mirror_normalize op after it."""
 
     def __init__(self, cfg: SwapConfig, size: tuple[int, int], grid: int, normalize: Normalize | None = None):
         self.cfg, self.size, self.grid, self.normalize = cfg, size, grid, normalize
@@ -256,11 +256,7 @@ class _Composite:
                 self.out = np.empty((b.n, b.h, b.w, 3), np.uint8)
                 self.norm_out = None if self.normalize is None else np.empty(
                     (b.n, 3, b.h, b.w), np.dtype(self.normalize.dtype))
-            out = composite(b, out=self.out)
-            if self.normalize is not None:
-                from dali_abs.swap.cpu import normalize
-
-                out = normalize(out, self.normalize, out=self.norm_out)
+            out = composite(b, out=self.out, normalize=self.normalize, normalized=self.norm_out)
         return [out[i] for i in range(out.shape[0])]
 
 

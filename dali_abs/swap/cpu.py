@@ -38,7 +38,7 @@ from dali_abs.swap import signature
 from dali_abs.swap.batch import Batch, mean_colour
 from dali_abs.swap.config import SwapError
 
-_ABI = 6  # bump when the launcher's C signature changes
+_ABI = 7  # bump when the launcher's C signature changes
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno",
          "-fvisibility=hidden", "-Wall")
 
@@ -112,7 +112,9 @@ def _open(path: Path):
         raise NativeUnavailable(f"{path}: wrong launcher ABI")
     fn = lib.abs_composite_host
     fn.restype = ctypes.c_int
-    fn.argtypes = signature.argtypes(extra=(ctypes.c_int, ctypes.c_int))  # ABS_COMPOSITE_PARAMS, threads, vector
+    # ABS_COMPOSITE_PARAMS, threads, vector, normalisation (NormArgs or NULL)
+    fn.argtypes = signature.argtypes(extra=(ctypes.c_int, ctypes.c_int, ctypes.c_void_p))
+    lib.abs_native_f16.restype = ctypes.c_int
     norm = lib.abs_normalize_host
     norm.restype = ctypes.c_int
     norm.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p,
@@ -179,14 +181,24 @@ def default_threads() -> int:
     return max(1, min(cpus, MAX_DEFAULT_THREADS))
 
 
-def composite(b: Batch, *, threads: int | None = None, vector: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+class NormArgs(ctypes.Structure):
+    """``abs_norm::Args`` of normalize_rows.h: where and how the launcher normalises."""
+
+    _fields_ = [("out", ctypes.c_void_p), ("mean", ctypes.c_void_p), ("inv", ctypes.c_void_p), ("half", ctypes.c_int)]
+
+
+def composite(b: Batch, *, threads: int | None = None, vector: bool = True, out: np.ndarray | None = None,
+              normalize=None, normalized: np.ndarray | None = None) -> np.ndarray:
     """The batch composited by the kernel text on the CPU: a uint8 [N,H,W,3] array (``out`` when
     given, C-contiguous of that shape and dtype: a buffer reused from batch to batch), equal to
     :func:`dali_abs.swap.twin.composite` byte for byte. ``vector``: whole rows eight pixels at a
     time (``composite_rows.h``) where the CPU has AVX2 and the sample allows it (False: the
     per-pixel body everywhere; same output). ``threads``: host threads (default
-    :func:`default_threads`). Raises :class:`NativeUnavailable` if the library cannot be built;
-    :func:`composite_host` falls back to the twin instead."""
+    :func:`default_threads`). ``normalize`` (a :class:`~dali_abs.swap.config.Normalize`): return
+    the batch normalised to [N,3,H,W] float instead (into ``normalized`` when given), each chunk
+    as soon as it is composited, the bytes of :func:`normalize_images` on the uint8 result. Raises
+    :class:`NativeUnavailable` if the library cannot be built; :func:`composite_host` falls back
+    to the twin instead."""
     if b.on_gpu:
         raise SwapError("the CPU backend composites host (NumPy) batches; this one holds CuPy arrays")
     lib = _load()
@@ -200,8 +212,17 @@ def composite(b: Batch, *, threads: int | None = None, vector: bool = True, out:
     out = _output(b, out)
     values = b.kernel_values(b.refs(lambda a: a.ctypes.data), mean, out)
     signature.check(values, b.dims())
-    lib.abs_composite_host(*signature.ctypes_args(values), int(threads), int(bool(vector)))
-    return out
+    norm = None
+    if normalize is not None:
+        normalized = _normalized(out, normalize, normalized, "normalized")
+        if normalize.dtype == "float16" and not lib.abs_native_f16():  # this CPU: NumPy rounds it after
+            lib.abs_composite_host(*signature.ctypes_args(values), int(threads), int(bool(vector)), None)
+            return normalize_images(out, normalize, out=normalized)
+        m, inv = normalize.constants()
+        norm = NormArgs(normalized.ctypes.data, m.ctypes.data, inv.ctypes.data, int(normalize.dtype == "float16"))
+    lib.abs_composite_host(*signature.ctypes_args(values), int(threads), int(bool(vector)),
+                           None if norm is None else ctypes.byref(norm))
+    return out if normalize is None else normalized
 
 
 def _output(b: Batch, out: np.ndarray | None) -> np.ndarray:
@@ -214,22 +235,25 @@ def _output(b: Batch, out: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def composite_host(b: Batch, out: np.ndarray | None = None) -> np.ndarray:
+def composite_host(b: Batch, out: np.ndarray | None = None, normalize=None,
+                   normalized: np.ndarray | None = None) -> np.ndarray:
     """The CPU loader's compositing: :func:`composite` (the kernel text compiled for the host,
     multi-threaded) when it builds, else the twin :func:`dali_abs.swap.twin.composite` (after one
-    warning); the same bytes either way, in ``out`` when given."""
+    warning); the same bytes either way, in ``out`` when given; normalised as :func:`composite`
+    does with ``normalize``."""
     if native_available():
-        return composite(b, out=out)
+        return composite(b, out=out, normalize=normalize, normalized=normalized)
     from dali_abs.swap import twin
 
     res = twin.composite(b)
-    if out is None:
-        return res
-    _output(b, out)[...] = res
-    return out
+    if out is not None:
+        _output(b, out)[...] = res
+        res = out
+    return res if normalize is None else normalize_images(res, normalize, out=normalized)
 
 
-def normalize(images: np.ndarray, norm, *, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+def normalize_images(images: np.ndarray, norm, *, out: np.ndarray | None = None,
+                     threads: int | None = None) -> np.ndarray:
     """uint8 [N,H,W,3] composites -> [N,3,H,W] float32 / float16 (:class:`~dali_abs.swap.config.Normalize`),
     byte for byte DALI's crop_mirror_normalize and :func:`dali_abs.swap.twin.normalize` (natively on
     ``threads`` host threads, default :func:`default_threads`; the twin where the library is
@@ -241,12 +265,8 @@ def normalize(images: np.ndarray, norm, *, out: np.ndarray | None = None, thread
         raise SwapError(f"images must be a C-contiguous uint8 [N,H,W,3] NumPy array, got "
                         f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
     n, h, w, _ = images.shape
-    dtype = np.dtype(norm.dtype)
-    if out is None:
-        out = np.empty((n, 3, h, w), dtype)
-    elif not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != (n, 3, h, w) or not out.flags.c_contiguous:
-        raise SwapError(f"out must be a C-contiguous {dtype} {(n, 3, h, w)} NumPy array, got "
-                        f"{getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
+    out = _normalized(images, norm, out)
+    dtype = out.dtype
     lib = _load()
     if lib is not None and n:
         mean, inv = norm.constants()
@@ -256,4 +276,17 @@ def normalize(images: np.ndarray, norm, *, out: np.ndarray | None = None, thread
                                   half, threads) == 0:
             return out
     out[...] = twin.normalize(images, norm)  # no library, or no float16 on this CPU: NumPy rounds it
+    return out
+
+
+
+def _normalized(images: np.ndarray, norm, out: np.ndarray | None, name: str = "out") -> np.ndarray:
+    """The [N,3,H,W] buffer for ``images`` (uint8 [N,H,W,3]) normalised by ``norm``: ``out``, checked, or a new one."""
+    n, h, w, _ = images.shape
+    dtype = np.dtype(norm.dtype)
+    if out is None:
+        return np.empty((n, 3, h, w), dtype)
+    if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != (n, 3, h, w) or not out.flags.c_contiguous:
+        raise SwapError(f"{name} must be a C-contiguous {dtype} {(n, 3, h, w)} NumPy array, got "
+                        f"{getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
     return out

@@ -60,13 +60,19 @@ static void abs_run_rows(long long first, long long last, int vector, ABS_COMPOS
 // per chunk where the batch has a few per thread, so the row renderer builds each sample's tables
 // once; contiguous halves would leave one thread idle when the swapped samples crowd the other
 // half. Returns the number of threads used.
-ABS_EXPORT int abs_composite_host(ABS_COMPOSITE_PARAMS, int threads, int vector) {
+// norm (may be NULL): also normalise each chunk of rows into norm->out as soon as it is
+// composited, while its bytes are still in this core's cache (normalize_rows.h).
+ABS_EXPORT int abs_composite_host(ABS_COMPOSITE_PARAMS, int threads, int vector, const abs_norm::Args* norm) {
   const long long rows = (long long)n * h;
   const long long min_rows = (16384 + w - 1) / w;  // below ~16k px a thread costs more than it saves
   long long t = threads < 1 ? 1 : threads;
   if (t > (rows + min_rows - 1) / min_rows) t = (rows + min_rows - 1) / min_rows;
+  auto chunk = [&](long long first, long long last) {
+    abs_run_rows(first, last, vector, ABS_COMPOSITE_ARGS);
+    if (norm) abs_norm::rows(norm, out, first, last, h, w);
+  };
   if (t <= 1) {
-    abs_run_rows(0, rows, vector, ABS_COMPOSITE_ARGS);
+    chunk(0, rows);
     return 1;
   }
   long long grain = (long long)n >= 4 * t ? h : (rows + 4 * t - 1) / (4 * t);
@@ -74,7 +80,7 @@ ABS_EXPORT int abs_composite_host(ABS_COMPOSITE_PARAMS, int threads, int vector)
   std::atomic<long long> next(0);
   auto run = [&, grain]() {
     for (long long first; (first = next.fetch_add(grain)) < rows;)
-      abs_run_rows(first, first + grain < rows ? first + grain : rows, vector, ABS_COMPOSITE_ARGS);
+      chunk(first, first + grain < rows ? first + grain : rows);
   };
   std::vector<std::thread> pool;
   int used = 1;
@@ -87,6 +93,8 @@ ABS_EXPORT int abs_composite_host(ABS_COMPOSITE_PARAMS, int threads, int vector)
   return used;
 }
 
+ABS_EXPORT int abs_native_f16() { return abs_norm::have_f16() ? 1 : 0; }
+
 // uint8 [n, hw, 3] -> normalised [n, 3, hw] (normalize_rows.h), samples handed out to `threads`
 // host threads. half: float16 output. Returns 0, or 1 when this CPU cannot write float16 (nothing
 // written: the caller rounds the float32 result).
@@ -97,7 +105,7 @@ ABS_EXPORT int abs_normalize_host(const unsigned char* in, void* out, long long 
   if (t > n) t = n;
   std::atomic<long long> next(0);
   auto run = [&]() {
-    for (long long s; (s = next.fetch_add(1)) < n;) abs_norm::sample(in, out, s, hw, mean, inv, half != 0);
+    for (long long s; (s = next.fetch_add(1)) < n;) abs_norm::pixels(in, out, s, hw, 0, hw, mean, inv, half != 0);
   };
   std::vector<std::thread> pool;
   try {

@@ -68,15 +68,16 @@ static inline bool have_f16() {
 #endif
 }
 
-// Sample s of an [n, hw, 3] uint8 batch into the [n, 3, hw] output (float32, or float16 bits).
-static inline void sample(const uint8_t* in, void* out, long long s, long long hw, const float* mean, const float* inv,
-                          bool half) {
+// Pixels [first, last) of sample s of an [n, hw, 3] uint8 batch into the [n, 3, hw] output
+// (float32, or float16 bits).
+static inline void pixels(const uint8_t* in, void* out, long long s, long long hw, long long first, long long last,
+                          const float* mean, const float* inv, bool half) {
   const uint8_t* p = in + s * hw * 3;
   if (half) {
 #if defined(__x86_64__) && defined(__GNUC__)
     uint16_t* base = (uint16_t*)out + s * hw * 3;
     uint16_t* const o[3] = {base, base + hw, base + 2 * hw};
-    rows_f16(p, o, 0, hw, mean, inv);
+    rows_f16(p, o, first, last, mean, inv);
 #endif
     return;
   }
@@ -84,11 +85,29 @@ static inline void sample(const uint8_t* in, void* out, long long s, long long h
   float* const o[3] = {base, base + hw, base + 2 * hw};
 #if defined(__x86_64__) && defined(__GNUC__)
   if (__builtin_cpu_supports("avx2")) {
-    rows_f32_avx2(p, o, 0, hw, mean, inv);
+    rows_f32_avx2(p, o, first, last, mean, inv);
     return;
   }
 #endif
-  rows_f32(p, o, 0, hw, mean, inv);
+  rows_f32(p, o, first, last, mean, inv);
+}
+
+// What the launcher normalises into (cpu.py's NormArgs): output, float32 mean and 1 / std, float16 or not.
+struct Args {
+  void* out;
+  const float* mean;
+  const float* inv;
+  int half;
+};
+
+// Output rows [first, last) of a composited [n, h, w, 3] batch (row = s * h + y), normalised.
+static inline void rows(const Args* a, const uint8_t* img, long long first, long long last, int h, int w) {
+  const long long hw = (long long)h * w;
+  for (long long row = first; row < last;) {
+    const long long s = row / h, end = (s + 1) * h < last ? (s + 1) * h : last;
+    pixels(img, a->out, s, hw, (row - s * h) * w, (end - s * h) * w, a->mean, a->inv, a->half != 0);
+    row = end;
+  }
 }
 
 }  // namespace abs_norm
