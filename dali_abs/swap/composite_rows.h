@@ -146,6 +146,20 @@ static void build_tables(Tables& t, ABS_COMPOSITE_PARAMS, int s) {
     for (int i = 0; i < rp; ++i)
       for (int j = 0; j < rp; ++j) t.gpad[(size_t)i * rp + j] = g[abs_clampi(i - 1, 0, r - 1) * r + abs_clampi(j - 1, 0, r - 1)];
     t.pairs = (long long)rs.ih * rs.iw >= 3;
+    // A rotated foreground reads its image along tilted lines, a few pixels from each of many
+    // rows, which the hardware does not see coming: ask for the rows its source boxes cover now
+    // (a just-decoded image is often not in this core's cache; the sample's rows reuse them).
+    double y0 = 1e30, y1 = -1e30;
+    for (size_t b = 0; b < t.src_boxes.size(); b += 4) {
+      y0 = t.src_boxes[b + 1] < y0 ? t.src_boxes[b + 1] : y0;
+      y1 = t.src_boxes[b + 3] > y1 ? t.src_boxes[b + 3] : y1;
+    }
+    const int r0 = abs_clampi((int)floor(y0 * rs.img_sy) - 1, 0, rs.ih - 1);
+    const int r1 = abs_clampi((int)ceil(y1 * rs.img_sy) + 1, 0, rs.ih - 1);
+    const unsigned char* from = rs.image + (long long)r0 * rs.iw * 3;
+    const long long bytes = (long long)(r1 - r0 + 1) * rs.iw * 3;
+    if (bytes <= (1LL << 19))
+      for (long long b = 0; b < bytes; b += 64) __builtin_prefetch(from + b);
   }
   // feathered alpha, the per-pixel fills and a constant backdrop (the audit's object alone): the
   // body; per-lane gathers index image s by int32 offsets (and a 1 x 1 image is 3 bytes, less than
