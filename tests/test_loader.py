@@ -306,32 +306,6 @@ def test_normalising_in_the_swap_op_gives_crop_mirror_normalizes_bytes(tiny_cach
         assert a.tobytes() == b.tobytes()
 
 
-def test_the_host_op_decodes_fills_to_dalis_pixels(tiny_cache):
-    """On the CPU the compositing op decodes the fills it reads itself (simplejpeg); every cached
-    fill gives the pixels DALI's CPU decoder gives, and bytes that do not decode are one error."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    from dali_abs.loader.ops import _Composite
-
-    cache = open_cache(tiny_cache)
-    data = [np.frombuffer(cache.fill_bytes(i), np.uint8) for i in range(len(cache)) if cache.fill_bytes(i)]
-
-    @pipeline_def(batch_size=len(data), num_threads=2, device_id=None)
-    def pipe():
-        return fn.decoders.image(fn.external_source(source=lambda: data, batch=True), device="cpu",
-                                 output_type=types.RGB)
-
-    p = pipe()
-    p.build()
-    (decoded,) = p.run()
-    op = _Composite(SwapConfig(tight=0.5, loose=0.1), (32, 32), cache.grid)
-    ours = op._decode(data + [np.zeros(0, np.uint8)])
-    assert len(data) > 10 and all(np.array_equal(ours[i], np.asarray(decoded[i])) for i in range(len(data)))
-    assert ours[-1].shape == (1, 1, 3)  # a fill no swap reads
-    with pytest.raises(DaliAbsError, match=r"a cached fill JPEG does not decode .*dali-abs cache verify"):
-        op._decode([np.frombuffer(b"\xff\xd8not a jpeg", np.uint8)])
-
-
 def test_normalize_options_are_checked():
     from dali_abs.swap import Normalize, SwapError
 

@@ -202,15 +202,12 @@ class _Sample:
     and pack them into one record per sample (:func:`pack_samples`): data the compositing op reads
     without a host copy. ``fills``: also pass on the fills' JPEG bytes, only those the batch's swaps
     read (the partners of swapped samples, with a fill that reads the tile), a blank for the rest:
-    fewer fills to decode (``unread``: "blank", an 8 x 8 JPEG, for a DALI decoder; "empty", no bytes,
-    for the host compositing op, which decodes the fills itself). ``labels``: also the labels (int64,
-    shape ()), as the lookup op gives them."""
+    fewer fills to decode. ``labels``: also the labels (int64, shape ()), as the lookup op gives them."""
 
     def __init__(self, cfg: SwapConfig, seed: int, size: tuple[int, int], augment, epochs: _Epochs,
-                 lookup: _CacheLookup, *, fills: bool = False, labels: bool = False, unread: str = "blank"):
+                 lookup: _CacheLookup, *, fills: bool = False, labels: bool = False):
         self.cfg, self.seed, self.size, self.augment, self.epochs, self.lookup = cfg, seed, size, augment, epochs, lookup
         self.fills, self.labels = fills, labels
-        self.unread = lookup.blank if unread == "blank" else np.zeros(0, np.uint8)
         self.batches = 0  # batches drawn so far: the random key, and through _Epochs the epoch
 
     def __call__(self, rows):
@@ -229,7 +226,8 @@ class _Sample:
             read = np.zeros(n, bool)
             if self.cfg.fill in ("cached", "mean"):  # a backdrop reads no partner
                 read[params["partner"][(params["swap"] == 1) & (params["backdrop"] == 0)]] = True
-            out.append([self.lookup.fill_jpeg(i) if k else self.unread for i, k in zip(idx, read & has)])
+            blank = self.lookup.blank
+            out.append([self.lookup.fill_jpeg(i) if k else blank for i, k in zip(idx, read & has)])
         if self.labels:
             out.append([lab[i:i + 1].reshape(()) for i in range(n)])
         return tuple(out) if len(out) > 1 else out[0]
@@ -246,15 +244,11 @@ class _Composite:
         # the host outputs, reused: DALI copies a Python op's outputs before it runs again, and a
         # fresh 5-20 MB array per batch costs its page faults each time
         self.out = self.norm_out = None
-        self.pool = None  # threads decoding fills that arrive as JPEG bytes (_decode)
 
     def __call__(self, images, fills, records):
         from dali_abs.swap import batch_of_records, composite
 
-        fills = list(fills)
-        if fills and getattr(fills[0], "ndim", 3) == 1:  # JPEG bytes (host): decoded here
-            fills = self._decode(fills)
-        b = batch_of_records(list(images), fills, list(records), self.cfg, self.size, self.grid)
+        b = batch_of_records(list(images), list(fills), list(records), self.cfg, self.size, self.grid)
         if b.on_gpu:
             out = composite(b)
         else:
@@ -264,32 +258,6 @@ class _Composite:
                     (b.n, 3, b.h, b.w), np.dtype(self.normalize.dtype))
             out = composite(b, out=self.out, normalize=self.normalize, normalized=self.norm_out)
         return [out[i] for i in range(out.shape[0])]
-
-    _NONE = np.zeros((1, 1, 3), np.uint8)  # the tile of a fill no swap reads (never sampled)
-
-    def _decode(self, fills: list) -> list:
-        """Host batches: the fills' JPEG bytes decoded by libjpeg-turbo (simplejpeg, with the settings
-        of DALI's CPU decoder: the same pixels, tested), on two threads (it releases the GIL); an
-        empty entry, a fill no swap reads, is a 1 x 1 tile. Cheaper here than a DALI decoder op of its
-        own, which on the CPU runs after the other ops, never beside them."""
-        import simplejpeg
-
-        def one(data):
-            if len(data) == 0:
-                return self._NONE
-            try:
-                return simplejpeg.decode_jpeg(data, colorspace="RGB")
-            except ValueError as e:
-                raise DaliAbsError(f"a cached fill JPEG does not decode ({e}); check the cache with "
-                                   "`dali-abs cache verify CACHE --data DATA`") from None
-
-        if self.pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.pool = ThreadPoolExecutor(2, thread_name_prefix="dali-abs-fills")
-        half = len(fills) // 2
-        second = self.pool.submit(lambda: [one(f) for f in fills[half:]])
-        return [one(f) for f in fills[:half]] + second.result()
 
 
 def normalize_node(images, norm: Normalize, mirror=0):
@@ -379,13 +347,11 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     if params is None:
         # one op draws the parameters, picks the fills they read and gives the labels (the lookup op
         # is then left out of a pipeline that uses no other entry)
-        host = device == "cpu" and samples.fill_device == "cpu"  # the compositing op decodes the fills itself
         params, read, labels = fn.python_function(
             samples.rows, function=_Sample(cfg, seed, hw, augment, _Epochs(samples, batches_per_epoch), samples.lookup,
-                                           fills=True, labels=True, unread="empty" if host else "blank"),
-            batch_processing=True, num_outputs=3)
+                                           fills=True, labels=True), batch_processing=True, num_outputs=3)
         samples._provide("labels", labels)
-        fills = read if host else fn.decoders.image(read, device=samples.fill_device, output_type=types.RGB)
+        fills = fn.decoders.image(read, device=samples.fill_device, output_type=types.RGB)
     else:
         fills = samples.fills
     if device == "gpu":  # a GPU operator takes GPU inputs: DALI copies the records over, in its own stream
