@@ -113,6 +113,34 @@ def test_user_pipeline_with_the_operators(tiny_cache):
         pipe(None)  # the parameters are drawn before the images are decoded: the canvas must be known
 
 
+@pytest.mark.parametrize("labels_first", [False, True], ids=["after-swap", "before-swap"])
+def test_labels_are_the_cache_rows_labels_whoever_gives_them(tiny_cache, labels_first):
+    """s.labels is the swap op's output when first used after background_swap (no lookup op),
+    the lookup op's when used before: the cache's labels of the batch's rows either way."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_abs.loader.ops import background_swap, cache_reader
+
+    cache = open_cache(tiny_cache)
+
+    @pipeline_def(batch_size=8, num_threads=2, device_id=None, seed=0)
+    def pipe():
+        s = cache_reader(cache, random_shuffle=True, seed=0)
+        early = s.labels if labels_first else None
+        images = fn.decoders.image(s.jpegs, device="cpu", output_type=types.RGB)
+        images = background_swap(images, s, SwapConfig(), size=32, device="cpu", seed=0)
+        assert (s.labels is early) == labels_first
+        return images, s.labels, s.rows
+
+    p = pipe()
+    p.build()
+    for _ in range(3):
+        _, labels, rows = p.run()
+        rows = np.array([int(np.asarray(rows[i]).reshape(-1)[0]) for i in range(8)])
+        got = np.array([int(np.asarray(labels[i])) for i in range(8)])
+        assert np.asarray(labels[0]).shape == () and np.array_equal(got, cache.labels[rows])
+
+
 def test_resampling_matches_dali_resize(tiny_cache):
     """Without swap, crop or flip the fused pass is DALI's linear resize (no antialias), within 1 LSB."""
     from nvidia.dali import fn, pipeline_def, types
