@@ -306,3 +306,16 @@ def test_without_the_library_the_twin_composites_and_normalises_the_same(fresh, 
     buf = np.empty((8, 3, 48, 40), np.dtype(dtype))
     assert swap.composite(b, normalize=norm, normalized=buf) is buf and buf.tobytes() == expected
     assert native._STATE["why"] == "disabled by DALI_ABS_NATIVE"
+
+
+def test_float16_without_f16c_is_rounded_by_numpy_to_the_same_bytes(built, monkeypatch):
+    from dali_abs.swap import Normalize
+
+    rng = np.random.default_rng(27)
+    cfg = paper_swap()
+    images, soft, fills, boxes = make_batch(rng)
+    b = swap.batch(images, soft, fills, boxes, params_for(rng, soft, cfg, 48, 40), cfg)
+    norm = Normalize.imagenet("float16")
+    expected = native.composite(b, normalize=norm).tobytes()
+    monkeypatch.setattr(native._load(), "abs_native_f16", lambda: 0, raising=False)  # a CPU without F16C
+    assert native.composite(b, normalize=norm).tobytes() == expected
