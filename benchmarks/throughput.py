@@ -248,10 +248,10 @@ def main(argv=None) -> int:
         print(f"{name}: cut at tight {c['tight']:g} ({'--tight' if args.tight is not None else 'the cache'}'s), "
               f"loose {c['loose']:g}: {c['foreground']:.1%} of the cells are cut out")
     print(f"\nthe compositing alone, one core, a 64 x {args.size} x {args.size} batch (ns per output pixel):")
-    print(f"{'dataset, swap':<44}{'per-pixel body':>16}{'row renderer':>14}")
+    print(f"{'dataset, swap':<48}{'per-pixel body':>16}{'row renderer':>14}")
     for name, rows in kernel.items():
         for swap, (body, fast) in rows.items():
-            print(f"{name + ', ' + swap:<44}{body:>16.1f}{fast:>14.1f}")
+            print(f"{name + ', ' + swap:<48}{body:>16.1f}{fast:>14.1f}")
     print(json.dumps({"benchmark": "throughput", "device": args.device, "threads": args.threads, "batch": args.batch,
                       "size": args.size, "cpu_count": os.cpu_count(), "results": results, "kernel_ns_per_px": kernel,
                       "thresholds": cut}))

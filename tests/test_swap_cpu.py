@@ -167,6 +167,8 @@ def test_thread_count_does_not_change_the_output(built, monkeypatch):
     for o in outs[1:]:
         assert np.array_equal(o, outs[0])
     assert np.array_equal(outs[0], composite_cpu(images, soft, fills, boxes, p, cfg))
+    monkeypatch.delenv("DALI_ABS_THREADS", raising=False)  # default: one spare thread over the CPUs
+    assert native.default_threads() == min(len(os.sched_getaffinity(0)) + 1, native.MAX_DEFAULT_THREADS)
     monkeypatch.setenv("DALI_ABS_THREADS", "2")
     assert native.default_threads() == 2
     assert np.array_equal(native_on(images, soft, fills, boxes, p, cfg), outs[0])
