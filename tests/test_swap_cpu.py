@@ -196,22 +196,28 @@ def test_native_normalize_equals_the_twin(built, dtype):
 
     images = np.random.default_rng(24).integers(0, 256, (5, 17, 23, 3), dtype=np.uint8)  # odd sizes: the tails
     norm = Normalize.imagenet(dtype)
-    out = native.normalize_images(images, norm, threads=2)
+    out = native.normalize_images(images, norm)
     assert out.shape == (5, 3, 17, 23) and out.dtype == np.dtype(dtype) and out.flags.c_contiguous
     assert out.tobytes() == twin_normalize(images, norm).tobytes()
     with pytest.raises(SwapError, match=r"out must be a C-contiguous float32 \(5, 3, 17, 23\) NumPy array, got float64"):
         native.normalize_images(images, Normalize.imagenet(), out=np.empty((5, 3, 17, 23)))
+    with pytest.raises(SwapError, match=r"images must be a C-contiguous uint8 \[N,H,W,3\] NumPy array, got uint8 "
+                                        r"\(5, 17, 23, 3\)"):
+        native.normalize_images(images[:, ::-1], norm)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_compositing_and_normalising_in_one_pass_gives_the_same_bytes(built, dtype):
+# 12 x 72 x 68: several chunks over the threads; 71 x 67: odd plane sizes and chunks starting
+# mid-sample, the tails of abs_norm::pixels (its only caller now)
+@pytest.mark.parametrize("n, h, w", [(12, 72, 68), (5, 71, 67)])
+def test_compositing_and_normalising_in_one_pass_gives_the_same_bytes(built, dtype, n, h, w):
     from dali_abs.swap import Normalize
     from dali_abs.swap.twin import normalize as twin_normalize
 
     rng = np.random.default_rng(25)
     cfg = paper_waterbirds(fill="cached")
-    images, soft, fills, boxes = make_batch(rng, 12, 72, 68, 8, 16)  # several chunks over the threads
-    b = swap.batch(images, soft, fills, boxes, params_for(rng, soft, cfg, 72, 68), cfg)
+    images, soft, fills, boxes = make_batch(rng, n, h, w, 8, 16)
+    b = swap.batch(images, soft, fills, boxes, params_for(rng, soft, cfg, h, w), cfg)
     norm = Normalize.imagenet(dtype)
     expected = twin_normalize(native.composite(b, threads=1), norm).tobytes()
     for threads in (1, 3):

@@ -1,9 +1,11 @@
 """The one table of the kernel's arguments (dali_abs.swap.signature) against composite.cu itself:
 the argument list, both records (names, C types, array lengths, and their byte layout as g++
-lays it out) and the fill codes."""
+lays it out) and the fill codes; the CPU launcher's host-side declarations (normalize_rows.h's
+Args, abs_composite_host's trailing arguments) against cpu.py's ctypes mirror of them."""
 
 from __future__ import annotations
 
+import ctypes
 import re
 import shutil
 import subprocess
@@ -102,3 +104,33 @@ def test_the_checks_name_the_argument():
         signature.check(values, {"n": 3, "h": 4, "w": 6, "r": 2})
     with pytest.raises(Exception, match=r"kernel argument mean_colour must be float32 \(3, 3\), got float64"):
         signature.check({**values, "mean_colour": np.zeros((3, 3))}, {"n": 3, "h": 4, "w": 5, "r": 2})
+
+
+# C types of the launcher's host-side declarations -> the ctypes type cpu.py passes for them
+_HOST_CTYPES = {"int": ctypes.c_int, "long long": ctypes.c_longlong, "float": ctypes.c_float,
+                "double": ctypes.c_double}
+
+
+def _host_ctype(decl: str):
+    """ctypes type of one C declaration ``type name`` (any pointer: c_void_p)."""
+    m = re.fullmatch(r"\s*(?:const\s+)?([\w:]+(?:\s+\w+)*?)\s*(\*?)\s*(\w+)\s*", decl)
+    assert m, f"cannot read the declaration {decl!r}"
+    return m.group(3), ctypes.c_void_p if m.group(2) else _HOST_CTYPES[m.group(1)]
+
+
+def test_norm_args_mirror_the_headers_struct():
+    from dali_abs.swap.cpu import NormArgs
+
+    m = re.search(r"struct Args \{(.*?)\n\};", source("normalize_rows.h"), re.S)
+    assert m, "struct Args not found in normalize_rows.h"
+    decls = [line.split("//")[0].strip().rstrip(";") for line in m.group(1).splitlines()]
+    assert [_host_ctype(d) for d in decls if d] == list(NormArgs._fields_)
+
+
+def test_the_host_launchers_extra_arguments_are_cpu_pys():
+    from dali_abs.swap import cpu
+
+    m = re.search(r"ABS_EXPORT int abs_composite_host\(ABS_COMPOSITE_PARAMS,([^)]*)\)", source("cpu_launcher.cpp"))
+    assert m, "abs_composite_host(ABS_COMPOSITE_PARAMS, ...) not found in cpu_launcher.cpp"
+    assert [_host_ctype(d)[1] for d in m.group(1).split(",")] == list(cpu.HOST_EXTRA_ARGTYPES)
+    assert "abs_normalize_host" not in source("cpu_launcher.cpp")  # removed: composite(normalize=) normalises

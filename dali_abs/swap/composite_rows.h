@@ -531,7 +531,6 @@ __attribute__((target("avx2"))) static void render_row(Tables& t, std::vector<un
   const __m256 fw_v = _mm256_set1_ps((float)w), fh_v = _mm256_set1_ps((float)h);
   const __m256 sx_v = _mm256_set1_ps((float)r / (float)w), sy_v = _mm256_set1_ps((float)r / (float)h);
   const __m256 isx_v = _mm256_set1_ps(rs.img_sx), isy_v = _mm256_set1_ps(rs.img_sy);
-  const float* grid_s = abs_soft(ps);
   const unsigned char* img_s = rs.image;
   const int hs_s = rs.ih, ws_s = rs.iw;
   const __m256 tight_v = _mm256_set1_ps(tight), loose_v = _mm256_set1_ps(loose);

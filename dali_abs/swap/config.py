@@ -8,6 +8,8 @@ Thresholds are on the cached soft patch mask, the **foreground** probability (1 
 from __future__ import annotations
 
 import math
+import numbers
+import sys
 from dataclasses import dataclass
 
 from dali_abs.errors import DaliAbsError
@@ -90,6 +92,13 @@ class SwapConfig:
     foreground: bool = True  # False: paste no object (the background alone)
 
     def __post_init__(self):
+        np = sys.modules.get("numpy")  # a NumPy bool implies NumPy is loaded; no import for the check
+        for name in ("keep_inside", "exclude_self", "foreground"):
+            v = getattr(self, name)
+            if np is not None and isinstance(v, np.bool_):
+                object.__setattr__(self, name, bool(v))
+            elif not isinstance(v, bool):  # a truthy "no" or 0.5 would silently count as True
+                raise SwapError(f"SwapConfig.{name} must be True or False, got {v!r}")
         for name in ("p", "p_start", "tight", "loose"):
             v = getattr(self, name)
             if v is None and name in ("tight", "loose"):
@@ -184,19 +193,37 @@ class Normalize:
     dtype=..., output_layout="CHW")`` computes it, so the tensors are the same bytes whichever
     does it: ``(x - mean) * (1 / std)`` in float32 for x in 0..255, ``mean`` and ``std`` per RGB
     channel in **0..255 units** (DALI's), ``1 / std`` in float32; ``dtype`` "float16" rounds that
-    to nearest even. :meth:`imagenet`: the constants every stage uses."""
+    to nearest even. :meth:`imagenet`: the constants every stage uses. ``mean`` and ``std`` may be
+    any three real numbers each (kept as tuples of floats); constants that all lie in 0..1 are
+    refused as 0..1 units."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     dtype: str = "float32"
 
     def __post_init__(self):
+        given = {}
         for name in ("mean", "std"):
             v = getattr(self, name)
-            if not isinstance(v, (tuple, list)) or len(v) != 3 or not all(isinstance(x, (int, float)) for x in v):
+            try:
+                xs = tuple(v)
+            except TypeError:
+                xs = ()
+            if isinstance(v, (str, bytes)) or len(xs) != 3 or \
+                    not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in xs):
                 raise SwapError(f"Normalize.{name} must be 3 numbers (R, G, B in 0..255 units), got {v!r}")
-        if not all(x > 0 for x in self.std):
+            given[name] = tuple(float(x) for x in xs)
+            if not all(math.isfinite(x) for x in given[name]):
+                raise SwapError(f"Normalize.{name} must be finite, got {v!r}")
+        mean, std = given["mean"], given["std"]
+        if not all(x > 0 for x in std):
             raise SwapError(f"Normalize.std must be positive, got {self.std!r}")
+        if all(x < 1 for x in std) and all(x <= 1 for x in mean):
+            raise SwapError(f"Normalize(mean={self.mean!r}, std={self.std!r}) looks like 0..1 units; Normalize takes "
+                            "0..255 units (as crop_mirror_normalize): multiply by 255, or use Normalize.imagenet()")
+        # frozen: plain float tuples whatever sequence was given (so the options hash and compare)
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
         if self.dtype not in DTYPES:
             raise SwapError(f"Normalize.dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
 
@@ -212,6 +239,15 @@ class Normalize:
         import numpy as np
 
         return np.array(self.mean, np.float32), np.float32(1) / np.array(self.std, np.float32)
+
+
+def check_normalize(value, name: str = "normalize", optional: bool = True):
+    """``value`` if it is a :class:`Normalize` (or, ``optional``, None), else a SwapError: the
+    backends would otherwise fail deep inside on a missing attribute."""
+    if isinstance(value, Normalize) or (optional and value is None):
+        return value
+    raise SwapError(f"{name} must be {'None or ' if optional else ''}a dali_abs.swap.Normalize (e.g. "
+                    f"Normalize.imagenet()), got {type(value).__name__} {value!r}")
 
 
 def require_thresholds(cfg: SwapConfig) -> None:

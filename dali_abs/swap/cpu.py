@@ -36,12 +36,14 @@ import numpy as np
 from dali_abs.errors import DaliAbsError
 from dali_abs.swap import signature
 from dali_abs.swap.batch import Batch, mean_colour
-from dali_abs.swap.config import SwapError
+from dali_abs.swap.config import SwapError, check_normalize
 
-_ABI = 7  # bump when the launcher's C signature changes
+_ABI = 8  # bump when the launcher's C signature changes
+# abs_composite_host's arguments after ABS_COMPOSITE_PARAMS: threads, vector, normalisation
+# (NormArgs or NULL); tests/test_swap_signature.py reads them against cpu_launcher.cpp
+HOST_EXTRA_ARGTYPES = (ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off", "-fno-math-errno",
          "-fvisibility=hidden", "-Wall")
-
 
 
 class NativeUnavailable(DaliAbsError, RuntimeError):
@@ -112,13 +114,8 @@ def _open(path: Path):
         raise NativeUnavailable(f"{path}: wrong launcher ABI")
     fn = lib.abs_composite_host
     fn.restype = ctypes.c_int
-    # ABS_COMPOSITE_PARAMS, threads, vector, normalisation (NormArgs or NULL)
-    fn.argtypes = signature.argtypes(extra=(ctypes.c_int, ctypes.c_int, ctypes.c_void_p))
+    fn.argtypes = signature.argtypes(extra=HOST_EXTRA_ARGTYPES)
     lib.abs_native_f16.restype = ctypes.c_int
-    norm = lib.abs_normalize_host
-    norm.restype = ctypes.c_int
-    norm.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_void_p,
-                     ctypes.c_void_p, ctypes.c_int, ctypes.c_int)
     return lib
 
 
@@ -187,7 +184,8 @@ def default_threads() -> int:
 
 
 class NormArgs(ctypes.Structure):
-    """``abs_norm::Args`` of normalize_rows.h: where and how the launcher normalises."""
+    """``abs_norm::Args`` of normalize_rows.h: where and how the launcher normalises (field by
+    field as declared there: tests/test_swap_signature.py)."""
 
     _fields_ = [("out", ctypes.c_void_p), ("mean", ctypes.c_void_p), ("inv", ctypes.c_void_p), ("half", ctypes.c_int)]
 
@@ -206,6 +204,7 @@ def composite(b: Batch, *, threads: int | None = None, vector: bool = True, out:
     to the twin instead."""
     if b.on_gpu:
         raise SwapError("the CPU backend composites host (NumPy) batches; this one holds CuPy arrays")
+    check_normalize(normalize)
     lib = _load()
     if lib is None:
         raise NativeUnavailable(f"native compositing unavailable: {_STATE.get('why')}")
@@ -232,12 +231,18 @@ def composite(b: Batch, *, threads: int | None = None, vector: bool = True, out:
 
 def _output(b: Batch, out: np.ndarray | None) -> np.ndarray:
     shape = (b.n, b.h, b.w, 3)
-    if out is None:
-        return np.empty(shape, np.uint8)
-    if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != shape or not out.flags.c_contiguous:
-        raise SwapError(f"out must be a C-contiguous uint8 {shape} NumPy array, got {getattr(out, 'dtype', type(out))} "
-                        f"{getattr(out, 'shape', '')}")
-    return out
+    return np.empty(shape, np.uint8) if out is None else _checked(out, "out", np.uint8, shape)
+
+
+def _checked(a, name: str, dtype, shape: tuple, shown: str | None = None) -> np.ndarray:
+    """``a`` if it is a C-contiguous ``dtype`` NumPy array of ``shape`` (None: any length there),
+    else a SwapError naming ``shown`` (default: the shape) and what ``a`` is."""
+    dtype = np.dtype(dtype)
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != len(shape) or not a.flags.c_contiguous \
+            or any(k is not None and k != m for k, m in zip(shape, a.shape)):
+        raise SwapError(f"{name} must be a C-contiguous {dtype} {shown or shape} NumPy array, got "
+                        f"{getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+    return a
 
 
 def composite_host(b: Batch, out: np.ndarray | None = None, normalize=None,
@@ -246,6 +251,7 @@ def composite_host(b: Batch, out: np.ndarray | None = None, normalize=None,
     multi-threaded) when it builds, else the twin :func:`dali_abs.swap.twin.composite` (after one
     warning); the same bytes either way, in ``out`` when given; normalised as :func:`composite`
     does with ``normalize``."""
+    check_normalize(normalize)
     if native_available():
         return composite(b, out=out, normalize=normalize, normalized=normalized)
     from dali_abs.swap import twin
@@ -257,41 +263,22 @@ def composite_host(b: Batch, out: np.ndarray | None = None, normalize=None,
     return res if normalize is None else normalize_images(res, normalize, out=normalized)
 
 
-def normalize_images(images: np.ndarray, norm, *, out: np.ndarray | None = None,
-                     threads: int | None = None) -> np.ndarray:
+def normalize_images(images: np.ndarray, norm, *, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 [N,H,W,3] composites -> [N,3,H,W] float32 / float16 (:class:`~dali_abs.swap.config.Normalize`),
-    byte for byte DALI's crop_mirror_normalize and :func:`dali_abs.swap.twin.normalize` (natively on
-    ``threads`` host threads, default :func:`default_threads`; the twin where the library is
-    unavailable). ``out``: a C-contiguous buffer of that shape and dtype to write into."""
+    byte for byte DALI's crop_mirror_normalize: :func:`dali_abs.swap.twin.normalize`, written into
+    ``out`` (a C-contiguous buffer of that shape and dtype) when given. Natively the batch is
+    normalised while it is composited (:func:`composite` with ``normalize=``), not here."""
     from dali_abs.swap import twin
 
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 \
-            or not images.flags.c_contiguous:
-        raise SwapError(f"images must be a C-contiguous uint8 [N,H,W,3] NumPy array, got "
-                        f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
-    n, h, w, _ = images.shape
+    check_normalize(norm, "norm", optional=False)
+    _checked(images, "images", np.uint8, (None, None, None, 3), "[N,H,W,3]")
     out = _normalized(images, norm, out)
-    dtype = out.dtype
-    lib = _load()
-    if lib is not None and n:
-        mean, inv = norm.constants()
-        threads = default_threads() if threads is None else max(1, int(threads))
-        half = int(dtype == np.float16)
-        if lib.abs_normalize_host(images.ctypes.data, out.ctypes.data, n, h * w, mean.ctypes.data, inv.ctypes.data,
-                                  half, threads) == 0:
-            return out
-    out[...] = twin.normalize(images, norm)  # no library, or no float16 on this CPU: NumPy rounds it
+    out[...] = twin.normalize(images, norm)
     return out
-
 
 
 def _normalized(images: np.ndarray, norm, out: np.ndarray | None, name: str = "out") -> np.ndarray:
     """The [N,3,H,W] buffer for ``images`` (uint8 [N,H,W,3]) normalised by ``norm``: ``out``, checked, or a new one."""
     n, h, w, _ = images.shape
     dtype = np.dtype(norm.dtype)
-    if out is None:
-        return np.empty((n, 3, h, w), dtype)
-    if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != (n, 3, h, w) or not out.flags.c_contiguous:
-        raise SwapError(f"{name} must be a C-contiguous {dtype} {(n, 3, h, w)} NumPy array, got "
-                        f"{getattr(out, 'dtype', type(out))} {getattr(out, 'shape', '')}")
-    return out
+    return np.empty((n, 3, h, w), dtype) if out is None else _checked(out, name, dtype, (n, 3, h, w))

@@ -94,25 +94,3 @@ ABS_EXPORT int abs_composite_host(ABS_COMPOSITE_PARAMS, int threads, int vector,
 }
 
 ABS_EXPORT int abs_native_f16() { return abs_norm::have_f16() ? 1 : 0; }
-
-// uint8 [n, hw, 3] -> normalised [n, 3, hw] (normalize_rows.h), samples handed out to `threads`
-// host threads. half: float16 output. Returns 0, or 1 when this CPU cannot write float16 (nothing
-// written: the caller rounds the float32 result).
-ABS_EXPORT int abs_normalize_host(const unsigned char* in, void* out, long long n, long long hw, const float* mean,
-                                  const float* inv, int half, int threads) {
-  if (half && !abs_norm::have_f16()) return 1;
-  long long t = threads < 1 ? 1 : threads;
-  if (t > n) t = n;
-  std::atomic<long long> next(0);
-  auto run = [&]() {
-    for (long long s; (s = next.fetch_add(1)) < n;) abs_norm::pixels(in, out, s, hw, 0, hw, mean, inv, half != 0);
-  };
-  std::vector<std::thread> pool;
-  try {
-    for (long long k = 1; k < t; ++k) pool.emplace_back(run);
-  } catch (...) {  // could not start a thread: the others share its samples
-  }
-  run();
-  for (auto& th : pool) th.join();
-  return 0;
-}

@@ -5,7 +5,7 @@ build cannot be made). The loader's CPU and GPU operators both make exactly this
 from __future__ import annotations
 
 from dali_abs.swap.batch import Batch
-from dali_abs.swap.config import SwapError
+from dali_abs.swap.config import SwapError, check_normalize
 
 
 def composite(b: Batch, out=None, normalize=None, normalized=None):
@@ -13,6 +13,7 @@ def composite(b: Batch, out=None, normalize=None, normalized=None):
     only: ``out``, a buffer of that shape to write into (the CPU loader reuses one); ``normalize``
     (a :class:`~dali_abs.swap.config.Normalize`), the batch normalised to float [N,3,H,W] instead
     (into ``normalized`` when given), in the same pass."""
+    check_normalize(normalize)
     if b.on_gpu:
         if out is not None or normalize is not None or normalized is not None:
             raise SwapError("out=, normalize= and normalized= are for host batches; this batch holds device arrays")

@@ -1,7 +1,8 @@
 // CPU normalisation of composited batches: uint8 HWC RGB -> float CHW, with the arithmetic of
 // DALI's crop_mirror_normalize (so the loader's tensors are the same bytes whichever does it):
 // out = (x - mean[c]) * inv[c] in float32 (inv = 1 / std, in float32), float16 rounded from
-// that to nearest even. Python: dali_abs.swap.cpu.normalize; its NumPy twin: twin.normalize.
+// that to nearest even, in the launcher as each chunk is composited (dali_abs.swap.cpu.composite with
+// normalize=); its NumPy twin: twin.normalize.
 //
 // Needs: nothing before it; compiled in the CPU build's translation unit (cpu.py).
 #pragma once
