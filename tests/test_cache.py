@@ -692,3 +692,41 @@ def test_masks_are_stored_as_is_or_as_deltas_whichever_is_smaller(tmp_path):
         assert np.load(path).files == [stored] and np.array_equal(read_masks(path), masks)
         assert encode_masks(masks) == path.read_bytes()  # deterministic
     assert np.array_equal(np.load(tmp_path / "masks.masks.npz")["masks"], binary)
+
+
+def test_a_record_whose_columns_are_not_a_table_is_a_damaged_record(tmp_path):
+    from dali_abs.cache.format import FORMAT, read_chunk_record
+
+    (tmp_path / CHUNKS).mkdir()
+    path = tmp_path / CHUNKS / "c00000.json"
+    path.write_text(json.dumps({"format": FORMAT, "format_version": 2, "chunk": 0,
+                                "images": {"n": 2, "columns": []}}))
+    with pytest.raises(CacheError, match=rf"{path}: damaged chunk record \(AttributeError: .*delete it and rerun"):
+        read_chunk_record(tmp_path, 0)
+
+
+def test_fill_sizes_that_do_not_add_up_to_the_fills_file_are_refused_without_the_hashes(tmp_path, tiny_cache):
+    from dali_abs.cache.columns import decode_columns, encode_columns
+
+    cache = tmp_path / "c"
+    shutil.copytree(tiny_cache, cache)
+    path = cache / CHUNKS / "c00001.json"
+    rec = json.loads(path.read_text())
+    rows = decode_columns(rec["images"])
+    next(r for r in rows if r["fill"])["fill"] += 7  # the fills file no longer ends where its record says
+    path.write_text(json.dumps({**rec, "images": encode_columns(rows)}, separators=(",", ":")) + "\n")
+    want = rf"{path}: its fill sizes add up to {rec['fills_bytes'] + 7} B, its fills_bytes says {rec['fills_bytes']} "
+    with pytest.raises(CacheError, match=rf"{want}.*delete {path} and rerun"):
+        open_cache(cache, hashes=False)
+    assert any(p.startswith(f"{path}: its fill sizes") for p in verify(cache, decode=False)["problems"])
+
+
+def test_resuming_a_format_1_folder_says_which_format_wrote_it(tmp_path, tiny_cache, tiny_dataset, tiny_models):
+    from cache_v1 import write_v1
+
+    old = write_v1(tiny_cache, tmp_path / "v1")
+    (old / MANIFEST).unlink()  # a run this version would otherwise finish
+    with pytest.raises(CacheError, match=rf"^{old}: written by cache format 1; this version writes format 2: "
+                                         rf"use a new --out or delete {old}$"):
+        precompute(load_dataset(tiny_dataset), *tiny_models, old, PrecomputeConfig(chunk_size=64, device="cpu"),
+                   progress=False)

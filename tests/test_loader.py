@@ -113,6 +113,25 @@ def test_user_pipeline_with_the_operators(tiny_cache):
         pipe(None)  # the parameters are drawn before the images are decoded: the canvas must be known
 
 
+def test_a_bad_normalize_is_refused_before_background_swap_makes_any_op(tiny_cache):
+    from nvidia.dali import fn, pipeline_def, types
+
+    from dali_abs.loader.ops import background_swap, cache_reader
+
+    cache, made = open_cache(tiny_cache), []
+
+    @pipeline_def(batch_size=8, num_threads=1, device_id=None, seed=0)
+    def pipe():
+        s = cache_reader(cache, seed=0)
+        made.append(s)
+        images = fn.decoders.image(s.jpegs, device="cpu", output_type=types.RGB)
+        return background_swap(images, s, SwapConfig(), size=32, device="cpu", normalize="imagenet")
+
+    with pytest.raises(DaliAbsError, match="normalize must be None or a Normalize, got str"):
+        pipe()
+    assert made[0]._nodes == {}  # no labels node left behind for a later, corrected call to pick up
+
+
 @pytest.mark.parametrize("labels_first", [False, True], ids=["after-swap", "before-swap"])
 def test_labels_are_the_cache_rows_labels_whoever_gives_them(tiny_cache, labels_first):
     """s.labels is the swap op's output when first used after background_swap (no lookup op),

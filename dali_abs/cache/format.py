@@ -52,6 +52,7 @@ byte-identical files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -133,13 +134,13 @@ def bounding_box(cells: np.ndarray) -> tuple[int, int, int, int]:
     return (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
 
 
-def encode_jpeg(rgb, quality: int, optimize: bool = True, shape=None) -> bytes:
+def encode_jpeg(rgb: np.ndarray, quality: int, optimize: bool = True) -> bytes:
     """Deterministic baseline JPEG bytes (PIL, fixed quality, 4:2:0, no metadata) of uint8 HWC RGB
-    ``rgb`` (or raw bytes of ``shape`` rows x columns). ``optimize``: Huffman tables optimised for
-    the image; either way the same pixels decode (the tables only code the same coefficients)."""
+    ``rgb``. ``optimize``: Huffman tables optimised for the image; either way the same pixels
+    decode (the tables only code the same coefficients)."""
     from PIL import Image
 
-    img = Image.frombytes("RGB", tuple(shape)[::-1], rgb) if shape is not None else Image.fromarray(rgb)
+    img = Image.fromarray(rgb)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=int(quality), optimize=bool(optimize), progressive=False)
     return buf.getvalue()
@@ -156,15 +157,16 @@ def encode_fill(rgb: np.ndarray, quality: int) -> bytes:
     return std if parts is not None and stored_size(std, parts) <= stored_size(best, parts) else best
 
 
-_STANDARD_TABLES: list[bytes] = []
+@functools.lru_cache(maxsize=1)
+def _standard_tables() -> bytes:
+    """The Huffman tables PIL writes without optimize (ITU T.81 Annex K): any image gives them."""
+    return tables_of(encode_jpeg(np.zeros((1, 1, 3), np.uint8), 90, optimize=False))
 
 
 def fill_parts(jpeg: bytes) -> Parts | None:
     """The parts that the fills of a chunk share with ``jpeg`` (:mod:`dali_abs.cache.jpeg_parts`),
     the encoder's standard Huffman tables among them; None for a JPEG of another layout."""
-    if not _STANDARD_TABLES:  # the tables PIL writes without optimize (ITU T.81 Annex K)
-        _STANDARD_TABLES.append(tables_of(encode_jpeg(bytes(3), 90, optimize=False, shape=(1, 1))))
-    return shared_parts(jpeg, _STANDARD_TABLES[0])
+    return shared_parts(jpeg, _standard_tables())
 
 
 PLACEHOLDER_RING = 2  # tile px around the loose cells kept as the inpainter wrote them
@@ -376,8 +378,6 @@ def encode_masks(masks: np.ndarray) -> bytes:
         return buf.getvalue()
 
     plain = npz("masks", masks)
-    if masks.ndim != 3:
-        return plain
     delta = npz("masks_delta", masks_delta(masks))
     return delta if len(delta) < len(plain) else plain
 
@@ -412,13 +412,11 @@ def write_chunk(root: Path, k: int, entries: list[dict], masks: np.ndarray, fill
     name = chunk_name(k)
     parts = next((p for p in (fill_parts(f) for f in fills if f is not None) if p is not None), None)
     stored = [None if f is None else compact(f, parts) for f in fills]
-    blob, spans = concat_bytes([f for f in stored if f is not None])
-    it = iter(spans)
-    for e, f in zip(entries, stored):
-        e["fill"] = list(next(it)) if f is not None else None  # [offset, size] in the fills file
-    rows = [{**e, "fill": e["fill"][1] if e["fill"] else 0} for e in entries]
+    blob = b"".join(f for f in stored if f is not None)
+    rows = [{**e, "fill": 0 if f is None else len(f)} for e, f in zip(entries, stored)]
     images = encode_columns(rows)
-    if decode_columns(images) != rows:  # the columns are exact by construction: a failure here is a bug
+    decoded = decode_columns(images)
+    if decoded != rows:  # the columns are exact by construction: a failure here is a bug
         raise CacheError(f"{d / name}: the columnar record does not give the entries back")
     mask_bytes = encode_masks(np.ascontiguousarray(masks, np.uint8).reshape(len(entries), *masks.shape[1:]))
     atomic_write_bytes(d / f"{name}.fills.bin", blob)
@@ -428,7 +426,18 @@ def write_chunk(root: Path, k: int, entries: list[dict], masks: np.ndarray, fill
               "masks": f"{name}.{MASKS_SUFFIX}", "masks_sha256": sha256_bytes(mask_bytes), "masks_bytes": len(mask_bytes),
               "jpeg": parts.to_json() if parts is not None else None, "images": images, "skipped": skipped}
     write_json(d / f"{name}.json", record, compact=True)
-    return _expand(record, d / f"{name}.json")
+    return {**record, "entries": _fill_spans(decoded), "jpeg_parts": parts}
+
+
+def _fill_spans(rows: list[dict]) -> list[dict]:
+    """``rows`` (version 2: ``fill`` = stored size, 0 for none) with ``fill`` = [offset, size] or
+    None, as version 1 stored it: the fills lie back to back in the chunk's fills file."""
+    off = 0
+    for e in rows:
+        size = int(e["fill"])
+        e["fill"] = [off, size] if size else None
+        off += size
+    return rows
 
 
 def _expand(rec: dict, path: Path) -> dict:
@@ -438,14 +447,9 @@ def _expand(rec: dict, path: Path) -> dict:
     if rec.get("format_version", 1) < 2:
         return {**rec, "jpeg_parts": None}
     try:
-        entries = decode_columns(rec["images"])
-        off = 0
-        for e in entries:
-            size = int(e["fill"])
-            e["fill"] = [off, size] if size else None
-            off += size
+        entries = _fill_spans(decode_columns(rec["images"]))
         parts = Parts.from_json(rec["jpeg"]) if rec.get("jpeg") else None
-    except (KeyError, TypeError, ValueError, IndexError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:  # AttributeError: a list for a dict
         raise CacheError(f"{path}: damaged chunk record ({type(e).__name__}: {e}); delete it and rerun the same "
                          "`dali-abs precompute` command (it redoes that chunk)") from None
     return {**rec, "entries": entries, "jpeg_parts": parts}
@@ -518,10 +522,11 @@ def manifest_problems(root: Path, manifest: dict) -> list[str]:
 def chunk_problems(root: Path, k: int, rec: dict, listed: dict, hashes: bool = True) -> list[str]:
     """What is wrong with the files of finished chunk ``k`` (its record ``rec``), each naming the file.
 
-    Against the record: the fills and masks files exist with the byte sizes it names and (``hashes``)
-    the SHA-256 it names; against the manifest's entry ``listed`` (from ``chunk_files``): the record
-    and both files have the SHA-256 the manifest holds. Without ``hashes`` only presence and sizes
-    are checked (no file is read). One truth for ``cache verify`` and for :func:`open_cache`.
+    Against the record: its fill spans tile its ``fills_bytes``; the fills and masks files exist with
+    the byte sizes it names and (``hashes``) the SHA-256 it names; against the manifest's entry
+    ``listed`` (from ``chunk_files``): the record and both files have the SHA-256 the manifest
+    holds. Without ``hashes`` only the spans, presence and sizes are checked (no file is read).
+    One truth for ``cache verify`` and for :func:`open_cache`.
     """
     d = root / CHUNKS
     fix = (f"delete {d / (chunk_name(k) + '.json')} and rerun the same `dali-abs precompute` command (it redoes "
@@ -530,6 +535,9 @@ def chunk_problems(root: Path, k: int, rec: dict, listed: dict, hashes: bool = T
     if hashes and listed.get("record_sha256") != sha256_file(d / f"{chunk_name(k)}.json"):
         problems.append(f"{d / (chunk_name(k) + '.json')}: SHA-256 differs from the one {MANIFEST} holds "
                         f"(the record was edited or damaged); {fix}")
+    spans = _spans_problem(rec)
+    if spans:  # without the hashes nothing else sees it, and the loader would read past a fill
+        problems.append(f"{d / (chunk_name(k) + '.json')}: {spans} (the record was edited or damaged); {fix}")
     for key in ("fills", "masks"):
         p = d / str(rec[key])
         if not p.is_file():
@@ -543,6 +551,22 @@ def chunk_problems(root: Path, k: int, rec: dict, listed: dict, hashes: bool = T
             problems.append(f"{p}: SHA-256 differs from the one its record and {MANIFEST} hold (bytes changed "
                             f"on disk); {fix}")
     return problems
+
+
+def _spans_problem(rec: dict) -> str | None:
+    """Where the record's fill spans fail to tile its fills file (``fills_bytes``), else None."""
+    end = 0
+    for e in rec["entries"]:
+        span = e.get("fill")
+        if span is None:
+            continue
+        if not (isinstance(span, list) and len(span) == 2 and all(type(v) is int for v in span)
+                and span[0] == end and span[1] >= 0):
+            return f"image {e.get('id')!r} has fill span {span!r}, expected [{end}, size]"
+        end += span[1]
+    if end != rec["fills_bytes"]:
+        return f"its fill sizes add up to {end} B, its fills_bytes says {rec['fills_bytes']!r}"
+    return None
 
 
 def masks_problem(path: Path, masks: np.ndarray, n: int, grid: int) -> str | None:

@@ -680,6 +680,10 @@ def precompute(ds: Dataset, segmenter, inpainter, out: str | os.PathLike, cfg: P
     if old_path.is_file():
         old = read_json(old_path, "cache plan")
         diffs = plan_differences(old, plan)
+        version = old.get("format_version")
+        if type(version) is int and version != FORMAT_VERSION:  # whatever else differs, no chunk can be added
+            raise CacheError(f"{root}: written by cache format {version}; this version writes format "
+                             f"{FORMAT_VERSION}: use a new --out or delete {root}")
         if diffs:
             raise CacheError(f"{root}: holds a cache made with other settings ({'; '.join(diffs)}). "
                              "Use a new --out folder, or delete this one to rebuild.")

@@ -343,6 +343,8 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
     hw = _canvas_size(size)
     if not isinstance(cfg, SwapConfig):
         raise DaliAbsError(f"cfg must be a SwapConfig, got {type(cfg).__name__}")
+    if normalize is not None and not isinstance(normalize, Normalize):
+        raise DaliAbsError(f"normalize must be None or a Normalize, got {type(normalize).__name__}")
     cfg = swap_thresholds(cfg, samples.thresholds)
     if params is None:
         # one op draws the parameters, picks the fills they read and gives the labels (the lookup op
@@ -356,8 +358,6 @@ def background_swap(images, samples: CacheSamples, cfg: SwapConfig = SwapConfig(
         fills = samples.fills
     if device == "gpu":  # a GPU operator takes GPU inputs: DALI copies the records over, in its own stream
         fills, params = fills.gpu(), params.gpu()
-    if normalize is not None and not isinstance(normalize, Normalize):
-        raise DaliAbsError(f"normalize must be None or a Normalize, got {type(normalize).__name__}")
     host_norm = normalize if device == "cpu" else None
     # The layout is declared: the GPU crop_mirror_normalize refuses an input without one.
     out = fn.python_function(images, fills, params, function=_Composite(cfg, hw, samples.grid, host_norm),
