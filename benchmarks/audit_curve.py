@@ -41,12 +41,12 @@ def _plot(path: Path, curves: dict, epochs: int, note: str) -> None:
     from PIL import Image, ImageDraw
 
     from dali_abs.files import write_image
-    from dali_abs.preview import _font
+    from dali_abs.preview import font
 
     pw, ph, ml, mt, mb = 360, 260, 52, 34, 40
     im = Image.new("RGB", (len(PANELS) * (pw + ml) + 20, ph + mt + mb + 36), (255, 255, 255))
     d = ImageDraw.Draw(im)
-    f, small = _font(13), _font(11)
+    f, small = font(13), font(11)
     for k, (key, title) in enumerate(PANELS):
         x0, y0 = 10 + k * (pw + ml) + ml, mt
         lo, hi = (-0.2, 1.0) if key == "bg_gap" else (0.0, 1.0)
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         images = hook.history[-1]["images"]
     seconds = time.perf_counter() - t0
     note = (f"built-in benchmark rho = 1, {images} majority-group test images, SmallCNN {args.size} px, seed "
-            f"{args.seed}; CPU")
+            f"{args.seed}; {args.device.upper()}")
     _plot(Path(args.out), curves, args.epochs, note)
     print(f"\n{'epoch':>5}" + "".join(f"{n + ' ' + k:>22}" for n, _, _ in RUNS for k in ("BG-gap", "only-bg")))
     for i, r in enumerate(curves[RUNS[0][0]]):

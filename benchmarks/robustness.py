@@ -93,19 +93,10 @@ def bg_gap_loaders(cache, ds, size: int, device: str, thresholds: SwapConfig) ->
                                           loose=thresholds.loose))]
 
 
-def loader_accuracy(predict_fn, loader) -> float:
-    """Share of the loader's samples whose ``predict_fn(images)`` equals their label."""
-    correct = n = 0
-    for b in loader:
-        pred = predict_fn(b[0]["images"].float()).cpu()
-        correct += int((pred == b[0]["labels"].cpu()).sum())
-        n += len(pred)
-    return correct / max(n, 1)
-
-
 def audit_scores(model, cache, ds, args, thresholds: SwapConfig) -> dict:
     """BG-gap, only-bg and every variant's accuracy from :func:`dali_abs.audit.audit` on the majority groups'
-    test images, swapped at ``thresholds`` (None: the cache's), seed 0: the same images for every model."""
+    test images, swapped at the tight and loose thresholds of ``thresholds`` (either None: the cache's), seed 0:
+    the same images for every model."""
     r = audit(model, cache, ds, split="test", subset="majority", size=args.size, device=args.device,
               tight=thresholds.tight, loose=thresholds.loose, examples=0)
     return {"bg_gap": r["bg_gap"], "only_bg": r["only_bg"], "audit": r["accuracy"]}

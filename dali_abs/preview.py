@@ -66,25 +66,27 @@ def text_tile(lines: Sequence[str], side: int = 128, size: int = 12) -> np.ndarr
 
     im = Image.new("RGB", (side, side), (235, 235, 235))
     draw = ImageDraw.Draw(im)
-    font = _font(size)
+    f = font(size)
     for i, line in enumerate(lines):
-        draw.text((4, 4 + i * (size + 3)), line, fill=(20, 20, 20), font=font)
+        draw.text((4, 4 + i * (size + 3)), line, fill=(20, 20, 20), font=f)
     return np.asarray(im)
 
 
-def caption(tile: np.ndarray, text: str, size: int = 11) -> np.ndarray:
-    """``tile`` (uint8 HWC RGB) with ``text`` in white on a dark band along its bottom edge."""
+def caption(tile: np.ndarray, text: str, size: int = 11, fill=(0, 0, 0), pad: int = 5) -> np.ndarray:
+    """``tile`` (uint8 HWC RGB) with ``text`` in white on a band of colour ``fill`` (default black),
+    ``size + pad`` px high, along its bottom edge."""
     from PIL import Image, ImageDraw
 
     im = Image.fromarray(np.ascontiguousarray(tile, np.uint8))
     draw = ImageDraw.Draw(im)
-    band = size + 5
-    draw.rectangle([0, im.height - band, im.width, im.height], fill=(0, 0, 0))
-    draw.text((3, im.height - band + 2), text, fill=(255, 255, 255), font=_font(size))
+    band = size + pad
+    draw.rectangle([0, im.height - band, im.width, im.height], fill=fill)
+    draw.text((3, im.height - band + 2), text, fill=(255, 255, 255), font=font(size))
     return np.asarray(im)
 
 
-def _font(size: int):
+def font(size: int):
+    """Pillow's default font at ``size`` px (the captions' and labels' font)."""
     from PIL import ImageFont
 
     try:

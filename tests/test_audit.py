@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -311,6 +312,54 @@ def test_cli_bad_model_files_are_one_line_naming_them(colour_cache, tmp_path, ca
         assert code == 2 and "--out" in err and "inside the dataset folder" in err, err
     assert not (data / "ex.png").exists() and not (data / "images" / "r.json").exists()
 
+
+
+def test_cli_torchscript_forward_failure_is_one_line_naming_the_model(colour_cache, tmp_path, capsys):
+    cache, data = colour_cache
+    ts = tmp_path / "small.pt"  # trained at 16 px: its Linear takes 3 * 16 * 16 features
+    torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))).save(str(ts))
+    code, err = _main(capsys, cache, "--data", data, "--model", ts, "--size", SIZE)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"dali-abs: error: --model {ts}: forward failed on a batch of shape (24, 3, {SIZE}, "
+                               f"{SIZE}) (its input size? pass --size): ") and "mat1 and mat2" in lines[0], lines
+
+
+def test_cli_refuses_unwritable_outputs_before_the_audit(colour_cache, tmp_path, capsys):
+    cache, data = colour_cache
+    junk = tmp_path / "junk.onnx"  # never loaded: every case is refused before the model
+    junk.write_bytes(b"not a model at all")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    (tmp_path / "pics.png").mkdir()
+    cases = ((["--png", tmp_path / "ex.png", "--examples", 0], f"--png {tmp_path / 'ex.png'} with --examples 0"),
+             (["--out", tmp_path], f"--out {tmp_path} is a folder"),
+             (["--png", tmp_path / "pics.png"], f"--png {tmp_path / 'pics.png'} is a folder"),
+             (["--out", afile / "r.json"], f"{afile} is a file, not a folder"))
+    for opts, words in cases:
+        code, err = _main(capsys, cache, "--data", data, "--model", junk, "--size", SIZE, *opts)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and words in lines[0], (opts, lines)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        code, err = _main(capsys, cache, "--data", data, "--model", junk, "--out", locked / "sub" / "r.json")
+        assert code == 2 and f"folder {locked} is not writable" in err, err
+
+
+def test_api_refuses_png_without_examples_and_the_hook_bad_options_at_once(colour_cache, tmp_path):
+    from dali_abs.audit import AuditHook, audit
+    from dali_abs.errors import DaliAbsError
+
+    cache, data = colour_cache
+    calls = []
+    with pytest.raises(DaliAbsError, match=r"png=.*ex\.png.* with examples=0"):
+        audit(lambda x: calls.append(x), cache, data, size=SIZE, examples=0, png=tmp_path / "ex.png")
+    assert not calls and not (tmp_path / "ex.png").exists()
+    for kw, words in ((dict(spam=1), "AuditHook got unknown option.*spam.*AuditConfig has"), (dict(size=4), "size"),
+                      (dict(device="tpu"), "device")):
+        with pytest.raises(DaliAbsError, match=words):
+            AuditHook(cache, data, **kw)
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch has no CUDA here (a CPU build of torch)")

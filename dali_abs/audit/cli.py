@@ -4,8 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 from dali_abs.cli_args import add_column_arguments, add_json_argument, print_json
+
+
+def _check_writable(path: str, option: str) -> None:
+    """Refuse, before the audit, an output path the report or picture could not be written to."""
+    from dali_abs.errors import DaliAbsError
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        example = p / ("audit.png" if option == "--png" else "audit.json")
+        raise DaliAbsError(f"{option} {path} is a folder; give a file path, e.g. {example}")
+    # the writer creates missing folders: the nearest existing one must take new entries
+    parent = next(q for q in p.absolute().parents if q.exists())
+    if not parent.is_dir():
+        raise DaliAbsError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DaliAbsError(f"{option} {path}: folder {parent} is not writable; choose a path in a writable folder")
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -13,11 +31,10 @@ def _audit(args: argparse.Namespace) -> int:
 
     from dali_abs.audit.report import format_table
     from dali_abs.audit.run import AuditConfig, audit, check_config, to_json
-    from dali_abs.cache.format import open_cache
     from dali_abs.cli_args import columns_from_args
-    from dali_abs.dataset import load_dataset
     from dali_abs.errors import DaliAbsError
     from dali_abs.files import atomic_write_text
+    from dali_abs.loader.iterator import open_inputs
 
     cfg = check_config(AuditConfig(split=args.split, subset=args.subset, size=args.size, mean=tuple(args.mean),
                                    std=tuple(args.std), backdrop=None if args.backdrop is None else tuple(args.backdrop),
@@ -26,15 +43,16 @@ def _audit(args: argparse.Namespace) -> int:
                                    examples=args.examples if args.png else 0))
     if args.png is not None and not str(args.png).lower().endswith(".png"):
         raise DaliAbsError(f"--png {args.png}: the picture is written as PNG; give a path ending in .png")
-    cache = open_cache(args.cache)
-    if args.data is not None:
-        data = load_dataset(args.data, columns_from_args(args), allow_outside=args.allow_outside)
-    else:
-        data = load_dataset(cache.data_root, columns_from_args(args),
-                            allow_outside=args.allow_outside or bool(cache.manifest["dataset"].get("allow_outside")))
+    if args.png is not None and args.examples == 0:
+        raise DaliAbsError(f"--png {args.png} with --examples 0: the picture shows the examples; give --examples 1 "
+                           "or more, or drop --png")
+    # the cache's own dataset (no --data) may also lead outside its folder if the cache was built so
+    cache, data = open_inputs(args.cache, args.data, columns_from_args(args),
+                              allow_outside=args.allow_outside or (None if args.data is None else False))
     for opt in ("out", "png"):  # the user's dataset is read-only to us
         if getattr(args, opt) is not None:
             data.check_output(getattr(args, opt), "--" + opt)
+            _check_writable(getattr(args, opt), "--" + opt)
     report = audit(args.model, cache, data, cfg, png=args.png, progress=not args.json and sys.stderr.isatty())
     out = to_json(report)
     if args.out is not None:

@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from dali_abs.audit.run import AuditConfig, _open, audit, to_json
+from dali_abs.audit.run import AuditConfig, _config, _open, audit, to_json
 from dali_abs.errors import DaliAbsError
 
 
@@ -35,9 +35,10 @@ class AuditHook:
                  config: AuditConfig | None = None, **overrides):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise DaliAbsError(f"AuditHook(every=...) must be a positive number of epochs, got {every!r}")
+        self.config, self.overrides = config, {"examples": 0, **overrides}
+        _config(config, self.overrides, "AuditHook")  # a bad option fails here, not at the first due epoch
         self.cache, self.ds = _open(cache, data)
         self.every, self.jsonl = every, None if jsonl is None else Path(jsonl)
-        self.config, self.overrides = config, {"examples": 0, **overrides}
         self.history: list[dict] = []
 
     def due(self, epoch: int) -> bool:

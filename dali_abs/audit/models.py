@@ -130,7 +130,13 @@ def _torchscript(path: Path, device: str) -> Classifier:
 
     def run(x):
         with torch.no_grad():
-            return m(x)
+            try:
+                return m(x)
+            except Exception as e:  # the interpreter re-raises whatever failed inside as RuntimeError
+                # its message is the TorchScript traceback, the failed operation's own error on the last line
+                reason = (str(e).strip().splitlines() or [""])[-1]
+                raise DaliAbsError(f"--model {path}: forward failed on a batch of shape {tuple(x.shape)} (its input "
+                                   f"size? pass --size): {_one_line(reason)}") from None
 
     return Classifier(run, str(path), device=where)
 
@@ -168,5 +174,5 @@ def _onnx(path: Path, device: str, threads: int | None) -> Classifier:
     return Classifier(run, str(path), size=size, device="cpu", batch=batch)
 
 
-def _one_line(e: Exception) -> str:
+def _one_line(e: Exception | str) -> str:
     return " ".join(str(e).split())[:400]

@@ -22,29 +22,26 @@ RIGHT, WRONG = (20, 130, 40), (190, 30, 30)
 
 
 def _tile(img: np.ndarray, side: int, text: str, ok: bool, font_size: int) -> np.ndarray:
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    from dali_abs.preview import _font
+    from dali_abs.preview import caption
 
     im = Image.fromarray(np.ascontiguousarray(img, np.uint8))
     if im.size != (side, side):
         im = im.resize((side, side), Image.NEAREST if im.width * 2 <= side else Image.BILINEAR)
-    draw = ImageDraw.Draw(im)
-    band = font_size + 6
-    draw.rectangle([0, side - band, side, side], fill=RIGHT if ok else WRONG)
-    draw.text((3, side - band + 2), text, fill=(255, 255, 255), font=_font(font_size))
-    return np.asarray(im)
+    return caption(np.asarray(im), text, font_size, fill=RIGHT if ok else WRONG, pad=6)
 
 
 def _label(lines: Sequence[str], w: int, h: int, font_size: int) -> np.ndarray:
     from PIL import Image, ImageDraw
 
-    from dali_abs.preview import _font
+    from dali_abs.preview import font
 
     im = Image.new("RGB", (w, h), (240, 240, 240))
     draw = ImageDraw.Draw(im)
+    f = font(font_size)
     for i, line in enumerate(lines):
-        draw.text((4, 4 + i * (font_size + 4)), line, fill=(20, 20, 20), font=_font(font_size))
+        draw.text((4, 4 + i * (font_size + 4)), line, fill=(20, 20, 20), font=f)
     return np.asarray(im)
 
 

@@ -34,18 +34,18 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from dali_abs.audit.models import as_classifier
 from dali_abs.audit.variants import MIXED, VARIANTS, reading_order, variant_seed, variant_swaps
-from dali_abs.cache.format import Cache, open_cache
+from dali_abs.cache.format import Cache
 from dali_abs.constants import MEAN, STD
-from dali_abs.dataset import Dataset, load_dataset
+from dali_abs.dataset import Dataset
 from dali_abs.errors import DaliAbsError
-from dali_abs.loader.iterator import check_fresh, check_loose, split_rows
+from dali_abs.loader.iterator import check_fresh, check_loose, check_overrides, open_inputs, split_rows
 
 FORMAT = "dali-abs audit 1"
 SUBSETS = ("auto", "all", "majority")
@@ -110,14 +110,15 @@ def check_config(cfg: AuditConfig) -> AuditConfig:
     return replace(cfg, mean=mean, std=std, backdrop=backdrop)
 
 
+def _config(config: AuditConfig | None, overrides: dict, what: str = "audit") -> AuditConfig:
+    """``config`` (default :class:`AuditConfig`) with the keyword ``overrides`` of ``what``, checked."""
+    check_overrides(what, AuditConfig, overrides)
+    return check_config(replace(config or AuditConfig(), **overrides))
+
+
 def _open(cache, data) -> tuple[Cache, Dataset]:
-    if not isinstance(cache, Cache):
-        cache = open_cache(cache)
-    if isinstance(data, Dataset):
-        ds = data
-    else:
-        ds = load_dataset(Path(data) if data is not None else cache.data_root,
-                          allow_outside=bool(cache.manifest["dataset"].get("allow_outside")))
+    # an opened cache is used as its caller opened it (hashes=False is their choice, e.g. one just verified)
+    cache, ds = open_inputs(cache, data, hashes=not isinstance(cache, Cache))
     check_fresh(cache, ds)
     return cache, ds
 
@@ -206,11 +207,10 @@ def audit(model, cache: str | os.PathLike | Cache, data: str | os.PathLike | Dat
     """
     import torch
 
-    known = {f.name for f in fields(AuditConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise DaliAbsError(f"audit got unknown option(s) {', '.join(unknown)}; AuditConfig has {', '.join(sorted(known))}")
-    cfg = check_config(replace(config or AuditConfig(), **overrides))
+    cfg = _config(config, overrides)
+    if png is not None and cfg.examples == 0:  # refused now, not after the whole audit
+        raise DaliAbsError(f"png={str(png)!r} with examples=0: the picture shows the examples; give examples >= 1 "
+                           "or no png")
     t0 = time.perf_counter()
     clf = as_classifier(model, cfg.device, cfg.num_threads)
     cache, ds = _open(cache, data)
@@ -288,9 +288,9 @@ def audit(model, cache: str | os.PathLike | Cache, data: str | os.PathLike | Dat
               "chance": 1.0 / ds.n_classes, "size": int(size), "mean": list(cfg.mean), "std": list(cfg.std),
               "backdrop": list(backdrop), "thresholds": thresholds, "seed": cfg.seed, "batch_size": batch,
               "device": cfg.device}
-    report.update(summarize(preds, labels, np.asarray(rows), partner_rows, cache, ds))
-    report["seconds"] = round(time.perf_counter() - t0, 2)
     by_id = ds.by_id()
+    report.update(summarize(preds, labels, np.asarray(rows), partner_rows, cache, ds, by_id))
+    report["seconds"] = round(time.perf_counter() - t0, 2)
     report["examples"] = [
         {"id": cache.ids[rows[p]], "label": int(labels[p]), "images": kept[p],
          "pred": {v: int(preds[v][p]) for v in VARIANTS},
@@ -305,8 +305,9 @@ def audit(model, cache: str | os.PathLike | Cache, data: str | os.PathLike | Dat
 
 
 def summarize(preds: dict, labels: np.ndarray, rows: np.ndarray, partner_rows: dict, cache: Cache,
-              ds: Dataset) -> dict:
-    """The accuracy part of the report from the predictions (int per image, per variant), in reading order."""
+              ds: Dataset, by_id: dict | None = None) -> dict:
+    """The accuracy part of the report from the predictions (int per image, per variant), in reading order.
+    ``by_id``: ``ds.by_id()`` where the caller has it already."""
     correct = {v: preds[v] == labels for v in VARIANTS}
     acc = {v: float(correct[v].mean()) for v in VARIANTS}
     out = {"accuracy": acc, "correct": {v: int(correct[v].sum()) for v in VARIANTS},
@@ -321,7 +322,7 @@ def summarize(preds: dict, labels: np.ndarray, rows: np.ndarray, partner_rows: d
 
     out["per_class"] = table(labels, lambda k: ds.classes[k] if k < len(ds.classes) else str(k))
     if ds.has_groups:
-        by_id = ds.by_id()
+        by_id = ds.by_id() if by_id is None else by_id
         groups = np.array([ds.group(by_id[cache.ids[r]]) for r in rows], np.int64)
         out["per_group"] = table(groups, ds.group_name)
     out["own_background"] = {v: int((partner_rows[v] == rows).sum()) for v in MIXED}

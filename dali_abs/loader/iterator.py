@@ -19,16 +19,16 @@ uses the device of :func:`dali_abs.devices.local_device` (LOCAL_RANK among the v
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from dali_abs.cache.format import Cache, open_cache
-from dali_abs.dataset import Dataset, load_dataset
+from dali_abs.dataset import Columns, Dataset, load_dataset
 from dali_abs.errors import DaliAbsError
 from dali_abs.loader.ops import READER_NAME, background_swap, cache_reader, normalize_node
-from dali_abs.swap.config import AugmentConfig, Normalize, SwapConfig
+from dali_abs.swap.config import DTYPES, AugmentConfig, Normalize, SwapConfig
 
 
 @dataclass(frozen=True)
@@ -216,8 +216,8 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
 
     if cfg.device not in ("cpu", "gpu"):
         raise DaliAbsError(f"device must be 'cpu' or 'gpu', got {cfg.device!r}")
-    if cfg.dtype not in ("float32", "float16"):
-        raise DaliAbsError(f"dtype must be 'float32' or 'float16', got {cfg.dtype!r}")
+    if cfg.dtype not in DTYPES:
+        raise DaliAbsError(f"dtype must be {' or '.join(map(repr, DTYPES))}, got {cfg.dtype!r}")
     shard, shards = _dist_defaults(cfg)
     rows = split_rows(cache, ds, cfg.split, cfg.ids)
     _check(cache, ds, cfg, rows, shards)
@@ -269,6 +269,38 @@ def build_pipeline(cache: Cache, ds: Dataset, cfg: LoaderConfig):
     return pipe()
 
 
+def check_overrides(what: str, config_type: type, overrides: dict) -> None:
+    """Raise :class:`DaliAbsError` naming the keyword ``overrides`` of ``what`` (e.g. "create_loader")
+    that are no field of the dataclass ``config_type``."""
+    known = {f.name for f in fields(config_type)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise DaliAbsError(f"{what} got unknown option(s) {', '.join(unknown)}; {config_type.__name__} has "
+                           f"{', '.join(sorted(known))}")
+
+
+def open_inputs(cache: str | os.PathLike | Cache, data: str | os.PathLike | Dataset | None = None,
+                columns: Columns | None = None, allow_outside: bool | None = None,
+                hashes: bool = True) -> tuple[Cache, Dataset]:
+    """The cache and the dataset, each a folder or already opened (then used as given).
+
+    ``data`` None: the folder the cache was built from. ``columns``: the dataset's column names
+    (default: the standard ones). ``allow_outside`` None: as the cache was built. ``hashes``: check
+    the cache files' SHA-256 (:func:`~dali_abs.cache.format.open_cache`); an opened cache whose
+    hashes were not checked is opened again to check them. Freshness is the caller's to check
+    (:func:`check_fresh`).
+    """
+    if not isinstance(cache, Cache) or (hashes and not cache.hashes_checked):
+        cache = open_cache(cache if not isinstance(cache, Cache) else cache.root, hashes=hashes)
+    if isinstance(data, Dataset):
+        return cache, data
+    if allow_outside is None:
+        allow_outside = bool(cache.manifest["dataset"].get("allow_outside"))
+    ds = load_dataset(Path(data) if data is not None else cache.data_root,
+                      columns if columns is not None else Columns(), allow_outside=allow_outside)
+    return cache, ds
+
+
 def create_loader(cache: str | os.PathLike | Cache, data: str | os.PathLike | Dataset | None = None,
                   config: LoaderConfig | None = None, **overrides):
     """A ``DALIGenericIterator`` over the cached dataset with background swapping.
@@ -285,21 +317,9 @@ def create_loader(cache: str | os.PathLike | Cache, data: str | os.PathLike | Da
     from nvidia.dali.plugin.base_iterator import LastBatchPolicy
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-    from dataclasses import fields
-
-    known = {f.name for f in fields(LoaderConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise DaliAbsError(f"create_loader got unknown option(s) {', '.join(unknown)}; LoaderConfig has "
-                           f"{', '.join(sorted(known))}")
+    check_overrides("create_loader", LoaderConfig, overrides)
     cfg = replace(config or LoaderConfig(), **overrides)
-    if not isinstance(cache, Cache) or (cfg.check_cache and not cache.hashes_checked):
-        cache = open_cache(cache if not isinstance(cache, Cache) else cache.root, hashes=cfg.check_cache)
-    if isinstance(data, Dataset):
-        ds = data
-    else:
-        ds = load_dataset(Path(data) if data is not None else cache.data_root,
-                          allow_outside=bool(cache.manifest["dataset"].get("allow_outside")))
+    cache, ds = open_inputs(cache, data, hashes=cfg.check_cache)
     try:
         policy = LastBatchPolicy[cfg.last_batch_policy] if isinstance(cfg.last_batch_policy, str) \
             else LastBatchPolicy(cfg.last_batch_policy)

@@ -32,7 +32,7 @@ import io
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
 
