@@ -42,7 +42,8 @@ from dali_abs.cache.precompute import PrecomputeConfig, precompute
 from dali_abs.dataset import load_dataset
 from dali_abs.labels import labels_from_masks
 from dali_abs.loader.iterator import create_loader, split_rows
-from dali_abs.swap import SwapConfig
+from dali_abs.loader.ops import normalize_node, swap_thresholds
+from dali_abs.swap import Normalize, SwapConfig
 from dali_abs.models import inpainter as inet
 from dali_abs.segmenter.train import train_segmenter
 from dali_abs.synthetic import SyntheticConfig, make_dataset
@@ -66,8 +67,7 @@ def plain_dali(files: list[str], labels: list[int], batch: int, size: int, threa
                                      name="Reader")
         images = fn.decoders.image(jpegs, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.random_resized_crop(images, size=[size, size], random_area=[0.7, 1.0], antialias=False)
-        images = fn.crop_mirror_normalize(images, mirror=fn.random.coin_flip(), mean=[m * 255 for m in MEAN],
-                                          std=[s * 255 for s in STD], dtype=types.FLOAT, output_layout="CHW")
+        images = normalize_node(images, Normalize.imagenet(), mirror=fn.random.coin_flip())
         return images, lab
 
     return DALIGenericIterator([pipe()], ["images", "labels"], reader_name="Reader", auto_reset=True,
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
             rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
             files = [str(ds.root / cache.relpaths[r]) for r in rows]
             labels = [int(cache.labels[r]) for r in rows]
-            tight = cache.thresholds.tight if args.tight is None else args.tight
+            tight = swap_thresholds(SwapConfig(tight=args.tight), cache.thresholds).tight  # as the loader
             cut[name] = {"tight": tight, "loose": cache.thresholds.loose, "foreground": float(
                 np.mean([cache.tight(i, tight).mean() for i in range(len(cache))]))}
             peer = PeerSwapDataset(*write_peer_files(cache, ds, rows, Path(tmp) / f"peer-{len(results)}", tight),
@@ -271,9 +271,9 @@ def kernel_ns_per_px(cache, ds, size: int, n: int = 64, tight: float | None = No
     soft = np.stack([cache.mask(i) for i in rows])
     boxes = (cache.boxes[rows] / np.float32(cache.grid)).astype(np.float32)
     out = {}
-    th = dict(tight=cache.thresholds.tight if tight is None else tight, loose=cache.thresholds.loose)  # as the loader
-    for name, cfg in (("no swap", swap.SwapConfig(p=0.0, **th)), ("SwapConfig()", swap.SwapConfig(**th)),
-                      ("SwapConfig.waterbirds()", swap.SwapConfig.waterbirds(**th))):
+    for name, cfg in (("no swap", swap.SwapConfig(p=0.0, tight=tight)), ("SwapConfig()", swap.SwapConfig(tight=tight)),
+                      ("SwapConfig.waterbirds()", swap.SwapConfig.waterbirds(tight=tight))):
+        cfg = swap_thresholds(cfg, cache.thresholds)  # None: the cache's, as the loader
         params = swap.sample_params(cache.labels[rows], np.random.default_rng(0), cfg, image_size=(size, size),
                                     soft=soft, augment=swap.AugmentConfig())
         b = swap.batch(images, soft, fills, boxes, params, cfg, size)
