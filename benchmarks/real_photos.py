@@ -27,7 +27,8 @@
    epochs (each epoch new crops, flips and, for dali-abs, new swaps) go through the frozen
    backbone once, and the head (standardised features, one linear layer) trains on those
    features with ``dali_abs.training.fit``. Worst-group and average test accuracy and the
-   BG-gap as ``benchmarks/robustness.py`` defines it, over ``--seeds`` (each seed: the
+   BG-gap from before the audit (``robustness.bg_gap_loaders``: originals minus other-class
+   backgrounds, not the audit's mixed_same - mixed_rand), over ``--seeds`` (each seed: the
    loader's swaps, crops and order, and the head's initialisation), mean and population sd.
    Targets (issue 13): ERM worst-group at least 20 points under the oracle's, and dali-abs
    with learned masks recovering at least 60 % of that gap (means over seeds).
